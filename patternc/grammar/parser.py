@@ -1,0 +1,397 @@
+"""Pattern text -> IR. The grammar is data (`pattern.lark`); this module turns its trees into
+`Pattern`s, resolving names in scope (lets, pattern parameters, N/M/h, earlier patterns) and
+checking types, and turns lark's syntax errors into `PatternError`s taught by example."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+
+from lark import Lark, Token, Tree
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.indenter import Indenter
+
+from ..errors import PatternError, Source, Span, closest
+from ..ir.expr import Sym, Term, maximum, minimum
+from ..ir.nodes import Difference, Intersect, Node, Union
+from ..ir.pattern import Pattern, Section
+from ..primitives import REGISTRY
+
+BUILTIN_NAMES = {"N": "number of keys", "M": "number of queries", "h": "head index"}
+FUNCTIONS = {"min": minimum, "max": maximum}
+
+
+class _Indenter(Indenter):
+    NL_type = "_NL"
+    OPEN_PAREN_types = ["LPAR"]
+    CLOSE_PAREN_types = ["RPAR"]
+    INDENT_type = "_INDENT"
+    DEDENT_type = "_DEDENT"
+    tab_len = 8
+
+
+@lru_cache(maxsize=1)
+def _lark() -> Lark:
+    grammar = resources.files("patternc.grammar").joinpath("pattern.lark").read_text()
+    return Lark(grammar, parser="lalr", postlex=_Indenter(), start=["file", "body_file"],
+                propagate_positions=True, maybe_placeholders=True)
+
+
+# Syntax errors taught by example: lark matches the failing parser state against these.
+SYNTAX_EXAMPLES = {
+    ("an operator is missing between two terms", "join patterns with | (union), & (intersection) or - (difference)"): [
+        "causal window(8)", "causal & window(8) sink(4)", "window(8) 4",
+    ],
+    ("unbalanced parentheses", "every ( needs a matching )"): [
+        "causal & (window(8)", "window(8))", "(causal",
+    ],
+    ("an expression is missing", "write a primitive such as causal or window(1024), or a number"): [
+        "causal &", "causal | ", "window(8) & & causal", "window(, 4)", "window(4 + )",
+    ],
+    ("a pattern body is missing", "write the body indented below `pattern name:` or after the colon"): [
+        "pattern p:\n", "pattern p:\nlet x = 1\n",
+    ],
+    ("a colon is missing", "write `pattern name:` or `pattern name(w = 1024):`"): [
+        "pattern p\n    causal\n", "pattern p(w = 4)\n    causal\n",
+    ],
+}
+
+
+@dataclass
+class _Val:
+    value: object  # Term | Node | tuple | ("range", a, b)
+    span: Span
+
+
+def _describe(v) -> str:
+    if isinstance(v, Node):
+        return "a pattern"
+    if isinstance(v, tuple):
+        return "a range" if v and v[0] == "range" else "a tuple"
+    return "a number"
+
+
+class _Builder:
+    """Walks the lark tree with a scope of names."""
+
+    def __init__(self, source: Source):
+        self.source = source
+        self.patterns: dict[str, Pattern] = {}
+
+    def span(self, meta_or_token) -> Span:
+        m = meta_or_token
+        if isinstance(m, Token):
+            return Span.from_offsets(self.source, m.start_pos, m.end_pos)
+        if getattr(m, "empty", True) and not hasattr(m, "start_pos"):
+            return Span(self.source, 1, 1)
+        return Span.from_offsets(self.source, m.start_pos, m.end_pos)
+
+    # ------------------------------------------------------------------ statements
+
+    def file(self, tree: Tree) -> dict[str, Pattern]:
+        scope: dict[str, _Val] = {}
+        for stmt in tree.children:
+            if stmt.data == "let_stmt":
+                self.let(stmt, scope)
+            else:
+                p = self.pattern_def(stmt, scope)
+                if p.name in self.patterns:
+                    raise PatternError(f"pattern '{p.name}' is defined twice", p.span, "rename one of them")
+                self.patterns[p.name] = p
+        return self.patterns
+
+    def let(self, stmt: Tree, scope: dict):
+        name_tok, value = stmt.children
+        self._check_new_name(name_tok)
+        scope[str(name_tok)] = self.expr(value, scope)
+
+    def _check_new_name(self, tok: Token):
+        name = str(tok)
+        if name in REGISTRY or name in BUILTIN_NAMES or name in FUNCTIONS:
+            raise PatternError(f"'{name}' is a built-in name and can't be rebound", self.span(tok),
+                               "choose another name")
+
+    def pattern_def(self, stmt: Tree, scope: dict) -> Pattern:
+        name_tok, params_tree, *rest = stmt.children
+        local = dict(scope)
+        params = []
+        if params_tree is not None:
+            seen = set()
+            for ptree in params_tree.children:
+                if ptree is None:
+                    continue
+                ptok, default = ptree.children
+                self._check_new_name(ptok)
+                if str(ptok) in seen:
+                    raise PatternError(f"parameter '{ptok}' is declared twice", self.span(ptok))
+                seen.add(str(ptok))
+                value = None
+                if default is not None:
+                    value = self.number(self.expr(default, scope), "a parameter default")
+                params.append((str(ptok), value))
+                local[str(ptok)] = _Val(Term.var(str(ptok)), self.span(ptok))
+        span = self.span(stmt.meta)
+        if rest and isinstance(rest[0], Tree) and rest[0].data == "pattern_body_inline":
+            body, grid = self.pattern_expr(rest[0].children[0], local), None
+        else:
+            body, grid = self.body(rest, local, span)
+        return Pattern(body, str(name_tok), tuple(params), grid, self.source, span)
+
+    def body(self, items: list, scope: dict, span: Span):
+        grid, expr, sections = None, None, []
+        for item in items:
+            if item is None:
+                continue
+            kind = item.data
+            if kind == "let_stmt":
+                self.let(item, scope)
+            elif kind == "grid_stmt":
+                grid = tuple(self.number(self.expr(c, scope), "a grid dimension") for c in item.children if c is not None)
+            elif kind == "body_expr":
+                expr = self.pattern_expr(item.children[0], scope)
+            elif kind == "section":
+                sections.append(self.section(item, scope, sections))
+        if sections:
+            return tuple(sections), grid
+        return expr, grid
+
+    def section(self, item: Tree, scope: dict, earlier: list) -> Section:
+        lo_t, hi_t, expr_t = item.children
+        lo = self.const_int(lo_t, scope, "a head index")
+        hi = lo if hi_t is None else self.const_int(hi_t, scope, "a head index")
+        span = self.span(lo_t.meta if isinstance(lo_t, Tree) else lo_t)
+        if hi < lo:
+            raise PatternError(f"empty head range {lo}..{hi}", span, "ranges a..b include both ends and need a <= b")
+        expected = earlier[-1].hi + 1 if earlier else 0
+        if lo < expected:
+            raise PatternError(f"heads {lo}..{hi} overlap the section above (heads {earlier[-1].lo}..{earlier[-1].hi})",
+                               span, f"start this section at head {expected}")
+        if lo > expected:
+            raise PatternError(f"heads {expected}..{lo - 1} are not covered by any section", span,
+                               f"start this section at head {expected}, or add a section for the missing heads")
+        return Section(lo, hi, self.pattern_expr(expr_t, scope), span)
+
+    # ------------------------------------------------------------------ expressions
+
+    def pattern_expr(self, tree, scope) -> Node:
+        v = self.expr(tree, scope)
+        if not isinstance(v.value, Node):
+            raise PatternError(f"expected a pattern, got {_describe(v.value)}", v.span,
+                               "a pattern is built from primitives such as causal, window(w), sink(n)")
+        return v.value
+
+    def number(self, v: _Val, what: str) -> Term:
+        if not isinstance(v.value, Term) or (v.value.is_const and isinstance(v.value.value, bool)):
+            raise PatternError(f"expected {what} (an integer), got {_describe(v.value)}", v.span)
+        return v.value
+
+    def const_int(self, tree, scope, what) -> int:
+        v = self.expr(tree, scope)
+        t = self.number(v, what)
+        if not t.is_const:
+            raise PatternError(f"{what} must be a constant, got '{t}'", v.span)
+        if t.value < 0:
+            raise PatternError(f"{what} must be >= 0, got {t.value}", v.span)
+        return t.value
+
+    def expr(self, tree, scope) -> _Val:
+        if isinstance(tree, Token):  # NAME or NUMBER left bare by ?rules
+            return self.name(tree, scope) if tree.type == "NAME" else _Val(Term.const(int(tree.replace("_", ""))), self.span(tree))
+        return getattr(self, "e_" + tree.data)(tree, scope)
+
+    def e_number(self, tree, scope):
+        tok = tree.children[0]
+        return _Val(Term.const(int(tok.replace("_", ""))), self.span(tok))
+
+    def e_true(self, tree, scope):
+        return _Val(Term.const(True), self.span(tree.meta))
+
+    def e_false(self, tree, scope):
+        return _Val(Term.const(False), self.span(tree.meta))
+
+    def e_name(self, tree, scope):
+        return self.name(tree.children[0], scope)
+
+    def name(self, tok: Token, scope) -> _Val:
+        name, span = str(tok), self.span(tok)
+        if name in scope:
+            return _Val(scope[name].value, span)
+        if name in BUILTIN_NAMES:
+            return _Val(Term.var(name), span)
+        if name in REGISTRY:
+            return _Val(REGISTRY[name].from_call([], {}, span), span)
+        if name in self.patterns:
+            p = self.patterns[name]
+            if isinstance(p.body, tuple) or p.grid is not None:
+                raise PatternError(f"pattern '{name}' has per-head sections or a grid and can't be used inside another",
+                                   span)
+            return _Val(p.expr, span)
+        known = set(scope) | set(BUILTIN_NAMES) | set(REGISTRY) | set(self.patterns)
+        guess = closest(name, known)
+        raise PatternError(f"unknown name '{name}'", span,
+                           f"did you mean '{guess}'?" if guess else
+                           "names are primitives, lets, the pattern's parameters, N, M and h")
+
+    def e_call(self, tree, scope):
+        name_tok, args_tree = tree.children
+        name, span = str(name_tok), self.span(tree.meta)
+        args, kwargs = [], {}
+        for a in (args_tree.children if args_tree is not None else []):
+            if a is None:
+                continue
+            if isinstance(a, Tree) and a.data in ("kwarg", "kwarg_range"):
+                key = a.children[0]
+                value = self.e_range(Tree("range", a.children[1:], a.meta), scope) if a.data == "kwarg_range" \
+                    else self.expr(a.children[1], scope)
+                if str(key) in kwargs:
+                    raise PatternError(f"{name}() got parameter '{key}' twice", self.span(key))
+                kwargs[str(key)] = (value.value, value.span)
+            else:
+                if kwargs:
+                    v = self.expr(a, scope)
+                    raise PatternError("positional argument after a keyword argument", v.span,
+                                       "put positional arguments first")
+                v = self.expr(a, scope)
+                args.append((v.value, v.span))
+        for value, sp in args + list(kwargs.values()):
+            if isinstance(value, Node):
+                raise PatternError(f"{name}() takes numbers, not a pattern", sp)
+        if name in FUNCTIONS:
+            if kwargs or len(args) != 2:
+                raise PatternError(f"{name}() takes two numbers", span, f"usage: {name}(a, b)")
+            a, b = (self.number(_Val(v, s), f"an argument of {name}()") for v, s in args)
+            return _Val(FUNCTIONS[name](Sym(a), Sym(b)).term, span)
+        if name not in REGISTRY:
+            guess = closest(name, set(REGISTRY) | set(FUNCTIONS))
+            raise PatternError(f"unknown primitive '{name}'", self.span(name_tok),
+                               f"did you mean '{guess}'?" if guess else f"primitives: {', '.join(sorted(REGISTRY))}")
+        return _Val(REGISTRY[name].from_call(args, kwargs, span), span)
+
+    def e_range(self, tree, scope):
+        lo, hi = (self.expr(c, scope) for c in tree.children)
+        return _Val(("range", self.number(lo, "a range bound"), self.number(hi, "a range bound")),
+                    self.span(tree.meta))
+
+    def e_tuple(self, tree, scope):
+        vals = [self.expr(c, scope) for c in tree.children if c is not None]
+        for v in vals:
+            if not isinstance(v.value, Term):
+                raise PatternError(f"tuples hold numbers, got {_describe(v.value)}", v.span)
+        return _Val(tuple(v.value for v in vals), self.span(tree.meta))
+
+    def e_neg(self, tree, scope):
+        v = self.expr(tree.children[0], scope)
+        t = self.number(v, "a number after unary -")
+        return _Val((-Sym(t)).term, self.span(tree.meta))
+
+    def _binary(self, tree, scope, op):
+        a, b = (self.expr(c, scope) for c in tree.children)
+        span = self.span(tree.meta)
+        if isinstance(a.value, Node) and isinstance(b.value, Node):
+            nodes = {"|": Union, "&": Intersect, "-": Difference}
+            if op not in nodes:
+                raise PatternError(f"'{op}' doesn't combine patterns", span, "patterns combine with |, & and -")
+            return _Val(nodes[op](a.value, b.value, span=span), span)
+        if isinstance(a.value, Term) and isinstance(b.value, Term) and op not in ("|", "&"):
+            for v in (a, b):
+                self.number(v, f"a number around '{op}'")
+            try:
+                return _Val(Sym(a.value)._op(op, Sym(b.value)).term, span)
+            except ZeroDivisionError:
+                raise PatternError("division by zero", b.span) from None
+        bad = b if isinstance(a.value, Node) else a
+        if op in ("|", "&"):
+            raise PatternError(f"'{op}' combines patterns, got {_describe(bad.value)}", bad.span,
+                               "use a primitive such as window(w) or causal here")
+        raise PatternError(f"can't apply '{op}' to {_describe(a.value)} and {_describe(b.value)}", span,
+                           "patterns combine with |, & and -; numbers with + - * // %")
+
+    def e_union(self, t, s):
+        return self._binary(t, s, "|")
+
+    def e_intersect(self, t, s):
+        return self._binary(t, s, "&")
+
+    def e_add(self, t, s):
+        return self._binary(t, s, "+")
+
+    def e_sub(self, t, s):
+        return self._binary(t, s, "-")
+
+    def e_mul(self, t, s):
+        return self._binary(t, s, "*")
+
+    def e_floordiv(self, t, s):
+        return self._binary(t, s, "//")
+
+    def e_mod(self, t, s):
+        return self._binary(t, s, "%")
+
+
+def _syntax_error(e: UnexpectedInput, source: Source, start: str) -> PatternError:
+    pos = getattr(e, "pos_in_stream", None)
+    if isinstance(e, UnexpectedToken) and e.token.type in ("$END", "_DEDENT", "_INDENT") or pos is None:
+        line, col = getattr(e, "line", None), getattr(e, "column", None)
+        if not isinstance(line, int) or line < 1:
+            text = source.text.rstrip("\n")
+            line, col = text.count("\n") + 1, len(text) - text.rfind("\n")
+        span = Span(source, line, max(col, 1))
+    else:
+        tok = getattr(e, "token", None)
+        end = pos + max(1, len(str(tok))) if tok is not None and tok.type not in ("_NL",) else pos + 1
+        span = Span.from_offsets(source, pos, end)
+    label = None
+    try:
+        label = e.match_examples(lambda text: _lark().parse(text + "\n", start=start),
+                                 SYNTAX_EXAMPLES, use_accepts=True)
+    except Exception:  # noqa: BLE001 - a label is a nicety; the error below stands without it
+        label = None
+    if isinstance(e, UnexpectedCharacters):
+        ch = source.text[e.pos_in_stream] if e.pos_in_stream < len(source.text) else "?"
+        return PatternError(f"unexpected character {ch!r}", span,
+                            "names are letters, digits and _; numbers are integers; ranges are written a..b")
+    if label is not None:
+        return PatternError(f"syntax error: {label[0]}", span, label[1])
+    if isinstance(e, UnexpectedToken):
+        got = "end of input" if e.token.type == "$END" else "end of line" if e.token.type == "_NL" \
+            else "an indented block" if e.token.type == "_INDENT" else "end of the block" \
+            if e.token.type == "_DEDENT" else repr(str(e.token))
+        expected = sorted(_pretty(t) for t in e.expected if not t.startswith("_") and t != "$END")[:8]
+        return PatternError(f"syntax error: unexpected {got}", span,
+                            f"expected {', '.join(expected)}" if expected else None)
+    if isinstance(e, UnexpectedEOF):
+        return PatternError("syntax error: unexpected end of input", span)
+    return PatternError("syntax error", span)
+
+
+_TOKEN_NAMES = {"LPAR": "'('", "RPAR": "')'", "COLON": "':'", "COMMA": "','", "EQUAL": "'='", "NAME": "a name",
+                "NUMBER": "a number", "VBAR": "'|'", "AMPERSAND": "'&'", "MINUS": "'-'", "PLUS": "'+'",
+                "STAR": "'*'", "PERCENT": "'%'", "SLASH": "'/'", "__ANON_0": "'//'", "__ANON_1": "'..'"}
+
+
+def _pretty(t: str) -> str:
+    return _TOKEN_NAMES.get(t, t.lower())
+
+
+def parse_text(text: str, filename: str = "<pattern>") -> tuple[dict[str, Pattern], Pattern | None]:
+    """Parse a file (`let`s and `pattern`s) or a bare pattern body.
+
+    Returns (named patterns, the bare body's pattern or None)."""
+    if not isinstance(text, str):
+        raise PatternError(f"pattern text must be a str, got {type(text).__name__}")
+    source = Source(text, filename)
+    is_file = any(line.split()[:1] in (["pattern"], ["let"]) for line in text.splitlines()
+                  if line[:1] not in (" ", "\t"))
+    start = "file" if is_file else "body_file"
+    try:
+        tree = _lark().parse(text + "\n", start=start)
+    except UnexpectedInput as e:
+        raise _syntax_error(e, source, start) from None
+    builder = _Builder(source)
+    if start == "file":
+        return builder.file(tree), None
+    span = Span(source, 1, 1)
+    body, grid = builder.body(tree.children, {}, span)
+    if body is None or body == ():
+        raise PatternError("empty pattern", span, "write an expression such as causal & window(1024)")
+    return {}, Pattern(body, None, (), grid, source, span)

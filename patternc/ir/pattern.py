@@ -1,0 +1,243 @@
+"""`Pattern`: a named pattern expression with default parameters, an optional token grid and
+optional per-head sections, and its reference semantics `mask()`."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..errors import PatternError, Source, Span, closest
+from .expr import Term, evaluate
+from .nodes import Intersect, Node
+
+
+@dataclass(frozen=True)
+class Section:
+    """`heads lo..hi: expr` (both ends included)."""
+
+    lo: int
+    hi: int
+    expr: Node
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    def __str__(self):
+        heads = str(self.lo) if self.lo == self.hi else f"{self.lo}..{self.hi}"
+        return f"heads {heads}: {self.expr}"
+
+
+def substitute(node: Node, mapping: dict[str, Term]) -> Node:
+    """`node` with the variables of every parameter replaced (constants folded)."""
+    if not mapping:
+        return node
+
+    def sub(v):
+        if isinstance(v, Term):
+            return v.subs(mapping)
+        if isinstance(v, tuple):
+            return tuple(sub(x) for x in v)
+        if isinstance(v, Node):
+            return substitute(v, mapping)
+        return v
+
+    changes = {f.name: sub(getattr(node, f.name)) for f in dataclasses.fields(node)
+               if f.name not in ("span", "arg_spans")}
+    return dataclasses.replace(node, **changes)
+
+
+def under_causal(node: Node) -> bool:
+    """Is the expression `causal & ...` (so routed blocks must not look ahead)?"""
+    from ..primitives.causal import Causal
+
+    if isinstance(node, Causal):
+        return node.block is None
+    return isinstance(node, Intersect) and (under_causal(node.a) or under_causal(node.b))
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """Which keys each query may see, for any lengths and heads.
+
+    Build one with `patternc.compile(text)`, `patternc.load(path)` or `@patternc.jit`.
+    `str(pattern)` is canonical pattern text; `patternc.compile(str(p)) == p`.
+    """
+
+    body: Node | tuple[Section, ...]
+    name: str | None = None
+    params: tuple[tuple[str, Term | None], ...] = ()
+    grid: tuple[Term, ...] | None = None
+    source: Source | None = field(default=None, compare=False, repr=False)
+    span: Span | None = field(default=None, compare=False, repr=False)
+
+    # ------------------------------------------------------------------ parameters
+
+    def bind(self, **values) -> Pattern:
+        """This pattern with parameter defaults replaced: `p.bind(w=2048)`."""
+        names = [n for n, _ in self.params]
+        for key in values:
+            if key not in names:
+                guess = closest(key, names)
+                raise PatternError(
+                    f"pattern {self.name or ''} has no parameter '{key}'".replace("  ", " "), self.span,
+                    f"did you mean '{guess}'?" if guess else
+                    f"its parameters: {', '.join(names)}" if names else "it takes no parameters")
+        params = tuple((n, _to_term(values[n], n) if n in values else d) for n, d in self.params)
+        return dataclasses.replace(self, params=params)
+
+    def _mapping(self) -> dict[str, Term]:
+        missing = [n for n, d in self.params if d is None]
+        if missing:
+            raise PatternError(f"pattern {self.name} needs a value for parameter '{missing[0]}'", self.span,
+                               f"pass it: compile(text, {missing[0]}=...) or pattern.bind({missing[0]}=...)")
+        return {n: d for n, d in self.params}
+
+    @property
+    def expr(self) -> Node:
+        """The expression with parameters substituted (one-section patterns only)."""
+        if isinstance(self.body, tuple):
+            raise PatternError(f"pattern {self.name} has per-head sections; use sections()", self.span)
+        return substitute(self.body, self._mapping())
+
+    def sections(self, heads: int | None = None) -> list[Section]:
+        """The per-head sections with parameters substituted; one section over all heads
+        for a plain expression."""
+        mapping = self._mapping()
+        if isinstance(self.body, tuple):
+            covered = self.body[-1].hi + 1
+            if heads is not None and heads != covered:
+                raise PatternError(f"pattern {self.name} defines heads 0..{covered - 1} but {heads} heads were asked for",
+                                   self.span, f"use heads={covered}")
+            return [dataclasses.replace(s, expr=substitute(s.expr, mapping)) for s in self.body]
+        heads = heads if heads is not None else self.default_heads
+        return [Section(0, heads - 1, substitute(self.body, mapping))]
+
+    @property
+    def default_heads(self) -> int:
+        if isinstance(self.body, tuple):
+            return self.body[-1].hi + 1
+        value = dict(self.params).get("heads")
+        return int(value.value) if value is not None and value.is_const else 1
+
+    def grid_shape(self, M: int, N: int) -> tuple[int, ...] | None:
+        if self.grid is None:
+            return None
+        mapping = self._mapping()
+        out = []
+        for t in self.grid:
+            v = evaluate(t.subs(mapping), {"M": M, "N": N, "h": 0})
+            if not isinstance(v, int) or v < 1:
+                raise PatternError(f"grid dimensions must be integers >= 1, got {v}", self.span)
+            out.append(v)
+        return tuple(out)
+
+    def primitives(self):
+        """Every primitive in the pattern (all sections)."""
+        from ..primitives import Primitive
+
+        bodies = [s.expr for s in self.body] if isinstance(self.body, tuple) else [self.body]
+        return [n for b in bodies for n in b.walk() if isinstance(n, Primitive)]
+
+    @property
+    def is_routed(self) -> bool:
+        return any(p.name == "topk" for p in self.primitives())
+
+    # ------------------------------------------------------------------ semantics
+
+    def mask(self, M: int, N: int | None = None, heads: int | None = None, q=None, k=None, device="cpu"):
+        """The reference semantics: `torch.bool [heads, M, N]`, True where query i may see key j.
+
+        Brute force over every (query, key) pair; for tests and small lengths. Routed patterns
+        (`topk`) need `q` `[heads, M, D]` and `k` `[kv_heads, N, D]` (a leading batch of 1 is
+        accepted).
+        """
+        import torch
+
+        from ..primitives import Context
+
+        N = M if N is None else N
+        _check_lengths(M, N, self.span)
+        sections = self.sections(heads)
+        H = sections[-1].hi + 1
+        data = {}
+        if q is not None or k is not None:
+            if q is None or k is None:
+                raise PatternError("pass both q= and k= (or neither)", self.span)
+            data.update(q=_heads_first(q, "q"), k=_heads_first(k, "k"))
+        qi = torch.arange(M, device=device).view(1, M, 1)
+        ki = torch.arange(N, device=device).view(1, 1, N)
+        grid = self.grid_shape(M, N)
+        out = torch.empty(H, M, N, dtype=torch.bool, device=device)
+        for s in sections:
+            h = torch.arange(s.lo, s.hi + 1, device=device).view(-1, 1, 1)
+            ctx = Context(M, N, h, grid, dict(data, causal=under_causal(s.expr)))
+            out[s.lo: s.hi + 1] = torch.as_tensor(s.expr.visible(ctx, qi, ki), device=device)
+        return out
+
+    def layout(self, M: int, N: int | None = None, heads: int | None = None, block_m: int = 128,
+               block_n: int = 128, q=None, k=None, device="cpu"):
+        """The block-sparse `Layout` of this pattern for the given lengths and tile shape."""
+        from ..layout import build_layout
+
+        return build_layout(self, M, M if N is None else N, heads, block_m, block_n, q=q, k=k, device=device)
+
+    # ------------------------------------------------------------------ composition and printing
+
+    def _combine(self, other, cls) -> Pattern:
+        if isinstance(self.body, tuple) or isinstance(other.body, tuple):
+            raise PatternError("patterns with per-head sections can't be combined with | & -")
+        if self.grid != other.grid and None not in (self.grid, other.grid):
+            raise PatternError("can't combine patterns on different grids")
+        return Pattern(cls(self.expr, other.expr), grid=self.grid or other.grid)
+
+    def __or__(self, other):
+        from .nodes import Union
+
+        return self._combine(other, Union)
+
+    def __and__(self, other):
+        return self._combine(other, Intersect)
+
+    def __sub__(self, other):
+        from .nodes import Difference
+
+        return self._combine(other, Difference)
+
+    def __str__(self):
+        lines = []
+        if self.grid is not None:
+            lines.append(f"grid({', '.join(map(str, self.grid))})")
+        if isinstance(self.body, tuple):
+            lines += [str(s) for s in self.body]
+        else:
+            lines.append(str(self.body))
+        if self.name is None and not self.params:
+            return "\n".join(lines)
+        params = ", ".join(n if d is None else f"{n} = {d}" for n, d in self.params)
+        header = f"pattern {self.name or 'pattern'}" + (f"({params})" if self.params else "") + ":"
+        return "\n".join([header] + ["    " + line for line in lines])
+
+    def __repr__(self):
+        return f"Pattern({str(self)!r})"
+
+
+def _to_term(value, name) -> Term:
+    if isinstance(value, Term):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PatternError(f"parameter '{name}' must be an integer, got {value!r}")
+    return Term.const(value)
+
+
+def _check_lengths(M, N, span):
+    for n, v in (("M", M), ("N", N)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise PatternError(f"length {n} must be a positive integer, got {v!r}", span)
+
+
+def _heads_first(x, name):
+    if x.dim() == 4:
+        if x.shape[0] != 1:
+            raise PatternError(f"{name}: the reference mask takes a batch of 1, got shape {tuple(x.shape)}")
+        x = x[0]
+    if x.dim() != 3:
+        raise PatternError(f"{name} must be [heads, length, head_dim], got shape {tuple(x.shape)}")
+    return x
+

@@ -1,0 +1,258 @@
+"""What every primitive is: a frozen IR node with typed parameters and one rule.
+
+A primitive subclass declares its parameters as dataclass fields (each a `Term`, a tuple of
+Terms, or a bool/str), checks them in `check`, and states its meaning once in `rule(p, ctx,
+q, k)`: plain Python arithmetic that `patternc.ir.expr` evaluates as a torch mask, as interval
+arithmetic over tiles, or symbolically into the Triton predicate. `band` bounds the keys a
+range of queries can see, so that layouts visit only candidate tiles.
+
+`block=b` is generic: the rule is applied to block indices `q // b`, `k // b` with lengths
+`ceil(M / b)`, `ceil(N / b)`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import ClassVar
+
+import numpy as np
+
+from ..errors import PatternError, Span, closest
+from ..ir.expr import Term, evaluate
+from ..ir.nodes import Node
+
+REGISTRY: dict[str, type[Primitive]] = {}
+
+# parameter kinds: how a field is written and evaluated
+INT, INTS, BOOL, CHOICE, INDICES = "int", "ints", "bool", "choice", "indices"
+
+
+def param(default=dataclasses.MISSING, kind=INT, doc="", choices=()):
+    return field(default=default, metadata={"kind": kind, "doc": doc, "choices": choices})
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a rule is evaluated: lengths, the head index, the token grid and run-time data.
+
+    `M`, `N` and `h` are values of the evaluation domain (ints, tensors, intervals or symbols).
+    """
+
+    M: object
+    N: object
+    h: object = 0
+    grid: tuple[int, ...] | None = None
+    data: dict = field(default_factory=dict)
+
+    def blocked(self, b) -> Context:
+        return dataclasses.replace(self, M=(self.M + b - 1) // b, N=(self.N + b - 1) // b)
+
+    def env(self) -> dict:
+        return {"M": self.M, "N": self.N, "h": self.h}
+
+
+@dataclass(frozen=True)
+class Primitive(Node):
+    """Base of all primitives; subclasses register under `name`."""
+
+    name: ClassVar[str] = ""
+    blockable: ClassVar[bool] = True
+    # one line per form, for hints: "window(w) | window(left, right, dilation=1, block=None)"
+    signature: ClassVar[str] = ""
+    block: Term | None = field(default=None, kw_only=True, metadata={"kind": INT, "doc": "apply to blocks of b tokens"})
+    arg_spans: tuple = field(default=(), compare=False, repr=False, kw_only=True)
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        if cls.name:
+            REGISTRY[cls.name] = cls
+
+    # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def params_spec(cls):
+        return [f for f in dataclasses.fields(cls) if f.name not in ("span", "arg_spans")
+                and (cls.blockable or f.name != "block")]
+
+    @classmethod
+    def from_call(cls, args: list, kwargs: dict, span: Span | None = None) -> Primitive:
+        """Bind call arguments `[(value, span)]`, `{name: (value, span)}` to fields, checking kinds."""
+        spec = cls.params_spec()
+        names = [f.name for f in spec]
+        positional = [f.name for f in spec if f.name != "block"]
+        bound, spans = {}, {}
+        if len(args) > len(positional):
+            raise PatternError(f"{cls.name}() takes at most {len(positional)} positional argument(s), got {len(args)}",
+                               args[len(positional)][1] or span, f"usage: {cls.signature}")
+        for name, (value, sp) in zip(positional, args):
+            bound[name], spans[name] = value, sp
+        for name, (value, sp) in kwargs.items():
+            if name not in names:
+                guess = closest(name, names)
+                hint = f"did you mean '{guess}'? " if guess else ""
+                raise PatternError(f"{cls.name}() has no parameter '{name}'", sp or span,
+                                   f"{hint}usage: {cls.signature}")
+            if name in bound:
+                raise PatternError(f"{cls.name}() got parameter '{name}' twice", sp or span, f"usage: {cls.signature}")
+            bound[name], spans[name] = value, sp
+        for f in spec:
+            if f.name in bound:
+                bound[f.name] = _coerce(cls, f, bound[f.name], spans.get(f.name) or span)
+            elif f.default is dataclasses.MISSING:
+                raise PatternError(f"{cls.name}() needs its '{f.name}' argument", span, f"usage: {cls.signature}")
+        node = cls.make(**bound, span=span, arg_spans=tuple(spans.items()))
+        node.check(node.constant_params(), ctx=None)
+        return node
+
+    @classmethod
+    def make(cls, span=None, arg_spans=(), **params) -> Primitive:
+        """Normalise parameters into the canonical node (e.g. `window(w)` -> `window(w-1, w-1)`)."""
+        return cls(**params, span=span, arg_spans=arg_spans)
+
+    # ------------------------------------------------------------------ parameters
+
+    def arg_span(self, name: str) -> Span | None:
+        return dict(self.arg_spans).get(name) or self.span
+
+    def fail(self, name: str | None, message: str, hint: str | None = None):
+        raise PatternError(f"{self.name}: {message}", self.arg_span(name) if name else self.span, hint)
+
+    def constant_params(self) -> SimpleNamespace:
+        """Parameters that are constants as ints, the others None (for checks at parse time)."""
+
+        def const(v):
+            if isinstance(v, Term):
+                return v.value if v.is_const else None
+            if isinstance(v, tuple):
+                return tuple(const(x) for x in v)
+            return v
+
+        return SimpleNamespace(**{f.name: const(getattr(self, f.name)) for f in self.params_spec()})
+
+    def params(self, ctx: Context) -> SimpleNamespace:
+        """Every parameter evaluated in `ctx`'s domain (and checked when the values are ints)."""
+        env = ctx.env()
+
+        def ev(v, name):
+            if isinstance(v, Term):
+                try:
+                    return evaluate(v, env)
+                except NameError as e:
+                    self.fail(name, f"unknown name '{e.args[0]}' in parameter '{name}'",
+                              "parameters may use N (keys), M (queries), h (head) and the pattern's parameters")
+                except ZeroDivisionError:
+                    self.fail(name, f"division by zero in parameter '{name}'")
+            if isinstance(v, tuple):
+                return tuple(ev(x, name) for x in v)
+            return v
+
+        p = SimpleNamespace(**{f.name: ev(getattr(self, f.name), f.name) for f in self.params_spec()})
+        if all(isinstance(x, (int, np.integer)) for x in (ctx.M, ctx.N)):
+            self.check(p, ctx)
+        return p
+
+    def check(self, p: SimpleNamespace, ctx: Context | None):
+        """Raise PatternError for invalid values; entries of `p` may be None (unknown yet)."""
+        if getattr(p, "block", None) is not None and isinstance(p.block, (int, np.integer)) and p.block < 1:
+            self.fail("block", f"block must be >= 1, got {p.block}")
+
+    def positive(self, p, *names, allow_zero=False):
+        for n in names:
+            v = getattr(p, n)
+            for x in v if isinstance(v, tuple) else (v,):
+                if isinstance(x, (int, np.integer)) and (x < 0 or x == 0 and not allow_zero):
+                    need = ">= 0" if allow_zero else ">= 1"
+                    self.fail(n, f"{n} must be {need}, got {x}")
+
+    # ------------------------------------------------------------------ semantics
+
+    def rule(self, p: SimpleNamespace, ctx: Context, q, k):
+        raise NotImplementedError
+
+    def rule_band(self, p: SimpleNamespace, ctx: Context, q0, q1):
+        """Default: any key."""
+        return [(np.zeros_like(q0), np.full_like(q0, ctx.N))]
+
+    def visible(self, ctx: Context, q, k):
+        p = self.params(ctx)
+        b = getattr(p, "block", None)
+        if b is None or b == 1 and isinstance(b, int):
+            return self.rule(p, ctx, q, k)
+        return self.rule(p, ctx.blocked(b), q // b, k // b)
+
+    def band(self, ctx: Context, q0, q1):
+        p = self.params(ctx)
+        b = getattr(p, "block", None)
+        if b is None or b == 1:
+            return self.rule_band(p, ctx, q0, q1)
+        return [(lo * b, hi * b) for lo, hi in self.rule_band(p, ctx.blocked(b), q0 // b, (q1 - 1) // b + 1)]
+
+    # ------------------------------------------------------------------ printing
+
+    def __str__(self):
+        parts = []
+        for f in self.params_spec():
+            v = getattr(self, f.name)
+            if f.default is dataclasses.MISSING:
+                parts.append(format_value(v))
+            elif v != f.default:
+                parts.append(f"{f.name}={format_value(v)}")
+        return f"{self.name}({', '.join(parts)})" if parts else self.name
+
+
+def format_value(v) -> str:
+    if isinstance(v, Term):
+        return str(v)
+    if isinstance(v, tuple):
+        if v and v[0] == "range":
+            return f"{v[1]}..{v[2]}"
+        inner = ", ".join(format_value(x) for x in v)
+        return f"({inner},)" if len(v) == 1 else f"({inner})"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _coerce(cls, f, value, span):
+    """Check an argument's kind (int expression, tuple, boolean, name) and convert it."""
+    kind = f.metadata.get("kind", INT)
+    usage = f"usage: {cls.signature}"
+
+    def is_int(v):
+        return isinstance(v, Term) and not (v.is_const and isinstance(v.value, bool))
+
+    if kind == INT:
+        if not is_int(value):
+            raise PatternError(f"{cls.name}(): '{f.name}' must be an integer, got {describe(value)}", span, usage)
+        return value
+    if kind == INTS:
+        if is_int(value):
+            return value
+        if isinstance(value, tuple) and value and value[0] != "range" and all(is_int(x) for x in value):
+            return value
+        raise PatternError(f"{cls.name}(): '{f.name}' must be an integer or a tuple of integers, got {describe(value)}",
+                           span, usage)
+    if kind == BOOL:
+        if isinstance(value, Term) and value.is_const and isinstance(value.value, bool):
+            return value.value
+        raise PatternError(f"{cls.name}(): '{f.name}' must be true or false, got {describe(value)}", span, usage)
+    if kind == CHOICE:
+        name = value.args[0] if isinstance(value, Term) and value.op == "var" else None
+        if name not in f.metadata["choices"]:
+            raise PatternError(f"{cls.name}(): '{f.name}' must be one of {', '.join(f.metadata['choices'])}, "
+                               f"got {describe(value)}", span, usage)
+        return name
+    raise AssertionError(kind)
+
+
+def describe(value) -> str:
+    if isinstance(value, Term):
+        if value.is_const and isinstance(value.value, bool):
+            return "a boolean"
+        if value.op == "var":
+            return f"the name '{value.args[0]}'"
+        return "an integer"
+    if isinstance(value, tuple):
+        return "a range" if value and value[0] == "range" else "a tuple"
+    return type(value).__name__

@@ -1,0 +1,30 @@
+"""`blocked(b)`: `q // b == k // b` (block-diagonal, chunked attention).
+
+    ##..
+    ##..
+    ..##
+    ..##
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir.expr import Term
+from .base import Primitive, param
+
+
+@dataclass(frozen=True)
+class Blocked(Primitive):
+    name = "blocked"
+    signature = "blocked(size, block=b)"
+    size: Term = param(doc="tokens per diagonal block")
+
+    def check(self, p, ctx):
+        super().check(p, ctx)
+        self.positive(p, "size")
+
+    def rule(self, p, ctx, q, k):
+        return q // p.size == k // p.size
+
+    def rule_band(self, p, ctx, q0, q1):
+        return [(q0 // p.size * p.size, ((q1 - 1) // p.size + 1) * p.size)]

@@ -1,0 +1,24 @@
+"""`causal`: `k <= q`, aligned bottom-right when M != N (query i sees keys `k <= i + N - M`).
+
+    #...
+    ##..
+    ###.
+    ####
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import Primitive
+
+
+@dataclass(frozen=True)
+class Causal(Primitive):
+    name = "causal"
+    signature = "causal"
+
+    def rule(self, p, ctx, q, k):
+        return k <= q + (ctx.N - ctx.M)
+
+    def rule_band(self, p, ctx, q0, q1):
+        return [(q0 * 0, q1 + (ctx.N - ctx.M))]

@@ -1,0 +1,41 @@
+"""`columns(s, phase=s-1)`: `k % s == phase` (Sparse Transformer's "fixed" summary columns;
+`phase=h % s` gives every head its own columns, as S2-Attention).
+
+    ...#...#
+    ...#...#
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..ir.expr import Sym, Term
+from .base import Primitive, param
+
+
+@dataclass(frozen=True)
+class Columns(Primitive):
+    name = "columns"
+    signature = "columns(s, phase=s-1, block=b)"
+    period: Term = param(doc="distance between visible columns")
+    phase: Term | None = param(None, doc="which column of each period is visible")
+
+    @classmethod
+    def make(cls, period, phase=None, span=None, arg_spans=(), **params):
+        if phase is None:
+            phase = (Sym(period) - 1).term
+        return cls(period, phase, span=span, arg_spans=arg_spans, **params)
+
+    def check(self, p, ctx):
+        super().check(p, ctx)
+        self.positive(p, "period")
+        if isinstance(p.phase, int) and isinstance(p.period, int) and not 0 <= p.phase < p.period:
+            self.fail("phase", f"phase must be in 0..{p.period - 1}, got {p.phase}", "use a phase like h % s")
+
+    def rule(self, p, ctx, q, k):
+        return k % p.period == p.phase
+
+    def __str__(self):
+        default = (Sym(self.period) - 1).term
+        phase = "" if self.phase == default else f", phase={self.phase}"
+        block = "" if self.block is None else f", block={self.block}"
+        return f"columns({self.period}{phase}{block})"

@@ -1,0 +1,20 @@
+"""`full`: every query sees every key.
+
+    q\\k ####
+        ####
+        ####
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .base import Primitive
+
+
+@dataclass(frozen=True)
+class Full(Primitive):
+    name = "full"
+    signature = "full"
+
+    def rule(self, p, ctx, q, k):
+        return True

@@ -1,0 +1,135 @@
+"""`neighborhood(size, stride=1, dilation=1, causal=false)`: neighborhood attention with NATTEN /
+GNA semantics over the pattern's `grid(d0, d1, ...)` (row-major tokens; 1-D without a grid).
+
+Per grid dimension of length L, with window K, dilation r, stride s:
+- the coordinates split into r interleaved groups `x % r`; a query sees only its group, in which
+  it has position `x // r` among `Lg = ceil((L - x % r) / r)` positions;
+- queries are grouped by `s` positions; all use their leader's window, the leader being the
+  group's centre `s*(x//s) + s//2` (clipped to the last position; causal: the group's first);
+- non-causal: exactly K keys, `start = clamp(leader - K//2, 0, Lg - K)`, so windows shift inward
+  at borders; causal: the K positions up to the leader (fewer near the start).
+A key is visible if it is inside the window in every dimension.
+
+    neighborhood(3), 1-D        neighborhood(3, dilation=2)
+    ###...                      #.#.#.
+    ###...                      .#.#.#
+    .###..                      #.#.#.
+    ..###.                      .#.#.#
+    ...###                      #.#.#.
+    ...###                      .#.#.#
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir.expr import Interval, Term, clamp, maximum, minimum
+from .base import BOOL, INTS, Primitive, param
+
+
+def _per_dim(value, ndim):
+    return value if isinstance(value, tuple) else (value,) * ndim
+
+
+@dataclass(frozen=True)
+class Neighborhood(Primitive):
+    name = "neighborhood"
+    blockable = False
+    signature = "neighborhood(size, stride=1, dilation=1, causal=false); tuples over grid(...) dimensions"
+    size: Term = param(kind=INTS, doc="window size (per dimension)")
+    stride: Term = param(Term.const(1), kind=INTS, doc="queries sharing one window (per dimension)")
+    dilation: Term = param(Term.const(1), kind=INTS, doc="dilation (per dimension)")
+    causal: bool = param(False, kind=BOOL, doc="causal along every dimension")
+
+    def grid(self, ctx):
+        return ctx.grid if ctx.grid is not None else (int(ctx.N),)
+
+    def check(self, p, ctx):
+        self.positive(p, "size", "stride", "dilation")
+        ndim = None
+        for name in ("size", "stride", "dilation"):
+            v = getattr(p, name)
+            if isinstance(v, tuple):
+                if ndim is not None and len(v) != ndim:
+                    self.fail(name, f"'{name}' has {len(v)} dimensions but 'size' has {ndim}")
+                ndim = len(v)
+        if ctx is None:
+            return
+        grid = self.grid(ctx)
+        if ndim is not None and ndim != len(grid):
+            self.fail("size", f"{ndim}-D window on a {len(grid)}-D grid {grid}",
+                      "declare the grid with grid(d0, d1, ...) before the expression" if ctx.grid is None else None)
+        if int(ctx.M) != int(ctx.N) or math.prod(grid) != int(ctx.N):
+            self.fail(None, f"needs M == N == {' * '.join(map(str, grid))} tokens (the grid), got M={ctx.M}, N={ctx.N}")
+        for i, L in enumerate(grid):
+            K, s, r = (_per_dim(getattr(p, n), len(grid))[i] for n in ("size", "stride", "dilation"))
+            if not all(isinstance(x, (int, np.integer)) for x in (K, s, r)):
+                continue
+            if s > K:
+                self.fail("stride", f"stride {s} > window size {K} in dimension {i}",
+                          "queries sharing a window can't be further apart than the window")
+            if K * r > L:
+                self.fail("size", f"window {K} x dilation {r} = {K * r} exceeds the length {L} of dimension {i}",
+                          "use a smaller window or dilation")
+
+    def _window(self, p, ctx, i, L, x):
+        """(group, start, stop) of dimension i's window for coordinate x, stop exclusive, in
+        positions within the dilation group."""
+        K, s, r = (_per_dim(getattr(p, n), len(self.grid(ctx)))[i] for n in ("size", "stride", "dilation"))
+        one = lambda v: isinstance(v, int) and v == 1
+        group, pos, length = (0, x, L) if one(r) else (x % r, x // r, (L - x % r + r - 1) // r)
+        if not one(s):
+            lead = pos // s * s
+            pos = lead if self.causal else minimum(lead + s // 2, length - 1)
+        if self.causal:
+            return group, maximum(pos - K + 1, 0), pos + 1
+        start = clamp(pos - K // 2, 0, length - K)
+        return group, start, start + K
+
+    def rule(self, p, ctx, q, k):
+        grid = self.grid(ctx)
+        r_all = _per_dim(p.dilation, len(grid))
+        visible = True
+        inner = 1
+        for i in reversed(range(len(grid))):
+            L = grid[i]
+            xq = q // inner if i == 0 else q // inner % L
+            xk = k // inner if i == 0 else k // inner % L
+            inner *= L
+            group, start, stop = self._window(p, ctx, i, L, xq)
+            r = r_all[i]
+            if isinstance(r, int) and r == 1:
+                visible = visible & (xk >= start) & (xk < stop)
+            else:
+                pk = xk // r
+                visible = visible & (xk % r == group) & (pk >= start) & (pk < stop)
+        return visible
+
+    def rule_band(self, p, ctx, q0, q1):
+        # keys whose outermost coordinate can be in the window of any query in [q0, q1)
+        grid = self.grid(ctx)
+        outer = math.prod(grid[1:])
+        x = Interval(q0 // outer, (q1 - 1) // outer)
+        r = _per_dim(p.dilation, len(grid))[0]
+        group, start, stop = self._window(p, ctx, 0, grid[0], x)
+        lo = Interval.of(start).lo * r + (Interval.of(group).lo if r != 1 else 0)
+        hi = (Interval.of(stop).hi - 1) * r + (Interval.of(group).hi if r != 1 else 0) + 1
+        return [(lo * outer, hi * outer)]
+
+    def __str__(self):
+        args = [_fmt(self.size)]
+        for n, default in (("stride", 1), ("dilation", 1)):
+            v = getattr(self, n)
+            if v != Term.const(default):
+                args.append(f"{n}={_fmt(v)}")
+        if self.causal:
+            args.append("causal=true")
+        return f"neighborhood({', '.join(args)})"
+
+
+def _fmt(v):
+    from .base import format_value
+
+    return format_value(v)

@@ -1,0 +1,33 @@
+"""`pow2(block=b)`: distance `D = q//b - k//b` in {0, 1, 2, 4, 8, ...} (PowerAttention).
+
+    #.......
+    ##......
+    ###.....
+    .###....
+    #.###...
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .base import Primitive
+
+
+@dataclass(frozen=True)
+class Pow2(Primitive):
+    name = "pow2"
+    signature = "pow2(block=b)"
+
+    def rule(self, p, ctx, q, k):
+        d = q - k
+        return (d == 0) | (d > 0) & ((d & (d - 1)) == 0)
+
+    def rule_band(self, p, ctx, q0, q1):
+        bands = [(q0, q1)]
+        step = 1
+        while step < max(int(ctx.M), int(ctx.N)) + 1:
+            bands.append((q0 - step, q1 - step))
+            step *= 2
+        return bands

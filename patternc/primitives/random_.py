@@ -1,0 +1,47 @@
+"""`random(r, block=b, seed=s)`: BigBird's random attention: every query block sees `r` key
+blocks drawn without replacement, deterministically from `seed` and the head index.
+
+    random(1, block=2)
+    ..##..
+    ..##..
+    ##....
+    ##....
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from ..ir.expr import Term
+from .base import Primitive, param
+from .tables import lookup
+
+
+@lru_cache(maxsize=256)
+def random_table(count: int, seed: int, head: int, n_q: int, n_k: int) -> np.ndarray:
+    """bool [n_q, n_k]: `count` distinct key blocks per query block."""
+    rng = np.random.default_rng([seed, head])
+    chosen = np.argsort(rng.random((n_q, n_k)), axis=1)[:, : min(count, n_k)]
+    table = np.zeros((n_q, n_k), dtype=bool)
+    np.put_along_axis(table, chosen, True, axis=1)
+    table.flags.writeable = False
+    return table
+
+
+@dataclass(frozen=True)
+class Random(Primitive):
+    name = "random"
+    signature = "random(count, block=b, seed=0)"
+    count: Term = param(doc="random key blocks per query block")
+    seed: Term = param(Term.const(0), doc="random seed")
+
+    def check(self, p, ctx):
+        super().check(p, ctx)
+        self.positive(p, "count")
+        self.positive(p, "seed", allow_zero=True)
+
+    def rule(self, p, ctx, q, k):
+        n_q, n_k = int(ctx.M), int(ctx.N)
+        return lookup(lambda head: random_table(int(p.count), int(p.seed), head, n_q, n_k), ctx.h, q, k)

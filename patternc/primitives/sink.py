@@ -1,0 +1,31 @@
+"""`sink(n)`: `k < n` (attention sinks, StreamingLLM).
+
+    ##..
+    ##..
+    ##..
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir.expr import Term
+from .base import Primitive, param
+
+
+@dataclass(frozen=True)
+class Sink(Primitive):
+    name = "sink"
+    signature = "sink(n, block=b)"
+    count: Term = param(doc="number of leading keys every query sees")
+
+    def check(self, p, ctx):
+        super().check(p, ctx)
+        self.positive(p, "count")
+
+    def rule(self, p, ctx, q, k):
+        return k < p.count
+
+    def rule_band(self, p, ctx, q0, q1):
+        return [(np.zeros_like(q0), np.full_like(q0, p.count))]

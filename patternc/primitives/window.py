@@ -1,0 +1,58 @@
+"""`window(left, right)`: `q - left <= k <= q + right` (FlashAttention's `window_size`);
+`window(w)` is `window(w-1, w-1)`. With `dilation=r`: only `d % r == 0`, `-right*r <= d <= left*r`
+(`d = q - k`), so `window(w, dilation=r)` is `d % r == 0 and abs(d) <= (w-1)*r`.
+
+    window(2)       window(2, dilation=2)
+    ##....          #.#...
+    ###...          .#.#..
+    .###..          #.#.#.
+    ..###.          .#.#.#
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import PatternError
+from ..ir.expr import Sym, Term
+from .base import Primitive, param
+
+
+@dataclass(frozen=True)
+class Window(Primitive):
+    name = "window"
+    signature = "window(w) or window(left, right), with dilation=1, block=b"
+    left: Term = param(doc="keys before the query (or the window size w when right is omitted)")
+    right: Term | None = param(None, doc="keys after the query")
+    dilation: Term = param(Term.const(1), doc="keep every r-th key only")
+
+    @classmethod
+    def make(cls, left, right=None, span=None, arg_spans=(), **params):
+        if right is None:  # window(w) = window(w-1, w-1)
+            if left.is_const and left.value < 1:
+                raise PatternError(f"window: size must be >= 1, got {left.value}",
+                                   dict(arg_spans).get("left") or span, "window(w) sees w-1 keys on each side")
+            left = right = (Sym(left) - 1).term
+        return cls(left, right, span=span, arg_spans=arg_spans, **params)
+
+    def check(self, p, ctx):
+        super().check(p, ctx)
+        self.positive(p, "left", "right", allow_zero=True)
+        self.positive(p, "dilation")
+
+    def rule(self, p, ctx, q, k):
+        d = q - k
+        visible = (d <= p.left * p.dilation) & (d >= -(p.right * p.dilation))
+        if isinstance(p.dilation, int) and p.dilation == 1:
+            return visible
+        return visible & (d % p.dilation == 0)
+
+    def rule_band(self, p, ctx, q0, q1):
+        return [(q0 - p.left * p.dilation, q1 + p.right * p.dilation)]
+
+    def __str__(self):
+        args = [str((Sym(self.left) + 1).term)] if self.left == self.right else [str(self.left), str(self.right)]
+        if self.dilation != Term.const(1):
+            args.append(f"dilation={self.dilation}")
+        if self.block is not None:
+            args.append(f"block={self.block}")
+        return f"window({', '.join(args)})"
