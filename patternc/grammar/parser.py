@@ -9,7 +9,7 @@ from importlib import resources
 
 from lark import Lark, Token, Tree
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
-from lark.indenter import Indenter
+from lark.indenter import DedentError, Indenter
 
 from ..errors import PatternError, Source, Span, closest
 from ..ir.expr import Sym, Term, maximum, minimum
@@ -28,6 +28,21 @@ class _Indenter(Indenter):
     INDENT_type = "_INDENT"
     DEDENT_type = "_DEDENT"
     tab_len = 8
+
+    def handle_NL(self, token: Token):
+        levels = list(self.indent_level)
+        try:
+            yield from super().handle_NL(token)
+        except DedentError:
+            raise _BadDedent(token, levels) from None
+
+
+class _BadDedent(Exception):
+    """A line indented less than its block but more than the block around it."""
+
+    def __init__(self, token: Token, levels: list[int]):
+        super().__init__()
+        self.token, self.levels = token, levels
 
 
 @lru_cache(maxsize=1)
@@ -49,10 +64,13 @@ SYNTAX_EXAMPLES = {
         "causal &", "causal | ", "window(8) & & causal", "window(, 4)", "window(4 + )",
     ],
     ("a pattern body is missing", "write the body indented below `pattern name:` or after the colon"): [
-        "pattern p:\n", "pattern p:\nlet x = 1\n",
+        "pattern p:\n", "pattern p:\nlet x = 1\n", "let x = 1",
     ],
     ("a colon is missing", "write `pattern name:` or `pattern name(w = 1024):`"): [
         "pattern p\n    causal\n", "pattern p(w = 4)\n    causal\n",
+    ],
+    ("unexpected indentation", "continue a long expression inside ( ) or end the line with \\"): [
+        "causal\n    & window(8)", "pattern p:\n    causal\n        & window(8)\n",
     ],
 }
 
@@ -146,7 +164,13 @@ class _Builder:
             if kind == "let_stmt":
                 self.let(item, scope)
             elif kind == "grid_stmt":
-                grid = tuple(self.number(self.expr(c, scope), "a grid dimension") for c in item.children if c is not None)
+                if grid is not None:
+                    raise PatternError("the grid is declared twice", self.span(item.meta), "keep one grid(...) line")
+                dims = [self.expr(c, scope) for c in item.children if c is not None]
+                grid = tuple(self.number(v, "a grid dimension") for v in dims)
+                for v in dims:
+                    if v.value.is_const and v.value.value < 1:
+                        raise PatternError(f"grid dimensions must be >= 1, got {v.value.value}", v.span)
             elif kind == "body_expr":
                 expr = self.pattern_expr(item.children[0], scope)
             elif kind == "section":
@@ -295,6 +319,8 @@ class _Builder:
         if isinstance(a.value, Term) and isinstance(b.value, Term) and op not in ("|", "&"):
             for v in (a, b):
                 self.number(v, f"a number around '{op}'")
+            if op in ("//", "%") and b.value.is_const and b.value.value == 0:
+                raise PatternError("division by zero", b.span)
             try:
                 return _Val(Sym(a.value)._op(op, Sym(b.value)).term, span)
             except ZeroDivisionError:
@@ -330,7 +356,10 @@ class _Builder:
 
 def _syntax_error(e: UnexpectedInput, source: Source, start: str) -> PatternError:
     pos = getattr(e, "pos_in_stream", None)
-    if isinstance(e, UnexpectedToken) and e.token.type in ("$END", "_DEDENT", "_INDENT") or pos is None:
+    if isinstance(e, UnexpectedToken) and e.token.type == "_INDENT" and e.token.end_pos is not None:
+        at = min(e.token.end_pos, len(source.text))  # the indented line's first character
+        span = Span.from_offsets(source, at, at + 1)
+    elif isinstance(e, UnexpectedToken) and e.token.type in ("$END", "_DEDENT") or pos is None:
         line, col = getattr(e, "line", None), getattr(e, "column", None)
         if not isinstance(line, int) or line < 1:
             text = source.text.rstrip("\n")
@@ -354,7 +383,7 @@ def _syntax_error(e: UnexpectedInput, source: Source, start: str) -> PatternErro
         return PatternError(f"syntax error: {label[0]}", span, label[1])
     if isinstance(e, UnexpectedToken):
         got = "end of input" if e.token.type == "$END" else "end of line" if e.token.type == "_NL" \
-            else "an indented block" if e.token.type == "_INDENT" else "end of the block" \
+            else "indentation" if e.token.type == "_INDENT" else "end of the block" \
             if e.token.type == "_DEDENT" else repr(str(e.token))
         expected = sorted(_pretty(t) for t in e.expected if not t.startswith("_") and t != "$END")[:8]
         return PatternError(f"syntax error: unexpected {got}", span,
@@ -380,13 +409,23 @@ def parse_text(text: str, filename: str = "<pattern>") -> tuple[dict[str, Patter
     if not isinstance(text, str):
         raise PatternError(f"pattern text must be a str, got {type(text).__name__}")
     source = Source(text, filename)
-    is_file = any(line.split()[:1] in (["pattern"], ["let"]) for line in text.splitlines()
+    # a file defines patterns; anything else (lets and a body included) is a bare body
+    is_file = any(line.split()[:1] == ["pattern"] or line.startswith("pattern:") for line in text.splitlines()
                   if line[:1] not in (" ", "\t"))
     start = "file" if is_file else "body_file"
+    if not text.strip():
+        raise PatternError("empty pattern", Span(source, 1, 1), "write an expression such as causal & window(1024)")
     try:
         tree = _lark().parse(text + "\n", start=start)
     except UnexpectedInput as e:
         raise _syntax_error(e, source, start) from None
+    except _BadDedent as e:
+        at = e.token.end_pos  # the first character of the badly indented line
+        span = Span.from_offsets(source, at, at + 1)
+        levels = " or ".join(str(n) for n in e.levels)
+        raise PatternError(f"inconsistent indentation: this line is indented by {span.column - 1} columns, "
+                           f"which matches no enclosing block ({levels})", span,
+                           "indent every line of a pattern body by the same amount") from None
     builder = _Builder(source)
     if start == "file":
         return builder.file(tree), None

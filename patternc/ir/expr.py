@@ -128,6 +128,13 @@ def _fold(op: str, args: tuple[Term, ...]) -> Term:
         return Term.const(FUNCTIONS[op](*vals))
     a = args[0]
     b = args[1] if len(args) > 1 else None
+    # (x ± c1) ± c2 -> x ± c: `window(w)` stores w - 1 and prints (w - 1) + 1, which must read back as w
+    if op in ("+", "-") and b.is_const and not isinstance(b.value, bool) and a.op in ("+", "-") \
+            and a.args[1].is_const and not isinstance(a.args[1].value, bool):
+        inner = a.args[1].value if a.op == "+" else -a.args[1].value
+        total = inner + (b.value if op == "+" else -b.value)
+        x = a.args[0]
+        return x if total == 0 else Term("+", (x, Term.const(total))) if total > 0 else Term("-", (x, Term.const(-total)))
     # identities that keep traced and generated code small
     if op == "+" and b.is_const and b.value == 0 or op == "-" and b.is_const and b.value == 0:
         return a

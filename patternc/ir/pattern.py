@@ -178,6 +178,25 @@ class Pattern:
 
         return build_layout(self, M, M if N is None else N, heads, block_m, block_n, q=q, k=k, device=device)
 
+    def mask_mod(self, M: int, N: int | None = None, heads: int | None = None):
+        """A FlexAttention `mask_mod(b, h, q_idx, kv_idx) -> bool` with this pattern's semantics
+        at lengths M, N (for `create_block_mask`, `flex_attention` and A/B comparisons)."""
+        from ..primitives import Context
+
+        N = M if N is None else N
+        sections = self.sections(heads)
+        grid = self.grid_shape(M, N)
+        causal = [under_causal(s.expr) for s in sections]
+
+        def mask_mod(b, h, q_idx, kv_idx):
+            out = None
+            for s, c in reversed(list(zip(sections, causal))):
+                v = (q_idx >= 0) & s.expr.visible(Context(M, N, h, grid, {"causal": c}), q_idx, kv_idx)
+                out = v if out is None else (h <= s.hi) & v | (h > s.hi) & out
+            return out
+
+        return mask_mod
+
     # ------------------------------------------------------------------ composition and printing
 
     def _combine(self, other, cls) -> Pattern:

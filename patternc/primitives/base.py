@@ -58,6 +58,7 @@ class Primitive(Node):
 
     name: ClassVar[str] = ""
     blockable: ClassVar[bool] = True
+    per_head_tables: ClassVar[bool] = False  # rule reads a per-head table (random, topk)
     # one line per form, for hints: "window(w) | window(left, right, dilation=1, block=None)"
     signature: ClassVar[str] = ""
     block: Term | None = field(default=None, kw_only=True, metadata={"kind": INT, "doc": "apply to blocks of b tokens"})
@@ -161,7 +162,8 @@ class Primitive(Node):
         for n in names:
             v = getattr(p, n)
             for x in v if isinstance(v, tuple) else (v,):
-                if isinstance(x, (int, np.integer)) and (x < 0 or x == 0 and not allow_zero):
+                x = smallest(x)
+                if x is not None and (x < 0 or x == 0 and not allow_zero):
                     need = ">= 0" if allow_zero else ">= 1"
                     self.fail(n, f"{n} must be {need}, got {x}")
 
@@ -173,6 +175,10 @@ class Primitive(Node):
     def rule_band(self, p: SimpleNamespace, ctx: Context, q0, q1):
         """Default: any key."""
         return [(np.zeros_like(q0), np.full_like(q0, ctx.N))]
+
+    def exact_tiles(self, ctx: Context, block_m: int, block_n: int) -> bool:
+        """Is the interval rule tight on these tiles, so that a tile it calls partial really is?"""
+        return True
 
     def visible(self, ctx: Context, q, k):
         p = self.params(ctx)
@@ -191,14 +197,36 @@ class Primitive(Node):
     # ------------------------------------------------------------------ printing
 
     def __str__(self):
-        parts = []
-        for f in self.params_spec():
-            v = getattr(self, f.name)
-            if f.default is dataclasses.MISSING:
-                parts.append(format_value(v))
-            elif v != f.default:
-                parts.append(f"{f.name}={format_value(v)}")
+        # required arguments positionally first (the order `from_call` binds them), then keywords
+        spec = self.params_spec()
+        parts = [format_value(getattr(self, f.name)) for f in spec if f.default is dataclasses.MISSING]
+        parts += [f"{f.name}={format_value(getattr(self, f.name))}" for f in spec
+                  if f.default is not dataclasses.MISSING and getattr(self, f.name) != f.default]
         return f"{self.name}({', '.join(parts)})" if parts else self.name
+
+
+def smallest(x):
+    """The least value of an int or of a per-head tensor/array (parameters using `h`); None if unknown."""
+    if isinstance(x, (bool, np.bool_)):
+        return None
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, np.ndarray) or type(x).__module__.startswith("torch"):
+        size = x.numel() if hasattr(x, "numel") else x.size
+        is_bool = str(x.dtype).endswith("bool")
+        return int(x.min()) if size and not is_bool else None
+    return None
+
+
+def largest(x):
+    """The greatest value of an int or of a per-head tensor/array; None if unknown."""
+    s = smallest(x)
+    return None if s is None else (int(x) if isinstance(x, (int, np.integer)) else int(x.max()))
+
+
+def as_numpy(x) -> np.ndarray:
+    """An int, array or torch tensor as a numpy array."""
+    return x.detach().cpu().numpy() if type(x).__module__.startswith("torch") else np.asarray(x)
 
 
 def format_value(v) -> str:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..ir.expr import Sym, Term
-from .base import Primitive, param
+from .base import Primitive, as_numpy, param, smallest
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,13 @@ class Columns(Primitive):
     def check(self, p, ctx):
         super().check(p, ctx)
         self.positive(p, "period")
-        if isinstance(p.phase, int) and isinstance(p.period, int) and not 0 <= p.phase < p.period:
-            self.fail("phase", f"phase must be in 0..{p.period - 1}, got {p.phase}", "use a phase like h % s")
+        if smallest(p.phase) is None or smallest(p.period) is None:
+            return  # not known yet (symbolic)
+        phase, period = np.broadcast_arrays(as_numpy(p.phase), as_numpy(p.period))  # per head with h
+        bad = np.flatnonzero((phase < 0) | (phase >= period))
+        if bad.size:
+            phase, period = int(phase.flat[bad[0]]), int(period.flat[bad[0]])
+            self.fail("phase", f"phase must be in 0..{period - 1}, got {phase}", "use a phase like h % s")
 
     def rule(self, p, ctx, q, k):
         return k % p.period == p.phase

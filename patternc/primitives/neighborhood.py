@@ -55,6 +55,11 @@ class Neighborhood(Primitive):
                 if ndim is not None and len(v) != ndim:
                     self.fail(name, f"'{name}' has {len(v)} dimensions but 'size' has {ndim}")
                 ndim = len(v)
+        for i in range(ndim or 1):  # stride > size is wrong on any grid: say so while parsing
+            K, s = (_per_dim(getattr(p, n), ndim or 1)[i] for n in ("size", "stride"))
+            if isinstance(K, (int, np.integer)) and isinstance(s, (int, np.integer)) and s > K:
+                self.fail("stride", f"stride {s} > window size {K}" + (f" in dimension {i}" if ndim else ""),
+                          "queries sharing a window can't be further apart than the window")
         if ctx is None:
             return
         grid = self.grid(ctx)
@@ -87,6 +92,14 @@ class Neighborhood(Primitive):
             return group, maximum(pos - K + 1, 0), pos + 1
         start = clamp(pos - K // 2, 0, length - K)
         return group, start, start + K
+
+    def exact_tiles(self, ctx, block_m, block_n):
+        # tight when every tile of flattened tokens is a box of the grid, without dilation groups
+        grid = self.grid(ctx)
+        dilations = _per_dim(self.dilation, len(grid))
+        if any(d != Term.const(1) for d in dilations):
+            return False
+        return all(_tiles_are_boxes(grid, b) for b in (block_m, block_n))
 
     def rule(self, p, ctx, q, k):
         grid = self.grid(ctx)
@@ -127,6 +140,17 @@ class Neighborhood(Primitive):
         if self.causal:
             args.append("causal=true")
         return f"neighborhood({', '.join(args)})"
+
+
+def _tiles_are_boxes(grid, b) -> bool:
+    """Is every run [i*b, (i+1)*b) of row-major tokens a box of the grid?"""
+    for length in reversed(grid):
+        if b <= length:
+            return length % b == 0
+        if b % length:
+            return False
+        b //= length
+    return True
 
 
 def _fmt(v):

@@ -24,6 +24,9 @@ class Pow2(Primitive):
         d = q - k
         return (d == 0) | (d > 0) & ((d & (d - 1)) == 0)
 
+    def exact_tiles(self, ctx, block_m, block_n):
+        return False  # D & (D - 1) over a range of D is not tight
+
     def rule_band(self, p, ctx, q0, q1):
         bands = [(q0, q1)]
         step = 1

@@ -33,6 +33,7 @@ def random_table(count: int, seed: int, head: int, n_q: int, n_k: int) -> np.nda
 @dataclass(frozen=True)
 class Random(Primitive):
     name = "random"
+    per_head_tables = True
     signature = "random(count, block=b, seed=0)"
     count: Term = param(doc="random key blocks per query block")
     seed: Term = param(Term.const(0), doc="random seed")

@@ -57,6 +57,7 @@ def select_blocks(q, k, count: int, block: int, causal: bool):
 @dataclass(frozen=True)
 class TopK(Primitive):
     name = "topk"
+    per_head_tables = True
     signature = "topk(k, block=b)"
     count: Term = param(doc="key blocks per query block, the own block included")
 

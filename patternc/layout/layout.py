@@ -1,0 +1,196 @@
+"""`Layout`: the tiles a kernel visits, per (head, query tile), in FlexAttention's CSR format."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+EMPTY, PARTIAL, FULL = 0, 1, 2
+
+
+def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int):
+    """(counts [n_rows], indices [n_rows, width]) of the (row, col) pairs, sorted by row then col."""
+    counts = np.bincount(rows, minlength=n_rows).astype(np.int32)
+    width = max(int(counts.max(initial=0)), 1)
+    starts = np.cumsum(counts) - counts
+    indices = np.zeros((n_rows, width), dtype=np.int32)
+    if len(rows):
+        indices[rows, np.arange(len(rows)) - starts[rows]] = cols
+    return counts, indices
+
+
+def _stack(per_head, build, device):
+    """Stack a per-head build; heads that share one tiling share one array (expanded, no copy)."""
+    import torch
+
+    unique = {id(t): t for t in per_head}
+    if len(unique) == 1:
+        arrays = build(per_head[0])
+        return [torch.as_tensor(a, device=device)[None].expand(len(per_head), *a.shape) for a in arrays]
+    built = {key: build(t) for key, t in unique.items()}
+    parts = list(zip(*(built[id(t)] for t in per_head)))
+    out = []
+    for arrays in parts:
+        width = max(a.shape[-1] for a in arrays) if arrays[0].ndim == 2 else None
+        if width is not None:
+            arrays = [np.pad(a, ((0, 0), (0, width - a.shape[-1]))) for a in arrays]
+        out.append(torch.as_tensor(np.stack(arrays), device=device))
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Layout:
+    """Which key tiles each (head, query tile) visits, split into full and partial tiles.
+
+    All index tensors are int32 torch tensors (heads that share a tiling share memory):
+
+    - `full_kv_num_blocks [H, Mt]`, `full_kv_indices [H, Mt, W]`: key tiles where every
+      element is visible (the kernel skips the predicate there);
+    - `kv_num_blocks [H, Mt]`, `kv_indices [H, Mt, W]`: partial key tiles (predicate applied);
+    - `full_q_num_blocks / full_q_indices / q_num_blocks / q_indices [H, Nt, ...]`: the
+      transpose (key tile -> query tiles), for a backward pass.
+
+    Row r of `*_indices` holds `*_num_blocks[h, r]` valid entries, ascending; the rest is 0.
+    `Mt = ceil(M / block_m)`, `Nt = ceil(N / block_n)`. `permutation` is None (tokens in their
+    own order).
+    """
+
+    M: int
+    N: int
+    heads: int
+    block_m: int
+    block_n: int
+    kv_num_blocks: object
+    kv_indices: object
+    full_kv_num_blocks: object
+    full_kv_indices: object
+    q_num_blocks: object
+    q_indices: object
+    full_q_num_blocks: object
+    full_q_indices: object
+    pattern: object = field(default=None, repr=False)
+    permutation: object = None
+    refined_tiles: int = 0
+    _tiles: tuple = field(default=(), repr=False)
+
+    @classmethod
+    def from_tiles(cls, per_head, M, N, block_m, block_n, pattern=None, refined_tiles=0, device="cpu"):
+        """From per-head `(qt, kt, kind)` arrays sorted by (qt, kt); a head may reuse another's tuple."""
+        n_qt, n_kt = -(-M // block_m), -(-N // block_n)
+
+        def forward(t):
+            qt, kt, kind = t
+            f, p = kind == FULL, kind == PARTIAL
+            return (*_csr(qt[p], kt[p], n_qt), *_csr(qt[f], kt[f], n_qt))
+
+        def backward(t):
+            qt, kt, kind = t
+            order = np.lexsort((qt, kt))
+            qt, kt, kind = qt[order], kt[order], kind[order]
+            f, p = kind == FULL, kind == PARTIAL
+            return (*_csr(kt[p], qt[p], n_kt), *_csr(kt[f], qt[f], n_kt))
+
+        kv, kvi, fkv, fkvi = _stack(per_head, forward, device)
+        qn, qi, fqn, fqi = _stack(per_head, backward, device)
+        return cls(M, N, len(per_head), block_m, block_n, kv, kvi, fkv, fkvi, qn, qi, fqn, fqi,
+                   pattern=pattern, refined_tiles=refined_tiles, _tiles=tuple(per_head))
+
+    # ------------------------------------------------------------------ summaries
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(H, Mt, Nt): heads, query tiles, key tiles."""
+        return self.heads, -(-self.M // self.block_m), -(-self.N // self.block_n)
+
+    @cached_property
+    def counts(self) -> dict:
+        """Tile counts over all heads: full, partial, empty, total."""
+        full = int(self.full_kv_num_blocks.sum())
+        partial = int(self.kv_num_blocks.sum())
+        H, Mt, Nt = self.shape
+        return {"full": full, "partial": partial, "empty": H * Mt * Nt - full - partial, "total": H * Mt * Nt}
+
+    @property
+    def density(self) -> float:
+        """Visited tiles / all tiles."""
+        c = self.counts
+        return (c["full"] + c["partial"]) / c["total"]
+
+    @property
+    def ideal_speedup(self) -> float:
+        """1 / density: the FLOP-bound speedup over dense attention at this tile shape."""
+        return float("inf") if self.density == 0 else 1 / self.density
+
+    def block_map(self):
+        """int8 `[H, Mt, Nt]`: 0 skipped, 1 partial, 2 full (in the layout's token order)."""
+        import torch
+
+        H, Mt, Nt = self.shape
+        out = np.zeros((H, Mt, Nt), dtype=np.int8)
+        for h, (qt, kt, kind) in enumerate(self._tiles):
+            out[h, qt, kt] = kind
+        return torch.from_numpy(out)
+
+    @cached_property
+    def empty_rows(self) -> list:
+        """Per head, the query rows with no visible key (int64 arrays). Computed on first use:
+        rows whose tiles are all skipped, plus rows of visited tiles that evaluate empty."""
+        import torch
+
+        from ..ir.pattern import under_causal
+        from ..primitives import Context
+
+        out, cache = [], {}
+        sections = self.pattern.sections(self.heads)
+        for h in range(self.heads):
+            tiles = self._tiles[h]
+            if id(tiles) in cache:
+                out.append(cache[id(tiles)])
+                continue
+            qt, kt, _ = tiles
+            node = next(s.expr for s in sections if s.lo <= h <= s.hi)
+            ctx = Context(self.M, self.N, h, self.pattern.grid_shape(self.M, self.N), {"causal": under_causal(node)})
+            seen = np.zeros(self.M, bool)
+            for t in np.unique(qt):
+                rows = torch.arange(t * self.block_m, min((t + 1) * self.block_m, self.M))
+                keys = np.concatenate([np.arange(c * self.block_n, min((c + 1) * self.block_n, self.N))
+                                       for c in kt[qt == t]])
+                vis = torch.as_tensor(node.visible(ctx, rows[:, None], torch.as_tensor(keys)[None, :]))
+                seen[rows.numpy()] = vis.expand(len(rows), len(keys)).any(1).numpy()
+            cache[id(tiles)] = np.nonzero(~seen)[0]
+            out.append(cache[id(tiles)])
+        return out
+
+    def summary(self) -> dict:
+        c = self.counts
+        visited = c["full"] + c["partial"]
+        return {
+            "M": self.M, "N": self.N, "heads": self.heads, "block": f"{self.block_m}x{self.block_n}",
+            "density": self.density, "ideal_speedup": self.ideal_speedup,
+            "full": c["full"], "partial": c["partial"], "empty": c["empty"],
+            "partial_share": c["partial"] / visited if visited else 0.0, "refined_tiles": self.refined_tiles,
+        }
+
+    # ------------------------------------------------------------------ interop
+
+    def to_flex_block_mask(self, batch: int = 1):
+        """The same layout as a FlexAttention `BlockMask` (mask_mod from `Pattern.mask_mod`)."""
+        import torch
+        from torch.nn.attention.flex_attention import BlockMask
+
+        H, Mt, Nt = self.shape
+
+        def widen(x):  # BlockMask wants index rows as wide as the key tiles
+            x = x.contiguous()
+            pad = Nt - x.shape[-1]
+            return torch.nn.functional.pad(x, (0, pad)) if pad > 0 else x
+
+        def b(x):
+            return x.contiguous()[None].expand(batch, *x.shape).contiguous()
+
+        mask_mod = self.pattern.mask_mod(self.M, self.N) if self.pattern is not None else None
+        return BlockMask.from_kv_blocks(
+            b(self.kv_num_blocks), b(widen(self.kv_indices)), b(self.full_kv_num_blocks),
+            b(widen(self.full_kv_indices)), BLOCK_SIZE=(self.block_m, self.block_n), mask_mod=mask_mod,
+            seq_lengths=(self.M, self.N))
