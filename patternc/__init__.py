@@ -13,7 +13,8 @@ from .errors import PatternError
 from .ir import Pattern
 
 __version__ = "0.1.0"
-__all__ = ["Pattern", "PatternError", "compile", "load", "jit", "where", "__version__"]
+__all__ = ["Pattern", "PatternError", "attention", "compile", "load", "jit", "reference_attention", "where",
+           "__version__"]
 
 
 def compile(text: str, name: str | None = None, **params) -> Pattern:  # noqa: A001 - the product's verb
@@ -64,6 +65,20 @@ def jit(fn=None, **params):
     from .frontend import jit as _jit
 
     return _jit(fn, **params)
+
+
+def attention(q, k, v, pattern, scale=None, return_lse=False, config=None):
+    """Sparse attention through a generated Triton kernel; see `patternc.runtime.attention`."""
+    from .runtime import attention as _attention
+
+    return _attention(q, k, v, pattern, scale=scale, return_lse=return_lse, config=config)
+
+
+def reference_attention(q, k, v, pattern, scale=None, return_lse=False):
+    """Dense masked attention over `Pattern.mask` (the reference the kernels are tested against)."""
+    from .runtime import reference_attention as _reference
+
+    return _reference(q, k, v, pattern, scale=scale, return_lse=return_lse)
 
 
 def where(cond, a, b):

@@ -474,8 +474,9 @@ def _as_tensors(torch, a, b):
 
 # --------------------------------------------------------------------------- printing
 
-# (precedence, text) for pattern text / Python; higher binds tighter. Same as Python's.
-_PREC = {"|": 1, "^": 2, "&": 3, "<": 4, "<=": 4, "==": 4, "!=": 4, ">": 4, ">=": 4,
+# precedence for pattern text / Python; higher binds tighter. Python's: comparisons bind looser
+# than | ^ &, so `(q - k <= 4) & (k >= 0)` keeps its parentheses.
+_PREC = {"<": 0, "<=": 0, "==": 0, "!=": 0, ">": 0, ">=": 0, "|": 1, "^": 2, "&": 3,
          "+": 6, "-": 6, "*": 7, "//": 7, "%": 7, "neg": 8, "~": 8}
 
 
@@ -501,7 +502,7 @@ def to_text(term: Term, names: dict[str, str] | None = None, functions: dict[str
             prec = _PREC[t.op]
             (pa, sa), (pb, sb) = go(t.args[0]), go(t.args[1])
             # comparisons never chain; left-associative otherwise
-            left = sa if pa > prec or (pa == prec and prec != 4) else f"({sa})"
+            left = sa if pa > prec or (pa == prec and prec != 0) else f"({sa})"
             right = sb if pb > prec else f"({sb})"
             return prec, f"{left} {t.op} {right}"
         return 10, f"{functions[t.op]}({', '.join(go(a)[1] for a in t.args)})"

@@ -154,13 +154,19 @@ class Pattern:
 
         N = M if N is None else N
         _check_lengths(M, N, self.span)
-        sections = self.sections(heads)
-        H = sections[-1].hi + 1
         data = {}
         if q is not None or k is not None:
             if q is None or k is None:
                 raise PatternError("pass both q= and k= (or neither)", self.span)
             data.update(q=_heads_first(q, "q"), k=_heads_first(k, "k"))
+            _check_qk(data["q"], data["k"], M, N, self.span)
+            if heads is None and not isinstance(self.body, tuple):
+                heads = data["q"].shape[0]  # routed masks: one per query head
+        sections = self.sections(heads)
+        H = sections[-1].hi + 1
+        if data and data["q"].shape[0] != H:
+            raise PatternError(f"q has {data['q'].shape[0]} heads but the mask has {H}", self.span,
+                               f"pass q with {H} heads, or heads={data['q'].shape[0]}")
         qi = torch.arange(M, device=device).view(1, M, 1)
         ki = torch.arange(N, device=device).view(1, 1, N)
         grid = self.grid_shape(M, N)
@@ -251,7 +257,18 @@ def _check_lengths(M, N, span):
             raise PatternError(f"length {n} must be a positive integer, got {v!r}", span)
 
 
+def _check_qk(q, k, M, N, span):
+    if q.shape[1] != M or k.shape[1] != N:
+        raise PatternError(f"q has {q.shape[1]} queries and k {k.shape[1]} keys, but the mask is {M} x {N}", span)
+    if q.shape[2] != k.shape[2]:
+        raise PatternError(f"q and k head_dims differ: {q.shape[2]} vs {k.shape[2]}", span)
+    if k.shape[0] < 1 or q.shape[0] % k.shape[0]:
+        raise PatternError(f"q's {q.shape[0]} heads are not a multiple of k's {k.shape[0]} (GQA/MQA)", span)
+
+
 def _heads_first(x, name):
+    if not hasattr(x, "dim"):
+        raise PatternError(f"{name} must be a torch tensor [heads, length, head_dim], got {type(x).__name__}")
     if x.dim() == 4:
         if x.shape[0] != 1:
             raise PatternError(f"{name}: the reference mask takes a batch of 1, got shape {tuple(x.shape)}")

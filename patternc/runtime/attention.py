@@ -1,0 +1,158 @@
+"""`patternc.attention`: sparse attention through a generated Triton kernel."""
+from __future__ import annotations
+
+import os
+import warnings
+from functools import lru_cache
+
+from ..errors import PatternError
+from ..ir.pattern import Pattern
+
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
+
+
+def _as_pattern(pattern) -> Pattern:
+    if isinstance(pattern, Pattern):
+        return pattern
+    if isinstance(pattern, str):
+        from .. import compile
+
+        return compile(pattern)
+    inner = getattr(pattern, "pattern", None)
+    if isinstance(inner, Pattern):
+        return inner
+    raise PatternError(f"expected a Pattern, pattern text or @patternc.jit object, got {type(pattern).__name__}")
+
+
+def _check_inputs(q, k, v):
+    import torch
+
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(x, torch.Tensor) or x.dim() != 4:
+            raise PatternError(f"{name} must be a 4-D tensor [batch, heads, length, head_dim] (SDPA layout), "
+                               f"got {getattr(x, 'shape', type(x).__name__)}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise PatternError(f"q, k, v must share one dtype of float16, bfloat16, float32; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise PatternError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+    B, H, M, D = q.shape
+    if k.shape[0] != B or v.shape[0] != B or k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
+        raise PatternError(f"shapes don't match: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}",
+                           None, "k and v are [batch, kv_heads, N, head_dim] with q's batch")
+    if k.shape[3] != D or v.shape[3] != D:
+        raise PatternError(f"q, k, v must share head_dim; got {D}, {k.shape[3]}, {v.shape[3]}")
+    if H % k.shape[1]:
+        raise PatternError(f"query heads ({H}) must be a multiple of key/value heads ({k.shape[1]}) for GQA/MQA")
+    if D not in SUPPORTED_HEAD_DIMS:
+        raise PatternError(f"head_dim {D} is not supported", None,
+                           f"supported: {', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
+
+
+def default_config(head_dim: int, dtype, interpret: bool) -> dict:
+    """Tile shape, warps and pipeline depth (the autotuner's starting point)."""
+    import torch
+
+    if interpret:
+        return {"block_m": 16, "block_n": 16, "num_warps": 4, "num_stages": 1}
+    wide = dtype == torch.float32
+    if head_dim <= 64:
+        return {"block_m": 128, "block_n": 64, "num_warps": 4, "num_stages": 3}
+    if head_dim == 128:
+        return {"block_m": 128, "block_n": 64 if not wide else 32, "num_warps": 8, "num_stages": 3}
+    return {"block_m": 64, "block_n": 32, "num_warps": 4, "num_stages": 2}
+
+
+@lru_cache(maxsize=256)
+def _layout(pattern: Pattern, M: int, N: int, H: int, block_m: int, block_n: int, device: str):
+    return pattern.layout(M, N, heads=H, block_m=block_m, block_n=block_n, device=device)
+
+
+@lru_cache(maxsize=256)
+def _kernel(pattern: Pattern, H: int, M: int, N: int, head_dim: int, block_m: int, block_n: int,
+            num_warps: int, num_stages: int, device_tag: str):
+    from ..codegen.kernel import make_spec, module_source
+    from .cache import load_module
+
+    spec = make_spec(pattern, H, M, N, head_dim, block_m, block_n, num_warps, num_stages)
+    return load_module(module_source(spec), device_tag)
+
+
+def _device_tag(device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"cuda-sm{major}{minor}"
+    return device.type
+
+
+def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = False, config: dict | None = None):
+    """Sparse attention: `softmax(q k^T * scale, masked by pattern) v`.
+
+    q `[B, H, M, D]`, k and v `[B, Hkv, N, D]` (PyTorch SDPA layout; H a multiple of Hkv for
+    GQA/MQA); float16, bfloat16 or float32; D in 16, 32, 64, 128, 256. `pattern` is a `Pattern`,
+    pattern text, or a `@patternc.jit` object; `scale` defaults to `D ** -0.5`. Returns the
+    output `[B, H, M, D]` (q's dtype), and with `return_lse=True` also the log-sum-exp
+    `[B, H, M]` (float32, natural log). Queries that see no key get 0 and LSE = -inf.
+
+    On CUDA the generated Triton kernel runs. On the CPU it runs under `TRITON_INTERPRET=1`
+    (slow; for tests), else a dense masked reference does, with a one-time warning.
+    `config` overrides the tile shape: `{"block_m", "block_n", "num_warps", "num_stages"}`.
+    """
+    import torch
+
+    pattern = _as_pattern(pattern)
+    _check_inputs(q, k, v)
+    B, H, M, D = q.shape
+    N = k.shape[2]
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if q.device.type == "cpu" and not interpret:
+        _warn_cpu_once()
+        return reference_attention(q, k, v, pattern, scale, return_lse)
+    if pattern.is_routed:
+        raise PatternError("routed patterns (topk) need run-time block selection, which is not built yet",
+                           None, "use patternc.reference_attention for now")
+    cfg = dict(default_config(D, q.dtype, interpret), **(config or {}))
+    layout = _layout(pattern, M, N, H, cfg["block_m"], cfg["block_n"], str(q.device))
+    module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],
+                     _device_tag(q.device))
+    lse = torch.empty(B, H, M, dtype=torch.float32, device=q.device) if return_lse else None
+    out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse)
+    return (out, lse) if return_lse else out
+
+
+_warned = False
+
+
+def _warn_cpu_once():
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn("patternc.attention on CPU tensors runs a dense masked reference (set TRITON_INTERPRET=1 "
+                      "to run the generated kernel in Triton's interpreter)", stacklevel=3)
+
+
+def reference_attention(q, k, v, pattern, scale=None, return_lse=False):
+    """Dense masked attention over `Pattern.mask` (float32 math; any device). Same contract as
+    `attention`: rows with no visible key give 0 and LSE = -inf."""
+    import torch
+
+    pattern = _as_pattern(pattern)
+    B, H, M, D = q.shape
+    N = k.shape[2]
+    group = H // k.shape[1]
+    scale = D ** -0.5 if scale is None else scale
+    routed = {}
+    if pattern.is_routed:
+        if B != 1:
+            raise PatternError("the routed reference takes a batch of 1")
+        routed = {"q": q[0], "k": k[0]}
+    mask = pattern.mask(M, N, heads=H, device=q.device, **routed)  # [H, M, N]
+    kf = k.float().repeat_interleave(group, dim=1)
+    vf = v.float().repeat_interleave(group, dim=1)
+    s = (q.float() @ kf.transpose(-1, -2)) * scale
+    s = s.masked_fill(~mask[None], float("-inf"))
+    lse = torch.logsumexp(s, dim=-1)
+    p = torch.exp(s - torch.where(torch.isinf(lse), 0.0, lse)[..., None])
+    out = (p @ vf).to(q.dtype)
+    return (out, lse) if return_lse else out

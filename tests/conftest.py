@@ -1,0 +1,34 @@
+"""Shared test setup: hypothesis profiles and the package on sys.path.
+
+Profiles (pick with `HYPOTHESIS_PROFILE=...`; `dev` is the default):
+- `dev`: the default run, tuned to keep the language tests well under three minutes on 2 cores;
+- `ci`: more examples, for a nightly or pre-release run;
+- `quick`: a smoke run while editing.
+Tests that need a different budget say so with their own `@settings(max_examples=...)`,
+which scales with the profile through `examples(n)`.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+_COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+               derandomize=False, print_blob=True)
+settings.register_profile("dev", max_examples=100, **_COMMON)
+settings.register_profile("ci", max_examples=400, **_COMMON)
+settings.register_profile("quick", max_examples=15, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+_SCALE = {"dev": 1.0, "ci": 4.0, "quick": 0.15}.get(os.environ.get("HYPOTHESIS_PROFILE", "dev"), 1.0)
+
+
+def examples(n: int) -> int:
+    """`n` examples under the dev profile, scaled for the others."""
+    return max(5, int(n * _SCALE))
