@@ -28,21 +28,18 @@ class KernelSpec:
     block_n: int
     num_warps: int
     num_stages: int
-
-    @property
-    def name(self) -> str:
-        return "attention_fwd"
+    runs: tuple[int, int] | None = None  # (full, partial) runs per row: loop over ranges; None: index tables
 
 
 def make_spec(pattern, heads: int, M: int, N: int, head_dim: int, block_m: int, block_n: int,
-              num_warps: int, num_stages: int) -> KernelSpec:
+              num_warps: int, num_stages: int, runs: tuple[int, int] | None = None) -> KernelSpec:
     """The kernel for `pattern` with `heads` query heads. Lengths matter only to patterns on a
     token grid (their index arithmetic uses the grid's shape); other kernels serve every length."""
     grid = pattern.grid_shape(M, N)
     if grid is None and any(p.name == "neighborhood" for p in pattern.primitives()):
         grid = (N,)
     body, floor = predicate_source(pattern.sections(heads), grid)
-    return KernelSpec(str(pattern), body, floor, head_dim, block_m, block_n, num_warps, num_stages)
+    return KernelSpec(str(pattern), body, floor, head_dim, block_m, block_n, num_warps, num_stages, runs)
 
 
 HEADER = '''"""patternc generated attention kernel (forward).
@@ -110,14 +107,13 @@ def attention_fwd(
     Q, K, V, Out, Lse,
     stride_qz, stride_qh, stride_qm, stride_kz, stride_kh, stride_kn, stride_vz, stride_vh, stride_vn,
     stride_oz, stride_oh, stride_om, stride_lz, stride_lh,
-    full_kv_num_blocks, full_kv_indices, kv_num_blocks, kv_indices,
-    stride_fnh, stride_fih, stride_fim, stride_pnh, stride_pih, stride_pim,
+    {layout_params},
     qk_scale, Q_LEN, KV_LEN, H, GROUP,
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, WRITE_LSE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     """One program per (query tile, batch x head): full key tiles first (no predicate), then
-    partial ones (predicate), both read from the layout's index tables."""
+    partial ones (predicate), {iteration}."""
     start_m = tl.program_id(0)
     off_hz = tl.program_id(1)
     off_z = off_hz // H
@@ -139,24 +135,7 @@ def attention_fwd(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    # full tiles: every (query, key) pair is visible
-    n_full = tl.load(full_kv_num_blocks + off_h * stride_fnh + start_m)
-    full_row = full_kv_indices + off_h * stride_fih + start_m * stride_fim
-    for i in range(0, n_full):
-        start_n = tl.load(full_row + i) * BLOCK_N
-        acc, l_i, m_i = online_softmax_step(
-            acc, l_i, m_i, q, k_base + start_n * stride_kn, v_base + start_n * stride_vn, start_n, offs_m,
-            offs_n, off_h, qk_scale, Q_LEN, KV_LEN, MASKED=False, EVEN_N=EVEN_N, INPUT_PRECISION=INPUT_PRECISION)
-
-    # partial tiles: the pattern's predicate decides per element
-    n_partial = tl.load(kv_num_blocks + off_h * stride_pnh + start_m)
-    partial_row = kv_indices + off_h * stride_pih + start_m * stride_pim
-    for i in range(0, n_partial):
-        start_n = tl.load(partial_row + i) * BLOCK_N
-        acc, l_i, m_i = online_softmax_step(
-            acc, l_i, m_i, q, k_base + start_n * stride_kn, v_base + start_n * stride_vn, start_n, offs_m,
-            offs_n, off_h, qk_scale, Q_LEN, KV_LEN, MASKED=True, EVEN_N=EVEN_N, INPUT_PRECISION=INPUT_PRECISION)
-
+{loops}
     # epilogue: rows that saw no key get 0 and LSE = -inf (never 0/0)
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -171,9 +150,9 @@ def attention_fwd(
 
 
 def launch(q, k, v, layout, scale=None, out=None, lse=None):
-    """Run the kernel. q [B, H, M, D], k/v [B, Hkv, N, D] (head_dim contiguous), `layout`: an
-    object with the int32 tables `full_kv_num_blocks`, `full_kv_indices`, `kv_num_blocks`,
-    `kv_indices` ([H, Mt] / [H, Mt, W]) at BLOCK_M x BLOCK_N tiles. Returns (out, lse or None)."""
+    """Run the kernel. q [B, H, M, D], k/v [B, Hkv, N, D] (head_dim contiguous), `layout`: a
+    patternc Layout at BLOCK_M x BLOCK_N tiles (or any object with its {layout_doc}).
+    Returns (out, lse or None)."""
     B, H, M, D = q.shape
     N = k.shape[2]
     assert D == HEAD_DIM and k.shape[1] == v.shape[1] and H % k.shape[1] == 0
@@ -181,16 +160,14 @@ def launch(q, k, v, layout, scale=None, out=None, lse=None):
     out = torch.empty_like(q) if out is None else out
     scale = D ** -0.5 if scale is None else scale
     lse_arg = lse if lse is not None else out  # not written unless WRITE_LSE
-    tables = [layout.full_kv_num_blocks, layout.full_kv_indices, layout.kv_num_blocks, layout.kv_indices]
+{layout_tables}
     grid = (triton.cdiv(M, BLOCK_M), B * H)
     attention_fwd[grid](
         q, k, v, out, lse_arg,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
         v.stride(0), v.stride(1), v.stride(2), out.stride(0), out.stride(1), out.stride(2),
         lse_arg.stride(0), lse_arg.stride(1),
-        *tables,
-        tables[0].stride(0), tables[1].stride(0), tables[1].stride(1),
-        tables[2].stride(0), tables[3].stride(0), tables[3].stride(1),
+{layout_args}
         scale * 1.4426950408889634, M, N, H, H // k.shape[1],
         HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, EVEN_M=M % BLOCK_M == 0, EVEN_N=N % BLOCK_N == 0,
         WRITE_LSE=lse is not None, INPUT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
@@ -198,6 +175,61 @@ def launch(q, k, v, layout, scale=None, out=None, lse=None):
     )
     return out, lse
 '''
+
+
+_STEP = """acc, l_i, m_i = online_softmax_step(
+    acc, l_i, m_i, q, k_base + start_n * stride_kn, v_base + start_n * stride_vn, start_n, offs_m,
+    offs_n, off_h, qk_scale, Q_LEN, KV_LEN, MASKED={masked}, EVEN_N=EVEN_N, INPUT_PRECISION=INPUT_PRECISION)"""
+
+TABLES = {
+    "iteration": "both read from the layout's index tables",
+    "layout_params": "full_kv_num_blocks, full_kv_indices, kv_num_blocks, kv_indices,\n"
+                     "    stride_fnh, stride_fih, stride_fim, stride_pnh, stride_pih, stride_pim",
+    "loops": f"""    # full tiles: every (query, key) pair is visible
+    n_full = tl.load(full_kv_num_blocks + off_h * stride_fnh + start_m)
+    full_row = full_kv_indices + off_h * stride_fih + start_m * stride_fim
+    for i in range(0, n_full):
+        start_n = tl.load(full_row + i) * BLOCK_N
+{textwrap.indent(_STEP.format(masked=False), " " * 8)}
+
+    # partial tiles: the pattern's predicate decides per element
+    n_partial = tl.load(kv_num_blocks + off_h * stride_pnh + start_m)
+    partial_row = kv_indices + off_h * stride_pih + start_m * stride_pim
+    for i in range(0, n_partial):
+        start_n = tl.load(partial_row + i) * BLOCK_N
+{textwrap.indent(_STEP.format(masked=True), " " * 8)}
+""",
+    "layout_doc": "int32 tables `full_kv_num_blocks`, `full_kv_indices`, `kv_num_blocks`, `kv_indices`",
+    "layout_tables": "    tables = [layout.full_kv_num_blocks, layout.full_kv_indices, layout.kv_num_blocks, layout.kv_indices]",
+    "layout_args": """        *tables,
+        tables[0].stride(0), tables[1].stride(0), tables[1].stride(1),
+        tables[2].stride(0), tables[3].stride(0), tables[3].stride(1),""",
+}
+
+RUNS = {
+    "iteration": "each a few runs of consecutive key tiles (ranges: no index loads in the loops)",
+    "layout_params": "full_runs, partial_runs, stride_frh, stride_frm, stride_prh, stride_prm",
+    "loops": f"""    # full tiles: every (query, key) pair is visible; {{RUNS_FULL}} run(s) of consecutive key tiles
+    full_row = full_runs + off_h * stride_frh + start_m * stride_frm
+    for r in tl.static_range({{RUNS_FULL}}):
+        lo = tl.load(full_row + 2 * r) * BLOCK_N
+        hi = tl.load(full_row + 2 * r + 1) * BLOCK_N
+        for start_n in range(lo, hi, BLOCK_N):
+{textwrap.indent(_STEP.format(masked=False), " " * 12)}
+
+    # partial tiles: the pattern's predicate decides per element; {{RUNS_PARTIAL}} run(s)
+    partial_row = partial_runs + off_h * stride_prh + start_m * stride_prm
+    for r in tl.static_range({{RUNS_PARTIAL}}):
+        lo = tl.load(partial_row + 2 * r) * BLOCK_N
+        hi = tl.load(partial_row + 2 * r + 1) * BLOCK_N
+        for start_n in range(lo, hi, BLOCK_N):
+{textwrap.indent(_STEP.format(masked=True), " " * 12)}
+""",
+    "layout_doc": "runs `layout.runs()` = (full [H, Mt, Rf, 2], partial [H, Mt, Rp, 2]) of key tiles",
+    "layout_tables": "    full_runs, partial_runs = layout.runs()",
+    "layout_args": """        full_runs, partial_runs, full_runs.stride(0), full_runs.stride(1),
+        partial_runs.stride(0), partial_runs.stride(1),""",
+}
 
 
 def module_source(spec: KernelSpec, summary: str = "") -> str:
@@ -209,4 +241,10 @@ def module_source(spec: KernelSpec, summary: str = "") -> str:
                            num_warps=spec.num_warps, num_stages=spec.num_stages, version=__version__,
                            generator=GENERATOR_VERSION)
     helpers = FLOOR_HELPERS if spec.uses_floor else ""
-    return header + helpers + BODY.replace("{predicate}", textwrap.indent(spec.predicate, "    "))
+    parts = RUNS if spec.runs is not None else TABLES
+    body = BODY.replace("{predicate}", textwrap.indent(spec.predicate, "    "))
+    for key, text in parts.items():
+        body = body.replace("{" + key + "}", text)
+    if spec.runs is not None:
+        body = body.replace("{RUNS_FULL}", str(spec.runs[0])).replace("{RUNS_PARTIAL}", str(spec.runs[1]))
+    return header + helpers + body

@@ -169,6 +169,9 @@ class _Builder:
                 dims = [self.expr(c, scope) for c in item.children if c is not None]
                 grid = tuple(self.number(v, "a grid dimension") for v in dims)
                 for v in dims:
+                    if "h" in v.value.free_vars():
+                        raise PatternError("the grid can't depend on the head index h", v.span,
+                                           "every head attends over the same token grid")
                     if v.value.is_const and v.value.value < 1:
                         raise PatternError(f"grid dimensions must be >= 1, got {v.value.value}", v.span)
             elif kind == "body_expr":

@@ -184,20 +184,46 @@ class Pattern:
 
         return build_layout(self, M, M if N is None else N, heads, block_m, block_n, q=q, k=k, device=device)
 
+    def predicate_terms(self, M: int, N: int, heads: int | None = None) -> list[tuple[Section, Term | None]]:
+        """Per section, the rule traced into one `Term` over q, k, h, M, N (None where a
+        primitive reads run-time tables and can't be traced)."""
+        from ..primitives import Context
+        from .expr import Sym
+
+        grid = self.grid_shape(M, N)
+        if grid is None and any(p.name == "neighborhood" for p in self.primitives()):
+            grid = (N,)
+        out = []
+        for s in self.sections(heads):
+            ctx = Context(Sym("M"), Sym("N"), Sym("h"), grid, {"causal": under_causal(s.expr)})
+            try:
+                value = s.expr.visible(ctx, Sym("q"), Sym("k"))
+            except NotImplementedError:
+                out.append((s, None))
+                continue
+            out.append((s, value.term if isinstance(value, Sym) else Term.const(bool(value))))
+        return out
+
     def mask_mod(self, M: int, N: int | None = None, heads: int | None = None):
         """A FlexAttention `mask_mod(b, h, q_idx, kv_idx) -> bool` with this pattern's semantics
-        at lengths M, N (for `create_block_mask`, `flex_attention` and A/B comparisons)."""
+        at lengths M, N (for `create_block_mask`, `flex_attention` and A/B comparisons). It
+        evaluates the traced rule with plain torch ops, so `torch.compile` fuses it."""
         from ..primitives import Context
 
         N = M if N is None else N
-        sections = self.sections(heads)
+        terms = self.predicate_terms(M, N, heads)
         grid = self.grid_shape(M, N)
-        causal = [under_causal(s.expr) for s in sections]
+
+        def section_mask(s, term, h, q_idx, kv_idx):
+            if term is None:  # tables: evaluate the primitives directly
+                ctx = Context(M, N, h, grid, {"causal": under_causal(s.expr)})
+                return (q_idx >= 0) & s.expr.visible(ctx, q_idx, kv_idx)
+            return (q_idx >= 0) & evaluate(term, {"q": q_idx, "k": kv_idx, "h": h, "M": M, "N": N})
 
         def mask_mod(b, h, q_idx, kv_idx):
             out = None
-            for s, c in reversed(list(zip(sections, causal))):
-                v = (q_idx >= 0) & s.expr.visible(Context(M, N, h, grid, {"causal": c}), q_idx, kv_idx)
+            for s, term in reversed(terms):
+                v = section_mask(s, term, h, q_idx, kv_idx)
                 out = v if out is None else (h <= s.hi) & v | (h > s.hi) & out
             return out
 

@@ -73,6 +73,7 @@ class Layout:
     permutation: object = None
     refined_tiles: int = 0
     _tiles: tuple = field(default=(), repr=False)
+    _runs_cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
     def from_tiles(cls, per_head, M, N, block_m, block_n, pattern=None, refined_tiles=0, device="cpu"):
@@ -161,6 +162,49 @@ class Layout:
             cache[id(tiles)] = np.nonzero(~seen)[0]
             out.append(cache[id(tiles)])
         return out
+
+    def runs(self, max_runs: int = 4):
+        """The visited tiles of each row as runs of consecutive key tiles, for kernels that loop
+        over ranges instead of loading indices: `(full [H, Mt, Rf, 2], partial [H, Mt, Rp, 2])`
+        int32 (start tile, end tile exclusive; unused runs are (0, 0)), or None when some row has
+        more than `max_runs` runs of one kind."""
+        cached = self._runs_cache.get(max_runs, False)
+        if cached is not False:
+            return cached
+        _, Mt, _ = self.shape
+
+        def build(tiles, kind):
+            qt, kt, kinds = tiles
+            sel = kinds == kind
+            qt, kt = qt[sel], kt[sel]
+            if not len(qt):
+                return np.zeros((Mt, 1, 2), np.int32)
+            new = np.ones(len(qt), bool)
+            new[1:] = (qt[1:] != qt[:-1]) | (kt[1:] != kt[:-1] + 1)
+            starts = np.nonzero(new)[0]
+            ends = np.append(starts[1:], len(qt))
+            rows = qt[starts]
+            counts = np.bincount(rows, minlength=Mt)
+            width = max(int(counts.max(initial=0)), 1)
+            out = np.zeros((Mt, width, 2), np.int32)
+            slot = np.arange(len(starts)) - (np.cumsum(counts) - counts)[rows]
+            out[rows, slot, 0] = kt[starts]
+            out[rows, slot, 1] = kt[ends - 1] + 1
+            return out
+
+        import torch
+
+        result = []
+        for kind in (FULL, PARTIAL):
+            per = {id(t): build(t, kind) for t in self._tiles}
+            width = max(a.shape[1] for a in per.values())
+            if width > max_runs:
+                self._runs_cache[max_runs] = None
+                return None
+            arrays = [np.pad(per[id(t)], ((0, 0), (0, width - per[id(t)].shape[1]), (0, 0))) for t in self._tiles]
+            result.append(torch.as_tensor(np.stack(arrays), device=self.kv_num_blocks.device))
+        self._runs_cache[max_runs] = tuple(result)
+        return self._runs_cache[max_runs]
 
     def summary(self) -> dict:
         c = self.counts

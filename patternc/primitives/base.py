@@ -61,6 +61,8 @@ class Primitive(Node):
     per_head_tables: ClassVar[bool] = False  # rule reads a per-head table (random, topk)
     # one line per form, for hints: "window(w) | window(left, right, dilation=1, block=None)"
     signature: ClassVar[str] = ""
+    # parameters that must be equal on every head: they size block tables, tiles or the grid
+    head_invariant: ClassVar[tuple[str, ...]] = ("block",)
     block: Term | None = field(default=None, kw_only=True, metadata={"kind": INT, "doc": "apply to blocks of b tokens"})
     arg_spans: tuple = field(default=(), compare=False, repr=False, kw_only=True)
 
@@ -102,6 +104,10 @@ class Primitive(Node):
                 bound[f.name] = _coerce(cls, f, bound[f.name], spans.get(f.name) or span)
             elif f.default is dataclasses.MISSING:
                 raise PatternError(f"{cls.name}() needs its '{f.name}' argument", span, f"usage: {cls.signature}")
+        for name in cls.head_invariant:
+            if name in bound and "h" in _free_vars(bound[name]):
+                raise PatternError(f"{cls.name}(): '{name}' can't depend on the head index h", spans.get(name) or span,
+                                   f"{name} must be the same on every head; use per-head sections for different ones")
         node = cls.make(**bound, span=span, arg_spans=tuple(spans.items()))
         node.check(node.constant_params(), ctx=None)
         return node
@@ -144,10 +150,18 @@ class Primitive(Node):
                               "parameters may use N (keys), M (queries), h (head) and the pattern's parameters")
                 except ZeroDivisionError:
                     self.fail(name, f"division by zero in parameter '{name}'")
+                except RuntimeError as e:  # torch: integer division by zero on some head
+                    if "ZeroDivision" not in str(e):
+                        raise
+                    self.fail(name, f"division by zero in parameter '{name}' (on some head)")
             if isinstance(v, tuple):
                 return tuple(ev(x, name) for x in v)
             return v
 
+        for name in self.head_invariant:  # a parameter default may have brought h in
+            if "h" in _free_vars(getattr(self, name, None)):
+                self.fail(name, f"'{name}' can't depend on the head index h",
+                          f"{name} must be the same on every head; use per-head sections for different ones")
         p = SimpleNamespace(**{f.name: ev(getattr(self, f.name), f.name) for f in self.params_spec()})
         if all(isinstance(x, (int, np.integer)) for x in (ctx.M, ctx.N)):
             self.check(p, ctx)
@@ -272,6 +286,14 @@ def _coerce(cls, f, value, span):
                                f"got {describe(value)}", span, usage)
         return name
     raise AssertionError(kind)
+
+
+def _free_vars(value) -> set[str]:
+    if isinstance(value, Term):
+        return value.free_vars()
+    if isinstance(value, tuple):
+        return set().union(*(_free_vars(v) for v in value if isinstance(v, (Term, tuple))))
+    return set()
 
 
 def describe(value) -> str:

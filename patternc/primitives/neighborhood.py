@@ -38,6 +38,7 @@ class Neighborhood(Primitive):
     name = "neighborhood"
     blockable = False
     signature = "neighborhood(size, stride=1, dilation=1, causal=false); tuples over grid(...) dimensions"
+    head_invariant = ("size", "stride", "dilation")
     size: Term = param(kind=INTS, doc="window size (per dimension)")
     stride: Term = param(Term.const(1), kind=INTS, doc="queries sharing one window (per dimension)")
     dilation: Term = param(Term.const(1), kind=INTS, doc="dilation (per dimension)")

@@ -35,6 +35,7 @@ class Random(Primitive):
     name = "random"
     per_head_tables = True
     signature = "random(count, block=b, seed=0)"
+    head_invariant = ("block", "count", "seed")
     count: Term = param(doc="random key blocks per query block")
     seed: Term = param(Term.const(0), doc="random seed")
 

@@ -59,6 +59,7 @@ class TopK(Primitive):
     name = "topk"
     per_head_tables = True
     signature = "topk(k, block=b)"
+    head_invariant = ("block", "count")
     count: Term = param(doc="key blocks per query block, the own block included")
 
     @classmethod
