@@ -27,9 +27,10 @@ import patternc  # noqa: E402
 from patternc.runtime.attention import _kernel, _layout  # noqa: E402
 
 CONFIGS = [  # block_m, block_n, num_warps, num_stages
-    (128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3),
+    (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2),
 ]
 ITERATIONS = ("runs", "table")
+MEMORY = ("pointers", "tma")
 
 
 def environment() -> dict:
@@ -102,9 +103,10 @@ def run_pattern(name, text, S, args, flex, dense):
     row["flex_ms"] = bench(lambda: flex(q, k, v, block_mask=block_mask))
 
     best = None
-    configs = [(c, it) for c in CONFIGS for it in args.iterations]
-    for (bm, bn, warps, stages), iteration in configs:
-        cfg = {"block_m": bm, "block_n": bn, "num_warps": warps, "num_stages": stages, "iteration": iteration}
+    configs = [(c, it, mem) for c in CONFIGS for it in args.iterations for mem in args.memory]
+    for (bm, bn, warps, stages), iteration, memory in configs:
+        cfg = {"block_m": bm, "block_n": bn, "num_warps": warps, "num_stages": stages, "iteration": iteration,
+               "memory": memory}
         try:
             t0 = time.perf_counter()
             out = patternc.attention(q, k, v, pattern, config=cfg)
@@ -115,7 +117,7 @@ def run_pattern(name, text, S, args, flex, dense):
         except Exception as e:  # noqa: BLE001 - a config that does not compile is skipped, and said
             print(f"  config {cfg} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
             continue
-        print(f"  {name} S={S} cfg={bm}x{bn}/w{warps}/s{stages}/{iteration}: {ms:.3f} ms err {err:.2e} (first call {first:.0f} ms)",
+        print(f"  {name} S={S} cfg={bm}x{bn}/w{warps}/s{stages}/{iteration}/{memory}: {ms:.3f} ms err {err:.2e} (first call {first:.0f} ms)",
               flush=True)
         if err > 2e-2:
             print(f"  !! {name} S={S}: patternc differs from FlexAttention (rel err {err:.3e})", flush=True)
@@ -126,7 +128,7 @@ def run_pattern(name, text, S, args, flex, dense):
     ms, cfg, err, first = best
     layout = _layout(pattern, S, S, H, cfg["block_m"], cfg["block_n"], "cuda:0")
     row.update(patternc_ms=ms, config=f"{cfg['block_m']}x{cfg['block_n']}/w{cfg['num_warps']}/s{cfg['num_stages']}"
-               f"/{cfg['iteration']}",
+               f"/{cfg['iteration']}/{cfg['memory']}",
                rel_err_vs_flex=err, first_call_ms=first, patternc_density=layout.density,
                speedup_vs_flex=row["flex_ms"] / ms)
     for base in ("cudnn", "flash"):
@@ -149,7 +151,8 @@ def call_overhead(args) -> dict:
     patternc.attention(q, k, v, pattern, config=cfg)
     layout = _layout(pattern, 128, 128, 1, 64, 64, str(q.device))
     runs = tuple(r.shape[2] for r in layout.runs())
-    module = _kernel(pattern, 1, 128, 128, 64, 64, 64, 4, 2, runs, "cuda-sm%d%d" % torch.cuda.get_device_capability())
+    module = _kernel(pattern, 1, 128, 128, 64, 64, 64, 4, 2, runs, False,
+                     "cuda-sm%d%d" % torch.cuda.get_device_capability())
     torch.cuda.synchronize()
 
     def host(fn, n=2000):
@@ -192,11 +195,14 @@ def main(argv=None):
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--create-block-mask", action="store_true", help="also time FlexAttention's create_block_mask")
     ap.add_argument("--iterations", nargs="*", default=list(ITERATIONS), help="kernel loop forms to try")
+    ap.add_argument("--memory", nargs="*", default=list(MEMORY), help="kernel memory access forms to try")
     args = ap.parse_args(argv)
     from torch.nn.attention.flex_attention import flex_attention
 
     env = environment()
     print(env, flush=True)
+    torch._dynamo.config.recompile_limit = 256  # one recompile per mask_mod closure
+    torch._dynamo.config.cache_size_limit = 256
     flex = torch.compile(flex_attention, dynamic=False)
     rows, dense_cache = [], {}
     for name in args.patterns:

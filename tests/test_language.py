@@ -129,19 +129,19 @@ def pattern_file(draw):
     lines, lets = [], []
     for i in range(draw(st.integers(0, 2))):
         name = f"L{i}"
-        lines.append(f"let {name} = {draw(nonneg(tuple(lets)))}")
+        lines.append(f"let {name} = {draw(nonneg(tuple(lets), heads=False))}")  # names may size blocks
         lets.append(name)
     names = []
     for i in range(draw(st.integers(1, 3))):
         pname = draw(st.sampled_from(["swa", "mix", "p", "llm_1", f"pat{i}"])) + f"_{i}"
-        params = {f"w{j}": draw(nonneg(tuple(lets))) for j in range(draw(st.integers(0, 2)))}
+        params = {f"w{j}": draw(nonneg(tuple(lets), heads=False)) for j in range(draw(st.integers(0, 2)))}
         header = f"pattern {pname}"
         if params or draw(st.booleans()):
             header += "(" + ", ".join(f"{n} = {d}" for n, d in params.items()) + ")"
         scope = tuple(lets) + tuple(params)
         body = []
         if draw(st.booleans()):
-            body.append(f"let B{i} = {draw(nonneg(scope))}")
+            body.append(f"let B{i} = {draw(nonneg(scope, heads=False))}")
             scope += (f"B{i}",)
         if draw(st.integers(0, 3)) == 0:
             cut, top = draw(st.integers(0, 3)), draw(st.integers(1, 3))

@@ -209,6 +209,8 @@ def _fact(c: Term):
         blocked = _blocked(a, b)
         if blocked is not None:
             return ("node", blocked) if c.op == "==" else ("not", blocked)
+    if "abs" in (a.op, b.op):
+        return _absolute(c.op, a, b)
     la, lb = _linear(a), _linear(b)
     if la is None or lb is None:
         return None
@@ -234,13 +236,26 @@ def _fact(c: Term):
     return "bounds", unit, items
 
 
+def _absolute(op: str, a: Term, b: Term):
+    """abs(q - k) <= c (or < c): a symmetric window."""
+    if b.op == "abs":
+        a, b, op = b, a, _FLIP[op]
+    if op not in ("<", "<=") or not _free(b):
+        return None
+    lin = _linear(a.args[0])
+    if lin is None or _const(lin[1]) != 0 or _axis(lin[0]) is None or _axis(lin[0])[0] != "D":
+        return None
+    bound = _add(b, -1) if op == "<" else b
+    return "bounds", _axis(lin[0])[1], [("D", "le", bound), ("D", "ge", _neg(bound))]
+
+
 def _modular(a: Term, b: Term):
     if b.op == "%" and a.op != "%":
         a, b = b, a
     x, s = a.args
     if not _free(s, ("q", "k", "h")):
         return None
-    if b.op == "%" and b.args[1] == s:  # q % s == k % s  (or on blocks)
+    if b.op == "%" and b.args[1] == s and not _free(b):  # q % s == k % s  (or on blocks)
         la, lb = _linear(x), _linear(b.args[0])
         if la is None or lb is None or _const(la[1]) != 0 or _const(lb[1]) != 0:
             return None

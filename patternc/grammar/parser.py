@@ -114,7 +114,9 @@ class _Builder:
             else:
                 p = self.pattern_def(stmt, scope)
                 if p.name in self.patterns:
-                    raise PatternError(f"pattern '{p.name}' is defined twice", p.span, "rename one of them")
+                    first = self.patterns[p.name].span
+                    raise PatternError(f"pattern '{p.name}' is defined twice", self.span(stmt.children[0]),
+                                       f"rename one of them (the first is on line {first.line})")
                 self.patterns[p.name] = p
         return self.patterns
 
@@ -272,7 +274,7 @@ class _Builder:
                     else self.expr(a.children[1], scope)
                 if str(key) in kwargs:
                     raise PatternError(f"{name}() got parameter '{key}' twice", self.span(key))
-                kwargs[str(key)] = (value.value, value.span)
+                kwargs[str(key)] = (value.value, self.span(a.meta))  # `name=value`: errors point at the name
             else:
                 if kwargs:
                     v = self.expr(a, scope)
@@ -362,7 +364,10 @@ def _syntax_error(e: UnexpectedInput, source: Source, start: str) -> PatternErro
     if isinstance(e, UnexpectedToken) and e.token.type == "_INDENT" and e.token.end_pos is not None:
         at = min(e.token.end_pos, len(source.text))  # the indented line's first character
         span = Span.from_offsets(source, at, at + 1)
-    elif isinstance(e, UnexpectedToken) and e.token.type in ("$END", "_DEDENT") or pos is None:
+    elif isinstance(e, UnexpectedToken) and e.token.type == "$END" or isinstance(e, UnexpectedEOF):
+        text = source.text.rstrip()  # just after the last character written
+        span = Span.from_offsets(source, len(text), len(text))
+    elif isinstance(e, UnexpectedToken) and e.token.type == "_DEDENT" or pos is None:
         line, col = getattr(e, "line", None), getattr(e, "column", None)
         if not isinstance(line, int) or line < 1:
             text = source.text.rstrip("\n")
@@ -416,7 +421,7 @@ def parse_text(text: str, filename: str = "<pattern>") -> tuple[dict[str, Patter
     is_file = any(line.split()[:1] == ["pattern"] or line.startswith("pattern:") for line in text.splitlines()
                   if line[:1] not in (" ", "\t"))
     start = "file" if is_file else "body_file"
-    if not text.strip():
+    if all(not line.strip() or line.strip().startswith("#") for line in text.splitlines()):
         raise PatternError("empty pattern", Span(source, 1, 1), "write an expression such as causal & window(1024)")
     try:
         tree = _lark().parse(text + "\n", start=start)

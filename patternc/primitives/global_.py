@@ -41,6 +41,7 @@ class Global(Primitive):
             if not ok:
                 raise PatternError(f"global(): expected a token index or a range a..b, got {describe(value)}",
                                    sp or span, f"usage: {cls.signature}")
+            cls((value,), span=sp or span).check(cls((value,)).constant_params(), None)  # located at the item
             items.append(value)
         node = cls(tuple(items), span=span)
         node.check(node.constant_params(), None)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ..errors import PatternError
 from ..ir.expr import Sym, Term
-from .base import Primitive, param
+from .base import Primitive, param, smallest
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,9 @@ class Window(Primitive):
 
     def check(self, p, ctx):
         super().check(p, ctx)
+        smallest_left = smallest(p.left)
+        if self.left == self.right and smallest_left is not None and smallest_left < 0:  # written window(w)
+            self.fail("left", f"size must be >= 1, got {smallest_left + 1}", "window(w) sees w-1 keys on each side")
         self.positive(p, "left", "right", allow_zero=True)
         self.positive(p, "dilation")
 

@@ -1,0 +1,265 @@
+"""Errors users see: where (line, column), what (message) and how to fix it (hint).
+
+A table of malformed or invalid inputs, each with its expected location and message; the
+report format (`file:line:col: error: ...`, the source line, a caret run, `hint: ...`); and a
+fuzz test that feeds random text and random token sequences to the compiler, where only a
+`PatternError` may ever escape.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from conftest import examples
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import patternc
+from patternc import PatternError
+from patternc.primitives import REGISTRY
+
+MIXED = "pattern mixed:\n    heads 0..1: causal\n    heads 2..3: full\n"
+
+# (text, how to trigger it, line, column, message substring, hint substring or None)
+# how: "compile", or ("mask", M, N, heads) to compile and then build the reference mask
+CASES = [
+    # ---- syntax, taught by example
+    ("causal window(8)", "compile", 1, 8, "an operator is missing", "join patterns with |"),
+    ("causal & window(8) sink(4)", "compile", 1, 20, "an operator is missing", None),
+    ("causal & (window(8)", "compile", 1, 20, "unbalanced parentheses", "every ( needs a matching )"),
+    ("window(8))", "compile", 1, 10, "unbalanced parentheses", None),
+    ("causal &", "compile", 1, 9, "an expression is missing", "write a primitive"),
+    ("pattern p\n    causal\n", "compile", 1, 10, "a colon is missing", "pattern name:"),
+    ("pattern p(w = 4)\n    window(w)\n", "compile", 1, 17, "a colon is missing", None),
+    ("pattern p:\n", "compile", 1, 11, "a pattern body is missing", None),
+    ("causal & window(8) $", "compile", 1, 20, "unexpected character '$'", None),
+    ("window(1.5)", "compile", 1, 9, "unexpected character '.'", "numbers are integers"),
+    ("window(3) ^ causal", "compile", 1, 11, "unexpected character '^'", None),
+    ("let = 3\npattern p: causal\n", "compile", 1, 5, "unexpected '='", "a name"),
+    ("pattern 3: causal\n", "compile", 1, 9, "unexpected '3'", None),
+    ("causal\n  & window(3)", "compile", 2, 3, "unexpected indentation", "inside ( )"),
+    ("pattern p:\n    causal\n  full\n", "compile", 3, 3, "inconsistent indentation", "same amount"),
+    ("", "compile", 1, 1, "empty pattern", None),
+    ("   # only a comment\n", "compile", 1, 1, "empty pattern", None),
+    # ---- names
+    ("windw(8)", "compile", 1, 1, "unknown primitive 'windw'", "did you mean 'window'?"),
+    ("causal & blockd(64)", "compile", 1, 10, "unknown primitive 'blockd'", "did you mean 'blocked'?"),
+    ("causal & windo", "compile", 1, 10, "unknown name 'windo'", "did you mean 'window'?"),
+    ("pattern p(width = 8): window(widht)\n", "compile", 1, 30, "unknown name 'widht'", "did you mean 'width'?"),
+    ("foo", "compile", 1, 1, "unknown name 'foo'", None),
+    ("let N = 3\npattern p: full\n", "compile", 1, 5, "'N' is a built-in name", None),
+    ("pattern a: causal\npattern a: full\n", "compile", 2, 9, "pattern 'a' is defined twice", "line 1"),
+    ("pattern p(w = 4, w = 5): window(w)\n", "compile", 1, 18, "parameter 'w' is declared twice", None),
+    # ---- arguments
+    ("window(8, foo=2)", "compile", 1, 11, "window() has no parameter 'foo'", "usage: window(w)"),
+    ("window(8, dilatoin=2)", "compile", 1, 11, "no parameter 'dilatoin'", "did you mean 'dilation'?"),
+    ("window(8, dilation=2, dilation=3)", "compile", 1, 23, "got parameter 'dilation' twice", None),
+    ("window(dilation=2, 8)", "compile", 1, 20, "positional argument after a keyword argument", None),
+    ("pow2(3)", "compile", 1, 6, "pow2() takes at most 0 positional", "usage: pow2(block=b)"),
+    ("window((1, 2))", "compile", 1, 8, "'left' must be an integer, got a tuple", None),
+    ("window(3, dilation=(1, 2))", "compile", 1, 11, "'dilation' must be an integer, got a tuple", None),
+    ("window(causal)", "compile", 1, 8, "takes numbers, not a pattern", None),
+    ("sink(false)", "compile", 1, 6, "'count' must be an integer, got a boolean", None),
+    ("neighborhood(3, causal=1)", "compile", 1, 17, "'causal' must be true or false", None),
+    ("global(block=3)", "compile", 1, 8, "takes no keyword arguments", None),
+    ("global()", "compile", 1, 1, "needs at least one token", None),
+    ("topk(4)", "compile", 1, 1, "needs block=b", "topk(4, block=512)"),
+    ("min(3)", "compile", 1, 1, "min() takes two numbers", None),
+    ("causal & 3", "compile", 1, 10, "'&' combines patterns, got a number", None),
+    ("window(8) * 2", "compile", 1, 1, "can't apply '*' to a pattern and a number", None),
+    ("window(8) + causal", "compile", 1, 1, "'+' doesn't combine patterns", "|, & and -"),
+    ("3", "compile", 1, 1, "expected a pattern, got a number", None),
+    ("window(3, block=h)", "compile", 1, 11, "'block' can't depend on the head index h", "per-head sections"),
+    ("random(1 + h, block=4)", "compile", 1, 8, "'count' can't depend on the head index h", None),
+    # ---- values
+    ("window(0)", "compile", 1, 8, "size must be >= 1, got 0", "w-1 keys"),
+    ("blocked(-4)", "compile", 1, 9, "size must be >= 1, got -4", None),
+    ("window(2, -1)", "compile", 1, 11, "right must be >= 0, got -1", None),
+    ("window(3, dilation=0)", "compile", 1, 11, "dilation must be >= 1, got 0", None),
+    ("causal & sink(0)", "compile", 1, 15, "count must be >= 1, got 0", None),
+    ("random(0, block=4)", "compile", 1, 8, "count must be >= 1, got 0", None),
+    ("window(3, block=0)", "compile", 1, 11, "block must be >= 1, got 0", None),
+    ("columns(4, phase=5)", "compile", 1, 12, "phase must be in 0..3, got 5", "h % s"),
+    ("global(1, 5..2)", "compile", 1, 11, "empty range 5..2", "a <= b"),
+    ("global(-1)", "compile", 1, 8, "token indices must be >= 0", None),
+    ("window(N // 0)", "compile", 1, 13, "division by zero", None),
+    ("neighborhood(3, stride=4)", "compile", 1, 17, "stride 4 > window size 3", None),
+    ("pattern g:\n    grid(8, 8)\n    neighborhood((5, 5), stride=(2, 7))\n", "compile", 3, 26,
+     "stride 7 > window size 5 in dimension 1", None),
+    ("pattern g:\n    grid(0, 4)\n    neighborhood((3, 3))\n", "compile", 2, 10, "grid dimensions must be >= 1", None),
+    ("pattern g:\n    grid(4, h)\n    full\n", "compile", 2, 13, "grid can't depend on the head index", None),
+    ("pattern g:\n    grid(4, 4)\n    grid(4, 4)\n    full\n", "compile", 3, 5, "grid is declared twice", None),
+    # ---- heads
+    ("pattern p:\n    heads 0..3: causal\n    heads 2..5: full\n", "compile", 3, 11, "overlap the section above",
+     "start this section at head 4"),
+    ("pattern p:\n    heads 0..3: causal\n    heads 5..7: full\n", "compile", 3, 11,
+     "heads 4..4 are not covered", "start this section at head 4"),
+    ("pattern p:\n    heads 1..3: causal\n", "compile", 2, 11, "heads 0..0 are not covered", None),
+    ("pattern p:\n    heads 3..1: causal\n", "compile", 2, 11, "empty head range 3..1", None),
+    ("pattern p:\n    heads N: causal\n", "compile", 2, 11, "a head index must be a constant", None),
+    # ---- at mask time: lengths, grids, parameters
+    ("neighborhood(5, dilation=2)", ("mask", 9, 9, None), 1, 14, "window 5 x dilation 2 = 10 exceeds the length 9",
+     "smaller window"),
+    ("pattern g:\n    grid(4, 4)\n    neighborhood((3, 3, 3))\n", ("mask", 16, 16, None), 3, 18,
+     "3-D window on a 2-D grid", None),
+    ("pattern g:\n    grid(4, 4)\n    neighborhood((3, 3))\n", ("mask", 16, 12, None), 3, 5, "needs M == N == 4 * 4",
+     None),
+    ("neighborhood((3, 3))", ("mask", 16, 16, None), 1, 14, "2-D window on a 1-D grid", "grid(d0, d1, ...)"),
+    ("window(N - 20)", ("mask", 7, 7, None), 1, 8, "size must be >= 1, got -13", None),
+    ("blocked(N // 8)", ("mask", 7, 7, None), 1, 9, "size must be >= 1, got 0", None),
+    ("columns(4, phase=h)", ("mask", 8, 8, 6), 1, 12, "phase must be in 0..3, got 4", None),
+    ("window(3, N // h)", ("mask", 8, 8, 2), 1, 11, "division by zero", None),
+    ("causal & topk(2, block=4)", ("mask", 16, 16, None), 1, 10, "topk is routed", "pass q= and k="),
+    ("pattern p(w): window(w)\n", ("mask", 8, 8, None), 1, 1, "needs a value for parameter 'w'", "bind(w="),
+    (MIXED, ("mask", 8, 8, 5), 1, 1, "defines heads 0..3 but 5 heads", "heads=4"),
+    ("causal", ("mask", 0, 4, None), 1, 1, "length M must be a positive integer", None),
+]
+
+
+def trigger(text, how):
+    p = patternc.compile(text)
+    if how != "compile":
+        _, M, N, heads = how
+        p.mask(M, N, heads)
+    return p
+
+
+@pytest.mark.parametrize("text,how,line,column,message,hint", CASES,
+                         ids=[f"{i}-{c[4][:30]}" for i, c in enumerate(CASES)])
+def test_error(text, how, line, column, message, hint):
+    with pytest.raises(PatternError) as info:
+        trigger(text, how)
+    e = info.value
+    assert message in e.message, e.message
+    assert (e.line, e.column) == (line, column), str(e)
+    if hint is not None:
+        assert e.hint and hint in e.hint, e.hint
+    check_report(e)
+
+
+def test_there_are_enough_cases():
+    assert len(CASES) >= 25
+    assert len({c[0] for c in CASES}) == len(CASES), "no case twice"
+
+
+def test_report_format():
+    with pytest.raises(PatternError) as info:
+        patternc.compile("let W = 1024\n\npattern swa(w = W):\n    causal & windw(w)\n")
+    assert str(info.value) == (
+        "<pattern>:4:14: error: unknown primitive 'windw'\n"
+        "        causal & windw(w)\n"
+        "                 ^~~~~\n"
+        "hint: did you mean 'window'?")
+    e = info.value
+    assert (e.filename, e.line, e.column, e.hint) == ("<pattern>", 4, 14, "did you mean 'window'?")
+    assert isinstance(e, ValueError)
+
+
+def test_errors_without_a_location():
+    with pytest.raises(PatternError) as info:
+        patternc.compile("pattern a: causal\npattern b: full\n")
+    assert str(info.value).startswith("error: the text defines 2 patterns (a, b)")
+    assert info.value.line is None and "hint: " in str(info.value)
+    with pytest.raises(PatternError, match="no pattern named 'c'"):
+        patternc.compile("pattern a: causal\npattern b: full\n", name="c")
+    with pytest.raises(PatternError, match="pass both q= and k="):
+        patternc.compile("causal & topk(2, block=4)").mask(8, q=torch.zeros(1, 8, 4))
+    with pytest.raises(PatternError, match="q has 2 heads but the mask has 3"):
+        patternc.compile("topk(2, block=4)").mask(8, heads=3, q=torch.ones(2, 8, 4), k=torch.ones(2, 8, 4))
+
+
+REPORT = re.compile(r"^(?P<file>[^\n]+):(?P<line>\d+):(?P<col>\d+): error: (?P<msg>[^\n]+)\n"
+                    r" {4}(?P<src>[^\n]*)\n {4}(?P<caret> *\^~*)(\nhint: [^\n]+)?$")
+
+
+def check_report(e: PatternError):
+    """`str(e)` is `file:line:col: error: msg`, the source line, a caret line (and `hint: ...`)."""
+    text = str(e)
+    assert text == e.format()
+    if e.span is None:
+        assert text.startswith("error: ")
+        return
+    source_line = e.span.source.line(e.line)
+    if not source_line:  # nothing to quote (e.g. the error is on an empty line)
+        assert text.startswith(f"{e.filename}:{e.line}:{e.column}: error: {e.message}")
+        return
+    m = REPORT.match(text)
+    assert m, text
+    assert (m["file"], int(m["line"]), int(m["col"]), m["msg"]) == (e.filename, e.line, e.column, e.message)
+    assert m["src"] == source_line
+    assert m["caret"].index("^") == e.column - 1
+    assert e.column <= len(source_line) + 1
+
+
+# --------------------------------------------------------------------------- fuzzing
+
+WORDS = sorted(REGISTRY) + ["pattern", "let", "heads", "grid", "true", "false", "N", "M", "h", "min", "max",
+                            "w", "x", "windw", "dilation", "block", "phase", "seed", "stride", "causal", "size"]
+PUNCT = ["(", ")", ",", ":", "=", "|", "&", "-", "+", "*", "//", "%", "..", "#", "\\\n", "\n", "\n    ", "\n  ",
+         "\t", " ", "(", ")", "$", "^", "'", ".", "/", "<", "1.5"]
+TOKENS = st.one_of(st.sampled_from(WORDS), st.sampled_from(PUNCT),
+                   st.integers(-3, 300).map(str), st.just(" "))
+
+
+def only_pattern_errors(text, also_mask=True):
+    """compile() (and a small mask of what compiles) may raise PatternError and nothing else."""
+    try:
+        p = patternc.compile(text)
+    except PatternError as e:
+        check_report(e)
+        return
+    except Exception as e:  # noqa: BLE001 - any other exception is the bug being hunted
+        pytest.fail(f"compile({text!r}) raised {type(e).__name__}: {e}")
+    if not also_mask:
+        return
+    try:
+        str(p)
+        kw = {}
+        if p.is_routed:
+            kw = dict(q=torch.randn(p.default_heads, 12, 4), k=torch.randn(p.default_heads, 12, 4))
+        m = p.mask(12, 12, **kw)
+        assert m.dtype == torch.bool and m.shape[1:] == (12, 12)
+    except PatternError as e:
+        check_report(e)
+    except Exception as e:  # noqa: BLE001
+        pytest.fail(f"compile({text!r}).mask(12) raised {type(e).__name__}: {e}")
+
+
+@settings(max_examples=examples(1200))
+@given(tokens=st.lists(TOKENS, max_size=14))
+def test_fuzz_token_sequences(tokens):
+    only_pattern_errors("".join(t if t in PUNCT else f" {t}" for t in tokens).strip(" "))
+
+
+@settings(max_examples=examples(600))
+@given(body=st.lists(TOKENS, min_size=1, max_size=10), name=st.sampled_from(["p", "swa", "causal"]),
+       params=st.sampled_from(["", "(w = 4)", "(w)", "(heads = 4, w = N // 2)"]), sections=st.booleans())
+def test_fuzz_inside_a_pattern(body, name, params, sections):
+    expr = " ".join(body)
+    lines = [f"let x = 3", f"pattern {name}{params}:"]
+    lines += [f"    heads 0..1: {expr}", "    heads 2..3: causal"] if sections else [f"    {expr}"]
+    only_pattern_errors("\n".join(lines) + "\n")
+
+
+@settings(max_examples=examples(600))
+@given(text=st.text(alphabet=st.sampled_from(list("causlwindo()[]{},:=|&-+*/%.#\n\t 0123456789hNMkpt_\\\"'$^é\x00")),
+                    max_size=40))
+def test_fuzz_random_text(text):
+    only_pattern_errors(text)
+
+
+@settings(max_examples=examples(300))
+@given(data=st.data())
+def test_fuzz_calls(data):
+    """Every primitive with random argument lists: type and value errors, never a crash."""
+    name = data.draw(st.sampled_from(sorted(REGISTRY)))
+    value = st.one_of(st.integers(-3, 20).map(str), st.sampled_from(["N", "h", "N // 2", "h % 4", "true", "(2, 3)",
+                                                                      "(1,)", "causal", "1..4", "M - 30", "x"]))
+    args = data.draw(st.lists(value, max_size=3))
+    keys = ["block", "dilation", "stride", "seed", "phase", "causal", "size", "left", "right", "count", "period",
+            "tokens", "bogus"]
+    kwargs = data.draw(st.dictionaries(st.sampled_from(keys), value, max_size=3))
+    call = f"{name}({', '.join(args + [f'{k}={v}' for k, v in kwargs.items()])})"
+    only_pattern_errors(f"let x = 2\npattern p:\n    {call}\n")
+    only_pattern_errors(f"pattern g:\n    grid(3, 4)\n    {call}\n")
