@@ -115,7 +115,7 @@ def run_pattern(name, text, S, args, flex, dense):
             err = rel_err(out, ref)
             ms = bench(lambda: patternc.attention(q, k, v, pattern, config=cfg))
         except Exception as e:  # noqa: BLE001 - a config that does not compile is skipped, and said
-            print(f"  config {cfg} failed: {type(e).__name__}: {str(e)[:200]}", flush=True)
+            print(f"  config {cfg} failed: {type(e).__name__}: {str(e)[:1500]}", flush=True)
             continue
         print(f"  {name} S={S} cfg={bm}x{bn}/w{warps}/s{stages}/{iteration}/{memory}: {ms:.3f} ms err {err:.2e} (first call {first:.0f} ms)",
               flush=True)

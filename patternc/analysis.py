@@ -139,7 +139,8 @@ class _Derived:
     period: int = 1
     n0: int = 1  # valid for N >= n0 (and N a multiple of period)
     cost: str | None = None
-    empty: tuple | None = None  # (N, head, query) of an empty row for all large N
+    empty: tuple | None = None  # (N, head, query) of an empty row
+    empty_always: bool = False  # ... and there is one at every large N
     note: str = ""
 
 
@@ -244,7 +245,11 @@ def _derive_head(expr: Node, head: int) -> _Derived:
     ie = _ie(expr, head)
     if sum(len(c) for c in ie) > 4 * MAX_TERMS:
         raise _NoClosedForm("too many terms")
-    return _sum_rows(ie, head)
+    # primitives that only exist from some length on: neighborhood(K) needs N >= K
+    min_length = max([1] + [math.prod(n.size) if isinstance(n.size, tuple) else n.size
+                            for n in (substitute(x, {"h": Term.const(head)}).constant_params()
+                                      for x in expr.walk() if getattr(x, "name", None) == "neighborhood")])
+    return _sum_rows(ie, head, min_length)
 
 
 def _ie_add(*dicts) -> dict:
@@ -356,7 +361,8 @@ def _atoms_neighborhood(p, b):
     half = K // 2
     # the window shifts inward at both borders: three disjoint row ranges, summed
     first = _one(_row(None, End(0, 1, 0, half - 1)), _key(None, End(0, 1, 0, K - 1)))
-    middle = _one(_row(End(0, 1, 0, half), End(0, 1, 1, half - K)), _key(End(1, 1, 0, -half), End(1, 1, 0, K - 1 - half)))
+    middle = _one(_row(End(0, 1, 0, half), End(0, 1, 1, half - K)),
+                  _key(End(1, 1, 0, -half), End(1, 1, 0, K - 1 - half)))
     last = _one(_row(End(0, 1, 1, half - K + 1), None), _key(End(0, 1, 1, -K), None))
     return _ie_add((first, 1), (middle, 1), (last, 1))
 
@@ -413,7 +419,7 @@ def _sub(f, g):
     return (f[0] - g[0], f[1] - g[1], f[2] - g[2])
 
 
-def _sum_rows(ie: dict, head: int) -> _Derived:
+def _sum_rows(ie: dict, head: int, min_length: int = 1) -> _Derived:
     atoms = set().union(*ie) if ie else set()
     residues = [a for a in atoms if a[0] == "res"]
     ends = [e for a in atoms if a[0] in ("key", "row") for e in a[1:] if e is not None]
@@ -433,15 +439,17 @@ def _sum_rows(ie: dict, head: int) -> _Derived:
                       [a[1] for a in rows if a[1] is not None], [a[2] for a in rows if a[2] is not None],
                       [a for a in conj if a[0] == "res"]))
     total = [Fraction(0)] * 3
-    n0 = 1
+    # some primitives only exist from a length on (neighborhood(K): N >= K)
+    n0 = max(1, -(-min_length // P))
     empty = None
+    at_one = []
     residue_cache: dict = {}
     for r in range(P):
         per = []
         points = {(0, Fraction(0)), (1, Fraction(0))}
         for coeff, los, his, rlos, rhis, res in conjs:
-            lo = [_form(e, r, P) for e in los]
-            hi = [_form(e, r, P) for e in his]
+            lo = _envelope([_form(e, r, P) for e in los], max)
+            hi = _envelope([_form(e, r, P) for e in his], min)
             qf = (P, 0, r)
             rows = [_sub(qf, _form(e, r, P)) for e in rlos] + [_sub(_form(e, r, P), qf) for e in rhis]
             his1 = [(f[0], f[1], f[2] + 1) for f in hi]
@@ -449,8 +457,10 @@ def _sum_rows(ie: dict, head: int) -> _Derived:
                 [(f, g) for i, f in enumerate(hi) for g in hi[i + 1:]] + [(f, g) for f in his1 for g in lo]
             for f, g in pairs:
                 points.add(_crossing(_sub(f, g)))
-            for f in rows:
-                points.add(_crossing(f))
+            for f in rows:  # a row bound holds *at* its zero: the count jumps after it, not before
+                point = _crossing(f)
+                if point is not None:
+                    points |= {point, (point[0], Fraction(math.floor(point[1]) + 1))}
             per.append((coeff, lo, hi, rows, _residue_set(res, r, L, residue_cache)))
         points.discard(None)
         order = sorted(points, key=lambda x: (x[0], x[1]))
@@ -461,8 +471,9 @@ def _sum_rows(ie: dict, head: int) -> _Derived:
                 n0 = max(n0, math.ceil(Fraction(e1 - e2, c2 - c1)))
         inside = order[order.index((0, 0)): order.index((1, 0)) + 1]
         for (ca, ea), (cb, eb) in zip(inside, inside[1:]):
-            A, B = ca * _BIG + ea, cb * _BIG + eb
-            Qs = A if ca == cb else (A + B) // 2
+            # sample the middle of [A, B - 1]: crossings sit at or before A, or after B - 1,
+            # so every linear piece keeps the order it has there on the whole segment
+            Qs = Fraction(ca * _BIG + ea + cb * _BIG + eb - 1, 2)
             T = (0, 0, 0)
             for coeff, lo, hi, rows, rset in per:
                 form, need = _row_count(lo, hi, rows, rset, Qs, L)
@@ -471,18 +482,40 @@ def _sum_rows(ie: dict, head: int) -> _Derived:
             for i, v in enumerate(_segment_sum(T, (ca, ea), (cb, eb))):
                 total[i] += v
             if empty is None:
+                # T is linear in Q and >= 0 on the segment: a row is empty iff T is 0 at an end.
+                # At Q = c*n + e, T is (T0*c + T1) * n + (T0*e + T2): zero for every n, or at one n
+                wide = 1 if ca == cb else math.ceil(Fraction(ea - eb + 1, cb - ca))  # A < B from here
                 for c, e in ((ca, ea), (cb, eb - 1)):
-                    # T at Q = c*n + e is (T0*c + T1) * n + T0*e + T2: zero for every n?
-                    if T[0] * c + T[1] == 0 and T[0] * e + T[2] == 0:
-                        empty = (r, c, e)
+                    slope, offset = T[0] * c + T[1], T[0] * e + T[2]
+                    if slope == 0 and offset == 0:
+                        empty = (r, c, e, wide)
+                        break
+                    if slope != 0 and offset % slope == 0 and -offset // slope >= wide:
+                        at_one.append((r, c, e, -offset // slope))
     # from polynomials in n (N = P*n) to polynomials in N
     coeffs = (total[0], total[1] / P, total[2] / (P * P))
     found = _Derived("poly", coeffs, period=P, n0=n0 * P)
     if empty is not None:
-        r, c, e = empty
-        n = max(n0, 1)
+        r, c, e, wide = empty
+        n = max(n0, wide, 1)
         found.empty = (P * n, head, P * (c * n + e) + r)
+        found.empty_always = True
+    else:  # rows empty at one length only (e.g. full - neighborhood(K, causal=true) at N = K)
+        hits = sorted((n, r, c, e) for r, c, e, n in at_one if n >= n0)
+        if hits:
+            n, r, c, e = hits[0]
+            found.empty = (P * n, head, P * (c * n + e) + r)
     return found
+
+
+def _envelope(forms, pick):
+    """Drop forms that a parallel one always beats (same alpha and gamma): fewer, and no spurious,
+    breakpoints."""
+    best: dict = {}
+    for f in forms:
+        key = f[:2]
+        best[key] = f if key not in best else pick(best[key], f, key=lambda x: x[2])
+    return list(best.values())
 
 
 def _crossing(f):
@@ -601,7 +634,7 @@ def mask_rows(pattern: Pattern, N: int, rows: range, heads: list[int], M: int | 
         per = store.setdefault(("section", s.lo), {**{k: v for k, v in store.items() if k in ("q", "k")},
                                                    "causal": under_causal(s.expr)})
         ctx = Context(M, N, h, grid, per)
-        out[idx] = torch.as_tensor(s.expr.visible(ctx, qi, ki)).expand(len(idx), len(rows), N)
+        out[idx] = torch.as_tensor(s.expr.visible(ctx, qi, ki)).to(torch.bool).expand(len(idx), len(rows), N)
     return out
 
 
@@ -752,7 +785,8 @@ def _find_empty_rows(pattern, section, heads, result: SectionAnalysis, found: _D
     if exact and found.empty is not None:
         result.empty_rows = True
         result.empty_example = found.empty
-        result.empty_basis = "exact: some query sees no key, for every large N"
+        result.empty_basis = "exact: some query sees no key, at every large N" if found.empty_always else \
+            f"exact: e.g. at N = {found.empty[0]}"
         return
     if exact and found.kind == "expr":  # pow2, random, topk, neighborhood alone
         result.empty_basis = "exact: every query sees its own block or window"

@@ -263,3 +263,44 @@ def test_fuzz_calls(data):
     call = f"{name}({', '.join(args + [f'{k}={v}' for k, v in kwargs.items()])})"
     only_pattern_errors(f"let x = 2\npattern p:\n    {call}\n")
     only_pattern_errors(f"pattern g:\n    grid(3, 4)\n    {call}\n")
+
+
+SEEDS = [
+    "causal & window(1024)",
+    "causal & (window(N // 8 + 1) | sink(4)) - (strided(3) & columns(5, phase=h % 5))",
+    "let W = 16\n\npattern swa(w = W):   # a comment\n    causal & (window(w) | sink(4))\n",
+    "pattern s2(heads = 16):\n    causal & (window(256) | columns(16, phase = h % 16))\n",
+    "pattern video:\n    grid(4, 3, 1)\n    neighborhood((3, 3, 1), dilation = (1, 1, 1))\n",
+    "pattern mixed:\n    heads 0..7:  causal & window(512)\n    heads 8..15: causal & (window(256) | pow2(block = 128) | sink(128))\n",
+    "causal & (window(5, block=2) | pow2(block=2) | sink(1, block=2))",
+    "global(0, 3..5, N - 1) | random(2, block=4, seed=7) - blocked(N // 3 + 1)",
+    "causal & topk(2, block=4)",
+    "neighborhood(3, stride=2, dilation=2, causal=true) & strided(2)",
+    "pattern p(a = 2, b = N // 4):\n    let c = min(a, b)\n    window(c, max(a, 1), dilation = 1 + h % 2)\n",
+]
+_TOKEN_RE = re.compile(r"\s+|[A-Za-z_][A-Za-z_0-9]*|\d+|//|\.\.|.", re.S)
+
+
+@settings(max_examples=examples(800))
+@given(seed=st.sampled_from(SEEDS), edits=st.lists(st.tuples(st.sampled_from(["delete", "insert", "replace", "swap"]),
+                                                             st.integers(0, 200), TOKENS), min_size=1, max_size=3))
+def test_fuzz_mutated_patterns(seed, edits):
+    """Valid patterns with a few tokens deleted, inserted, replaced or swapped."""
+    toks = _TOKEN_RE.findall(seed)
+    for kind, at, tok in edits:
+        i = at % (len(toks) + (kind == "insert"))
+        if kind == "delete" and toks:
+            del toks[i]
+        elif kind == "insert":
+            toks.insert(i, tok)
+        elif kind == "replace" and toks:
+            toks[i] = tok
+        elif kind == "swap" and i + 1 < len(toks):
+            toks[i], toks[i + 1] = toks[i + 1], toks[i]
+    only_pattern_errors("".join(toks))
+
+
+def test_seeds_are_valid():
+    for text in SEEDS:
+        p = patternc.compile(text, w=4) if "(w)" in text else patternc.compile(text)
+        assert p is not None

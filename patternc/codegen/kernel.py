@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .predicate import FLOOR_HELPERS, predicate_source
 
-GENERATOR_VERSION = 2  # bump when the generated code changes: it is part of every cache key
+GENERATOR_VERSION = 3  # bump when the generated code changes: it is part of every cache key
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,8 @@ STEP = '''
 @triton.jit
 def online_softmax_step(acc, l_i, m_i, q, {kv_source}, start_n, offs_m, offs_n, off_h,
                         qk_scale, Q_LEN, KV_LEN,
-                        MASKED: tl.constexpr, EVEN_N: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                        MASKED: tl.constexpr, EVEN_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                        BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
     """One key tile: scores, masking (partial tiles only), and the running softmax update."""
     kv_idx = start_n + offs_n
 {load_kv}
@@ -231,7 +232,7 @@ TMA = {
 
 _CALL = """acc, l_i, m_i = online_softmax_step(
     acc, l_i, m_i, q, {step_args}, start_n, offs_m, offs_n, off_h, qk_scale, Q_LEN, KV_LEN,
-    MASKED={masked}, EVEN_N=EVEN_N, INPUT_PRECISION=INPUT_PRECISION)"""
+    MASKED={masked}, EVEN_N=EVEN_N, INPUT_PRECISION=INPUT_PRECISION, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)"""
 
 
 def _loops_table(step_args: str) -> str:
