@@ -215,13 +215,17 @@ class Sym:
 
 class Interval:
     """Integer intervals [lo, hi] (numpy arrays, elementwise): every value an expression can take
-    over a tile. `modulus` remembers `x % c` of a wide x so that `x % c == v` stays exact."""
+    over a tile. `step`: every value is congruent to `lo` modulo it (1: no such knowledge; 0: a
+    single value), so strided token sets (`c + r*i`) keep `d % r == 0` exact. `modulus`
+    remembers `x % c` of a wide x so that `x % c == v` stays exact."""
 
-    __slots__ = ("lo", "hi", "modulus")
+    __slots__ = ("lo", "hi", "step", "modulus")
 
-    def __init__(self, lo, hi=None, modulus=None):
+    def __init__(self, lo, hi=None, modulus=None, step=None):
         self.lo = np.asarray(lo, dtype=np.int64)
         self.hi = self.lo if hi is None else np.asarray(hi, dtype=np.int64)
+        single = self.lo == self.hi
+        self.step = np.where(single, 0, 1) if step is None else np.where(single, 0, np.asarray(step, dtype=np.int64))
         self.modulus = modulus  # (base Interval, c) or None
 
     @staticmethod
@@ -230,24 +234,25 @@ class Interval:
 
     def __add__(self, o):
         o = Interval.of(o)
-        return Interval(self.lo + o.lo, self.hi + o.hi)
+        return Interval(self.lo + o.lo, self.hi + o.hi, step=np.gcd(self.step, o.step))
 
     __radd__ = __add__
 
     def __sub__(self, o):
         o = Interval.of(o)
-        return Interval(self.lo - o.hi, self.hi - o.lo)
+        return Interval(self.lo - o.hi, self.hi - o.lo, step=np.gcd(self.step, o.step))
 
     def __rsub__(self, o):
         return Interval.of(o) - self
 
     def __neg__(self):
-        return Interval(-self.hi, -self.lo)
+        return Interval(-self.hi, -self.lo, step=self.step)
 
     def __mul__(self, o):
         o = Interval.of(o)
         p = [self.lo * o.lo, self.lo * o.hi, self.hi * o.lo, self.hi * o.hi]
-        return Interval(np.minimum.reduce(p), np.maximum.reduce(p))
+        step = np.where(o.step == 0, self.step * np.abs(o.lo), np.where(self.step == 0, o.step * np.abs(self.lo), 1))
+        return Interval(np.minimum.reduce(p), np.maximum.reduce(p), step=step)
 
     __rmul__ = __mul__
 
@@ -256,7 +261,9 @@ class Interval:
         if np.any(o.lo <= 0):
             raise ValueError("interval division by a non-positive divisor")
         p = [self.lo // o.lo, self.lo // o.hi, self.hi // o.lo, self.hi // o.hi]
-        return Interval(np.minimum.reduce(p), np.maximum.reduce(p))
+        exact = (o.step == 0) & (self.step % np.maximum(o.lo, 1) == 0)  # (lo + s*t) // c, c | s
+        step = np.where(exact, self.step // np.maximum(o.lo, 1), 1)
+        return Interval(np.minimum.reduce(p), np.maximum.reduce(p), step=step)
 
     def __rfloordiv__(self, o):
         return Interval.of(o) // self
@@ -267,10 +274,11 @@ class Interval:
             hi = np.maximum(np.abs(o.lo), np.abs(o.hi)) - 1
             return Interval(np.zeros_like(hi), hi)
         c = o.lo
+        fixed = self.step % c == 0  # every value has the same residue
         same = (self.lo // c) == (self.hi // c)  # no wrap: x % c is monotone here
-        lo = np.where(same, self.lo % c, 0)
-        hi = np.where(same, self.hi % c, c - 1)
-        return Interval(lo, hi, modulus=(self, c))
+        lo = np.where(fixed | same, self.lo % c, 0)
+        hi = np.where(fixed, self.lo % c, np.where(same, self.hi % c, c - 1))
+        return Interval(lo, hi, modulus=(self, c), step=np.where(fixed, 0, np.where(same, self.step, 1)))
 
     def __abs__(self):
         lo = np.where(self.lo >= 0, self.lo, np.where(self.hi <= 0, -self.hi, 0))
@@ -293,6 +301,8 @@ class Interval:
             if o.modulus is not None and np.all(a.lo == a.hi):
                 return o._mod_equals(a.lo)
             overlap = (a.lo <= b.hi) & (b.lo <= a.hi)
+            if np.all(b.lo == b.hi):  # a value against a constant: respect a's step
+                overlap &= (b.lo - a.lo) % np.maximum(a.step, 1) == 0
             single = (a.lo == a.hi) & (b.lo == b.hi) & (a.lo == b.lo)
             return Truth(overlap, ~single)
         return ~self._cmp(o, "==")
@@ -304,7 +314,8 @@ class Interval:
         in_range = (v >= 0) & (v < c)
         can_true = in_range & (first <= base.hi)
         can_false = ~in_range | (base.hi > base.lo) & (c > 1) | (base.lo % c != v)
-        return Truth(can_true, can_false)
+        fixed = base.step % c == 0  # one residue for every value (strided token sets)
+        return Truth(np.where(fixed, base.lo % c == v, can_true), np.where(fixed, base.lo % c != v, can_false))
 
     __lt__ = lambda s, o: s._cmp(o, "<")
     __le__ = lambda s, o: s._cmp(o, "<=")

@@ -22,15 +22,18 @@ from ..ir.expr import Interval, Truth
 from ..ir.nodes import Difference, Intersect, Node, Union
 from ..ir.pattern import Pattern, under_causal
 from ..primitives import Context, Primitive
-from .layout import EMPTY, FULL, PARTIAL, Layout
+from .layout import FULL, PARTIAL, Layout
+from .residue import residue_order
 
-def candidate_tiles(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int):
-    """(query tile, key tile) pairs that may hold a visible element, as two sorted int64 arrays."""
+def candidate_tiles(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, order=None):
+    """(query tile, key tile) pairs that may hold a visible element, as two sorted int64 arrays
+    (tile indices in the layout's token order)."""
     n_qt, n_kt = -(-M // bm), -(-N // bn)
     q0 = np.arange(n_qt, dtype=np.int64) * bm
     q1 = np.minimum(q0 + bm, M)
     qts, kts = [], []
-    for lo, hi in node.band(ctx, q0, q1):
+    bands = order.band(node, ctx, q0, q1) if order is not None else node.band(ctx, q0, q1)
+    for lo, hi in bands:
         lo = np.clip(np.broadcast_to(np.asarray(lo, dtype=np.int64), q0.shape), 0, N)
         hi = np.clip(np.broadcast_to(np.asarray(hi, dtype=np.int64), q0.shape), 0, N)
         t_lo = lo // bn
@@ -75,7 +78,7 @@ def classify(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: in
     return t, undecided & t.can_true & t.can_false
 
 
-def settle(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: int):
+def settle(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: int, tokens=lambda iv: iv):
     """Exact (any visible, all visible) for tiles whose classification was undecided, by
     splitting them into quadrants and classifying those, recursively, until every piece is
     decided (single elements always are). Work grows with the undecided boundary, not the area."""
@@ -93,7 +96,7 @@ def settle(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: int)
                 keep = qkeep & kkeep
                 parts.append((owner[keep], qa[keep], qb[keep], ka[keep], kb[keep]))
         owner, q_lo, q_hi, k_lo, k_hi = (np.concatenate(x) for x in zip(*parts))
-        truth, undecided = classify(node, ctx, Interval(q_lo, q_hi), Interval(k_lo, k_hi), bm, bn)
+        truth, undecided = classify(node, ctx, tokens(Interval(q_lo, q_hi)), tokens(Interval(k_lo, k_hi)), bm, bn)
         decided = ~undecided
         np.logical_or.at(anyv, owner[decided], truth.can_true[decided])
         np.logical_or.at(notall, owner[decided], truth.can_false[decided])
@@ -101,18 +104,19 @@ def settle(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: int)
     return anyv, ~notall
 
 
-def head_tiles(node: Node, head: int, M: int, N: int, bm: int, bn: int, grid, data):
+def head_tiles(node: Node, head: int, M: int, N: int, bm: int, bn: int, grid, data, order=None):
     """(qt, kt, kind, refined) of one head: visited tiles with kind PARTIAL or FULL."""
     ctx = Context(M, N, head, grid, data)
-    qt, kt = candidate_tiles(node, ctx, M, N, bm, bn)
+    tokens = order.token_interval if order is not None else (lambda iv: iv)
+    qt, kt = candidate_tiles(node, ctx, M, N, bm, bn, order)
     q = Interval(qt * bm, np.minimum(qt * bm + bm, M) - 1)
     k = Interval(kt * bn, np.minimum(kt * bn + bn, N) - 1)
-    truth, undecided = classify(node, ctx, q, k, bm, bn)
+    truth, undecided = classify(node, ctx, tokens(q), tokens(k), bm, bn)
     visible, full = truth.can_true.copy(), ~truth.can_false
     refined = int(undecided.sum())
     if refined:
         idx = np.nonzero(undecided)[0]
-        anyv, allv = settle(node, ctx, Interval(q.lo[idx], q.hi[idx]), Interval(k.lo[idx], k.hi[idx]), bm, bn)
+        anyv, allv = settle(node, ctx, Interval(q.lo[idx], q.hi[idx]), Interval(k.lo[idx], k.hi[idx]), bm, bn, tokens)
         visible[idx], full[idx] = anyv, allv
     keep = visible
     kind = np.where(full[keep], FULL, PARTIAL).astype(np.int8)
@@ -120,7 +124,7 @@ def head_tiles(node: Node, head: int, M: int, N: int, bm: int, bn: int, grid, da
 
 
 def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: int, block_n: int,
-                 q=None, k=None, device="cpu") -> Layout:
+                 q=None, k=None, device="cpu", order: str = "auto") -> Layout:
     for name, v in (("block_m", block_m), ("block_n", block_n)):
         if not isinstance(v, int) or v < 1:
             raise PatternError(f"{name} must be a positive integer, got {v!r}")
@@ -135,6 +139,11 @@ def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: i
         from ..ir.pattern import _heads_first
 
         data = {"q": _heads_first(q, "q"), "k": _heads_first(k, "k")}
+    if order not in ("auto", "natural"):
+        raise PatternError(f"order must be 'auto' or 'natural', got {order!r}")
+    residue = None
+    if order == "auto" and len(sections) == 1 and not pattern.is_routed:
+        residue = residue_order(sections[0].expr, M, N, block_m, block_n, grid)
     per_head = [None] * H
     refined = 0
     for s in sections:
@@ -145,11 +154,11 @@ def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: i
             if shared and h > s.lo:
                 per_head[h] = per_head[s.lo]
                 continue
-            qt, kt, kind, r = head_tiles(node, h, M, N, block_m, block_n, grid, sdata)
+            qt, kt, kind, r = head_tiles(node, h, M, N, block_m, block_n, grid, sdata, residue)
             per_head[h] = (qt, kt, kind)
             refined += r
     return Layout.from_tiles(per_head, M, N, block_m, block_n, pattern=pattern, refined_tiles=refined,
-                             device=device)
+                             device=device, permutation=residue)
 
 
 def depends_on_head(node: Node) -> bool:

@@ -53,7 +53,8 @@ class Layout:
 
     Row r of `*_indices` holds `*_num_blocks[h, r]` valid entries, ascending; the rest is 0.
     `Mt = ceil(M / block_m)`, `Nt = ceil(N / block_n)`. `permutation` is None (tokens in their
-    own order).
+    own order) or a `ResidueOrder` (tiles count layout positions; `permutation.order()` gives
+    the token at each position).
     """
 
     M: int
@@ -76,7 +77,8 @@ class Layout:
     _runs_cache: dict = field(default_factory=dict, repr=False)
 
     @classmethod
-    def from_tiles(cls, per_head, M, N, block_m, block_n, pattern=None, refined_tiles=0, device="cpu"):
+    def from_tiles(cls, per_head, M, N, block_m, block_n, pattern=None, refined_tiles=0, device="cpu",
+                   permutation=None):
         """From per-head `(qt, kt, kind)` arrays sorted by (qt, kt); a head may reuse another's tuple."""
         n_qt, n_kt = -(-M // block_m), -(-N // block_n)
 
@@ -95,7 +97,7 @@ class Layout:
         kv, kvi, fkv, fkvi = _stack(per_head, forward, device)
         qn, qi, fqn, fqi = _stack(per_head, backward, device)
         return cls(M, N, len(per_head), block_m, block_n, kv, kvi, fkv, fkvi, qn, qi, fqn, fqi,
-                   pattern=pattern, refined_tiles=refined_tiles, _tiles=tuple(per_head))
+                   pattern=pattern, permutation=permutation, refined_tiles=refined_tiles, _tiles=tuple(per_head))
 
     # ------------------------------------------------------------------ summaries
 
@@ -153,11 +155,12 @@ class Layout:
             node = next(s.expr for s in sections if s.lo <= h <= s.hi)
             ctx = Context(self.M, self.N, h, self.pattern.grid_shape(self.M, self.N), {"causal": under_causal(node)})
             seen = np.zeros(self.M, bool)
+            to_token = self.permutation.tokens if self.permutation is not None else (lambda p: p)
             for t in np.unique(qt):
-                rows = torch.arange(t * self.block_m, min((t + 1) * self.block_m, self.M))
-                keys = np.concatenate([np.arange(c * self.block_n, min((c + 1) * self.block_n, self.N))
-                                       for c in kt[qt == t]])
-                vis = torch.as_tensor(node.visible(ctx, rows[:, None], torch.as_tensor(keys)[None, :]))
+                rows = to_token(torch.arange(t * self.block_m, min((t + 1) * self.block_m, self.M)))
+                keys = to_token(torch.as_tensor(np.concatenate([
+                    np.arange(c * self.block_n, min((c + 1) * self.block_n, self.N)) for c in kt[qt == t]])))
+                vis = torch.as_tensor(node.visible(ctx, rows[:, None], keys[None, :]))
                 seen[rows.numpy()] = vis.expand(len(rows), len(keys)).any(1).numpy()
             cache[id(tiles)] = np.nonzero(~seen)[0]
             out.append(cache[id(tiles)])
@@ -233,6 +236,11 @@ class Layout:
         def b(x):
             return x.contiguous()[None].expand(batch, *x.shape).contiguous()
 
+        if self.permutation is not None:
+            from ..errors import PatternError
+
+            raise PatternError("this layout orders tokens by residue class, which FlexAttention can't follow",
+                               None, "build it with pattern.layout(..., order='natural')")
         mask_mod = self.pattern.mask_mod(self.M, self.N) if self.pattern is not None else None
         return BlockMask.from_kv_blocks(
             b(self.kv_num_blocks), b(widen(self.kv_indices)), b(self.full_kv_num_blocks),

@@ -63,17 +63,17 @@ def default_config(head_dim: int, dtype, interpret: bool) -> dict:
 
 
 @lru_cache(maxsize=256)
-def _layout(pattern: Pattern, M: int, N: int, H: int, block_m: int, block_n: int, device: str):
-    return pattern.layout(M, N, heads=H, block_m=block_m, block_n=block_n, device=device)
+def _layout(pattern: Pattern, M: int, N: int, H: int, block_m: int, block_n: int, device: str, order: str = "auto"):
+    return pattern.layout(M, N, heads=H, block_m=block_m, block_n=block_n, device=device, order=order)
 
 
 @lru_cache(maxsize=256)
 def _kernel(pattern: Pattern, H: int, M: int, N: int, head_dim: int, block_m: int, block_n: int,
-            num_warps: int, num_stages: int, runs, tma: bool, device_tag: str):
+            num_warps: int, num_stages: int, runs, tma: bool, residue, device_tag: str):
     from ..codegen.kernel import make_spec, module_source
     from .cache import load_module
 
-    spec = make_spec(pattern, H, M, N, head_dim, block_m, block_n, num_warps, num_stages, runs, tma)
+    spec = make_spec(pattern, H, M, N, head_dim, block_m, block_n, num_warps, num_stages, runs, tma, residue)
     return load_module(module_source(spec), device_tag)
 
 
@@ -100,7 +100,8 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
     `config` overrides the tile shape: `{"block_m", "block_n", "num_warps", "num_stages"}`, and
     `"iteration"`: "runs" loops over ranges of key tiles where every row has few runs (the
     default, "auto"), "table" always reads index tables; `"memory"`: "pointers" (default) or
-    "tma" (Hopper tensor descriptors).
+    "tma" (Hopper tensor descriptors); `"order"`: "auto" (residue order for dilated/strided
+    patterns) or "natural".
     """
     import torch
 
@@ -116,11 +117,12 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
         raise PatternError("routed patterns (topk) need run-time block selection, which is not built yet",
                            None, "use patternc.reference_attention for now")
     cfg = dict(default_config(D, q.dtype, interpret), **(config or {}))
-    layout = _layout(pattern, M, N, H, cfg["block_m"], cfg["block_n"], str(q.device))
+    layout = _layout(pattern, M, N, H, cfg["block_m"], cfg["block_n"], str(q.device), cfg.get("order", "auto"))
     runs = layout.runs() if cfg.get("iteration", "auto") != "table" else None
     runs_shape = None if runs is None else (runs[0].shape[2], runs[1].shape[2])
     module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],
-                     runs_shape, cfg.get("memory", "pointers") == "tma", _device_tag(q.device))
+                     runs_shape, cfg.get("memory", "pointers") == "tma",
+                     layout.permutation.modulus if layout.permutation is not None else None, _device_tag(q.device))
     lse = torch.empty(B, H, M, dtype=torch.float32, device=q.device) if return_lse else None
     out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse)
     return (out, lse) if return_lse else out

@@ -1,0 +1,94 @@
+"""Residue decomposition: a pattern that only ever pairs tokens of one residue class
+(`visible(q, k)` implies `q % r == k % r`, e.g. `window(w, dilation=r)`, `strided(r)`) is r
+interleaved dense problems over the tokens `i = c, c + r, c + 2r, ...`.
+
+The layout then orders tokens class by class (layout position p is token
+`(p % L) * r + p // L` with `L = N / r`); a tile of that order is `BLOCK` tokens of one class,
+which the kernel reads with a row stride of r: no copy, and no tile is spent on the r - 1 other
+classes that a tile of consecutive tokens would mostly hold.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..ir.expr import Interval, Term
+from ..ir.nodes import Difference, Intersect, Node, Union
+from ..primitives import Primitive
+
+
+def residue_modulus(node: Node, grid=None) -> int:
+    """The largest r known to keep every visible pair inside one residue class (1: none)."""
+    if isinstance(node, Primitive):
+        if getattr(node, "block", None) is not None:
+            return 1
+        if node.name == "neighborhood" and grid is not None and len(grid) > 1:
+            return 1  # dilation groups of a multi-dimensional grid are not token residues
+        step = {"window": "dilation", "strided": "stride", "neighborhood": "dilation"}.get(node.name)
+        value = getattr(node, step, None) if step else None
+        if isinstance(value, Term) and value.is_const and value.value > 1:
+            return value.value
+        return 1
+    if isinstance(node, Intersect):
+        a, b = residue_modulus(node.a, grid), residue_modulus(node.b, grid)
+        return math.lcm(a, b) if a > 1 and b > 1 else max(a, b)
+    if isinstance(node, Union):
+        a, b = residue_modulus(node.a, grid), residue_modulus(node.b, grid)
+        return math.gcd(a, b) if a > 1 and b > 1 else 1
+    if isinstance(node, Difference):
+        return residue_modulus(node.a, grid)
+    return 1
+
+
+@dataclass(frozen=True)
+class ResidueOrder:
+    """Tokens ordered by residue class modulo `modulus`; each class has `class_len` tokens."""
+
+    modulus: int
+    class_len: int
+
+    def tokens(self, p):
+        """Token index of layout position(s) p (ints, numpy or torch)."""
+        return (p % self.class_len) * self.modulus + p // self.class_len
+
+    def order(self):
+        """int64 tensor [N]: the token at each layout position."""
+        import torch
+
+        return self.tokens(torch.arange(self.modulus * self.class_len))
+
+    def token_interval(self, p: Interval) -> Interval:
+        """Tokens of layout ranges that stay inside one class: `c + r*i`, a strided interval."""
+        cls = p.lo // self.class_len
+        first = p.lo - cls * self.class_len
+        last = p.hi - cls * self.class_len
+        return Interval(cls + self.modulus * first, cls + self.modulus * last, step=self.modulus)
+
+    def band(self, node: Node, ctx, p0, p1):
+        """Candidate key ranges (layout positions) for query tiles [p0, p1) of one class each."""
+        cls = p0 // self.class_len
+        t0 = cls + self.modulus * (p0 - cls * self.class_len)
+        t1 = cls + self.modulus * (p1 - 1 - cls * self.class_len) + 1
+        out = []
+        for lo, hi in node.band(ctx, t0, t1):
+            lo = np.broadcast_to(np.asarray(lo, dtype=np.int64), p0.shape)
+            hi = np.broadcast_to(np.asarray(hi, dtype=np.int64), p0.shape)
+            j_lo = np.clip(-(-(lo - cls) // self.modulus), 0, self.class_len)
+            j_hi = np.clip(-(-(hi - cls) // self.modulus), 0, self.class_len)
+            base = cls * self.class_len
+            out.append((base + j_lo, base + np.maximum(j_hi, j_lo)))
+        return out
+
+
+def residue_order(node: Node, M: int, N: int, block_m: int, block_n: int, grid=None) -> ResidueOrder | None:
+    """The residue order to lay `node` out in, when it applies: an r-closed pattern, M == N,
+    and classes that split into whole tiles."""
+    r = residue_modulus(node, grid)
+    if r <= 1 or M != N or N % r:
+        return None
+    length = N // r
+    if length % block_m or length % block_n:
+        return None
+    return ResidueOrder(r, length)
