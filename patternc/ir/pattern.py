@@ -107,6 +107,8 @@ class Pattern:
                                    self.span, f"use heads={covered}")
             return [dataclasses.replace(s, expr=substitute(s.expr, mapping)) for s in self.body]
         heads = heads if heads is not None else self.default_heads
+        if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1:
+            raise PatternError(f"the number of heads must be a positive integer, got {heads!r}", self.span)
         return [Section(0, heads - 1, substitute(self.body, mapping))]
 
     @property
@@ -114,7 +116,10 @@ class Pattern:
         if isinstance(self.body, tuple):
             return self.body[-1].hi + 1
         value = dict(self.params).get("heads")
-        return int(value.value) if value is not None and value.is_const else 1
+        if value is not None and not value.is_const:
+            raise PatternError(f"pattern {self.name}: the 'heads' parameter must be a constant, got '{value}'",
+                               self.span)
+        return int(value.value) if value is not None else 1
 
     def grid_shape(self, M: int, N: int) -> tuple[int, ...] | None:
         if self.grid is None:
@@ -178,11 +183,16 @@ class Pattern:
         return out
 
     def layout(self, M: int, N: int | None = None, heads: int | None = None, block_m: int = 128,
-               block_n: int = 128, q=None, k=None, device="cpu"):
-        """The block-sparse `Layout` of this pattern for the given lengths and tile shape."""
+               block_n: int = 128, q=None, k=None, device="cpu", order: str = "auto"):
+        """The block-sparse `Layout` of this pattern for the given lengths and tile shape.
+
+        `order="auto"` lays residue-closed patterns (dilated windows, strided) out class by
+        class (`Layout.permutation`), so tiles hold only tokens that can see each other;
+        `order="natural"` keeps token order (as FlexAttention needs)."""
         from ..layout import build_layout
 
-        return build_layout(self, M, M if N is None else N, heads, block_m, block_n, q=q, k=k, device=device)
+        return build_layout(self, M, M if N is None else N, heads, block_m, block_n, q=q, k=k, device=device,
+                            order=order)
 
     def predicate_terms(self, M: int, N: int, heads: int | None = None) -> list[tuple[Section, Term | None]]:
         """Per section, the rule traced into one `Term` over q, k, h, M, N (None where a
