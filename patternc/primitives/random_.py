@@ -1,5 +1,7 @@
 """`random(r, block=b, seed=s)`: BigBird's random attention: every query block sees `r` key
-blocks drawn without replacement, deterministically from `seed` and the head index.
+blocks drawn without replacement (`min(r, ceil(N/b))` of them), deterministically from `seed`, the
+head index and the lengths in blocks (`ceil(M/b)`, `ceil(N/b)`): a different length draws afresh.
+Key blocks are taken whole, the last one possibly short. `count`, `seed` and `block` can't use `h`.
 
     random(1, block=2)
     ..##..
@@ -45,5 +47,7 @@ class Random(Primitive):
         self.positive(p, "seed", allow_zero=True)
 
     def rule(self, p, ctx, q, k):
+        if not isinstance(ctx.M, (int, np.integer)):
+            raise NotImplementedError("random() block tables are not emitted into kernels yet")
         n_q, n_k = int(ctx.M), int(ctx.N)
         return lookup(lambda head: random_table(int(p.count), int(p.seed), head, n_q, n_k), ctx.h, q, k)

@@ -97,7 +97,8 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
 
     On CUDA the generated Triton kernel runs. On the CPU it runs under `TRITON_INTERPRET=1`
     (slow; for tests), else a dense masked reference does, with a one-time warning.
-    `config` overrides the tile shape: `{"block_m", "block_n", "num_warps", "num_stages"}`, and
+    The first call for a problem shape autotunes the kernel config on this device (cached on
+    disk); `config` overrides the tile shape instead: `{"block_m", "block_n", "num_warps", "num_stages"}`, and
     `"iteration"`: "runs" loops over ranges of key tiles where every row has few runs (the
     default, "auto"), "table" always reads index tables; `"memory"`: "pointers" (default) or
     "tma" (Hopper tensor descriptors); `"order"`: "auto" (residue order for dilated/strided
@@ -116,16 +117,47 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
     if pattern.is_routed:
         raise PatternError("routed patterns (topk) need run-time block selection, which is not built yet",
                            None, "use patternc.reference_attention for now")
+    device_tag = _device_tag(q.device)
+    if config is None and not interpret:
+        config = _tuned_config(q, k, v, pattern, scale, device_tag)
     cfg = dict(default_config(D, q.dtype, interpret), **(config or {}))
-    layout = _layout(pattern, M, N, H, cfg["block_m"], cfg["block_n"], str(q.device), cfg.get("order", "auto"))
+    module, layout = _prepare(pattern, B, H, M, N, D, cfg, str(q.device), device_tag)
+    lse = torch.empty(B, H, M, dtype=torch.float32, device=q.device) if return_lse else None
+    out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse)
+    return (out, lse) if return_lse else out
+
+
+def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag):
+    """(generated module, layout) for one config; both cached."""
+    layout = _layout(pattern, M, N, H, cfg["block_m"], cfg["block_n"], device, cfg.get("order", "auto"))
     runs = layout.runs() if cfg.get("iteration", "auto") != "table" else None
     runs_shape = None if runs is None else (runs[0].shape[2], runs[1].shape[2])
     module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],
                      runs_shape, cfg.get("memory", "pointers") == "tma",
-                     layout.permutation.modulus if layout.permutation is not None else None, _device_tag(q.device))
-    lse = torch.empty(B, H, M, dtype=torch.float32, device=q.device) if return_lse else None
-    out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse)
-    return (out, lse) if return_lse else out
+                     layout.permutation.modulus if layout.permutation is not None else None, device_tag)
+    return module, layout
+
+
+def _tuned_config(q, k, v, pattern, scale, device_tag) -> dict:
+    """The autotuned config for this problem (searched once per device, then cached on disk)."""
+    import torch
+
+    from . import autotune
+
+    B, H, M, D = q.shape
+    N = k.shape[2]
+    key = f"{pattern}|B{B}|H{H}|Hkv{k.shape[1]}|M{M}|N{N}|D{D}|{q.dtype}|{device_tag}"
+    found = autotune.lookup(key)
+    if found is not None:
+        return found
+
+    def run(cfg):
+        module, layout = _prepare(pattern, B, H, M, N, D, dict(cfg), str(q.device), device_tag)
+        module.launch(q, k, v, layout, scale=scale)
+
+    best = autotune.tune(run, autotune.candidates(D, q.dtype, torch.cuda.get_device_capability(q.device)))
+    autotune.remember(key, best)
+    return best
 
 
 _warned = False
@@ -140,7 +172,8 @@ def _warn_cpu_once():
 
 
 def reference_attention(q, k, v, pattern, scale=None, return_lse=False):
-    """Dense masked attention over `Pattern.mask` (float32 math; any device). Same contract as
+    """Dense masked attention over `Pattern.mask` (float32 math, float64 for float64 inputs; any
+    device). Same contract as
     `attention`: rows with no visible key give 0 and LSE = -inf."""
     import torch
 
@@ -155,9 +188,10 @@ def reference_attention(q, k, v, pattern, scale=None, return_lse=False):
             raise PatternError("the routed reference takes a batch of 1")
         routed = {"q": q[0], "k": k[0]}
     mask = pattern.mask(M, N, heads=H, device=q.device, **routed)  # [H, M, N]
-    kf = k.float().repeat_interleave(group, dim=1)
-    vf = v.float().repeat_interleave(group, dim=1)
-    s = (q.float() @ kf.transpose(-1, -2)) * scale
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    kf = k.to(compute).repeat_interleave(group, dim=1)
+    vf = v.to(compute).repeat_interleave(group, dim=1)
+    s = (q.to(compute) @ kf.transpose(-1, -2)) * scale
     s = s.masked_fill(~mask[None], float("-inf"))
     lse = torch.logsumexp(s, dim=-1)
     p = torch.exp(s - torch.where(torch.isinf(lse), 0.0, lse)[..., None])

@@ -1,0 +1,72 @@
+"""Per-device choice of tile shape, warps, pipeline depth and memory path.
+
+The first call for a (pattern, shapes, dtype, device) times a few candidate kernels on the
+caller's inputs and keeps the fastest; the choice is cached in memory and in `autotune.json`
+beside the kernel cache, so later processes skip the search.
+"""
+from __future__ import annotations
+
+import json
+
+from .cache import atomic_write, cache_dir
+
+_choices: dict[str, dict] = {}
+_loaded = False
+
+
+def candidates(head_dim: int, dtype, capability: tuple[int, int]) -> list[dict]:
+    """Configs worth timing on this device (measured on H100: see benchmarks/results)."""
+    import torch
+
+    memories = ["tma", "pointers"] if capability >= (9, 0) else ["pointers"]
+    if dtype == torch.float32 or head_dim > 128:
+        shapes = [(64, 32, 4, 2), (64, 64, 4, 2)]
+    elif head_dim <= 64:
+        shapes = [(128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 3)]
+    else:
+        shapes = [(128, 128, 8, 3), (128, 64, 8, 3), (64, 64, 4, 3)]
+    return [{"block_m": m, "block_n": n, "num_warps": w, "num_stages": s, "memory": mem}
+            for mem in memories for m, n, w, s in shapes]
+
+
+def _path():
+    return cache_dir().parent / "autotune.json"
+
+
+def lookup(key: str) -> dict | None:
+    global _loaded
+    if not _loaded:
+        _loaded = True
+        try:
+            _choices.update(json.loads(_path().read_text()))
+        except (OSError, ValueError):
+            pass
+    return _choices.get(key)
+
+
+def remember(key: str, config: dict) -> None:
+    _choices[key] = config
+    try:
+        on_disk = json.loads(_path().read_text())
+    except (OSError, ValueError):
+        on_disk = {}
+    on_disk[key] = config
+    atomic_write(_path(), json.dumps(on_disk, indent=1, sort_keys=True))
+
+
+def tune(run, configs: list[dict]) -> dict:
+    """The fastest config: `run(config)` launches once; configs that fail to compile are skipped."""
+    import triton
+
+    best, best_ms = None, float("inf")
+    for cfg in configs:
+        try:
+            run(cfg)
+            ms = triton.testing.do_bench(lambda: run(cfg), warmup=5, rep=20, return_mode="median")
+        except Exception:  # noqa: BLE001 - e.g. out of shared memory for this shape: try the next
+            continue
+        if ms < best_ms:
+            best, best_ms = cfg, ms
+    if best is None:
+        raise RuntimeError("no kernel configuration compiled for this problem")
+    return best
