@@ -26,11 +26,7 @@ from suite import SUITE  # noqa: E402
 import patternc  # noqa: E402
 from patternc.runtime.attention import _kernel, _layout  # noqa: E402
 
-CONFIGS = [  # block_m, block_n, num_warps, num_stages
-    (128, 64, 8, 3), (128, 128, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2),
-]
-ITERATIONS = ("runs", "table")
-MEMORY = ("pointers", "tma")
+ITERATIONS = ("runs",)  # "table" too, to compare the loop forms
 
 
 def environment() -> dict:
@@ -81,8 +77,9 @@ def run_pattern(name, text, S, args, flex, dense):
     # layouts: patternc (analytic, CPU) vs create_block_mask (GPU), both at 128x128 tiles
     pattern.layout(256, heads=H, block_m=128, block_n=128)  # imports and first-use costs stay out
     t0 = time.perf_counter()
-    layout128 = pattern.layout(S, heads=H, block_m=128, block_n=128)
+    pattern.layout(S, heads=H, block_m=128, block_n=128)
     row["layout_ms"] = (time.perf_counter() - t0) * 1e3
+    layout128 = pattern.layout(S, heads=H, block_m=128, block_n=128, order="natural")
     row["density"] = layout128.density
     row["partial_share"] = layout128.summary()["partial_share"]
     if args.create_block_mask:
@@ -103,10 +100,13 @@ def run_pattern(name, text, S, args, flex, dense):
     row["flex_ms"] = bench(lambda: flex(q, k, v, block_mask=block_mask))
 
     best = None
-    configs = [(c, it, mem) for c in CONFIGS for it in args.iterations for mem in args.memory]
-    for (bm, bn, warps, stages), iteration, memory in configs:
-        cfg = {"block_m": bm, "block_n": bn, "num_warps": warps, "num_stages": stages, "iteration": iteration,
-               "memory": memory}
+    from patternc.runtime.autotune import candidates
+
+    configs = [dict(c, iteration=it) for c in candidates(D, dtype, torch.cuda.get_device_capability())
+               for it in args.iterations]
+    for cfg in configs:
+        bm, bn, warps, stages, iteration, memory = (cfg[k] for k in ("block_m", "block_n", "num_warps", "num_stages",
+                                                                      "iteration", "memory"))
         try:
             t0 = time.perf_counter()
             out = patternc.attention(q, k, v, pattern, config=cfg)
@@ -126,7 +126,7 @@ def run_pattern(name, text, S, args, flex, dense):
     if best is None:
         return row
     ms, cfg, err, first = best
-    layout = _layout(pattern, S, S, H, cfg["block_m"], cfg["block_n"], "cuda:0")
+    layout = _layout(pattern, S, S, H, cfg["block_m"], cfg["block_n"], "cuda:0", "auto")
     row.update(patternc_ms=ms, config=f"{cfg['block_m']}x{cfg['block_n']}/w{cfg['num_warps']}/s{cfg['num_stages']}"
                f"/{cfg['iteration']}/{cfg['memory']}",
                rel_err_vs_flex=err, first_call_ms=first, patternc_density=layout.density,
@@ -195,7 +195,6 @@ def main(argv=None):
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--create-block-mask", action="store_true", help="also time FlexAttention's create_block_mask")
     ap.add_argument("--iterations", nargs="*", default=list(ITERATIONS), help="kernel loop forms to try")
-    ap.add_argument("--memory", nargs="*", default=list(MEMORY), help="kernel memory access forms to try")
     args = ap.parse_args(argv)
     from torch.nn.attention.flex_attention import flex_attention
 
