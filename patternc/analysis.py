@@ -3,18 +3,22 @@ functions of the length N (self-attention, M = N), the asymptotic cost class, an
 query can see no key at all (an empty row, which the kernel must define).
 
     >>> [a] = analyze(patternc.compile("causal & window(1024)"))
-    >>> a.count, a.density_limit, a.cost, a.basis
-    (1024 - 523776/N, 1024/N, 'O(N*w)', 'exact for N >= 1023')
+    >>> a.count, a.density_limit, a.cost, a.exact
+    (1024 - 523776/N, 1024/N, 'O(N*w)', True)
+    >>> a.basis
+    'exact for N >= 1024; checked against the mask at N = 1024, 2048'
 
 Exact results come from an analytic derivation: the expression is expanded by
 inclusion-exclusion into signed intersections of *atoms* (a key interval `lo(q) <= k <= hi(q)`,
 a query interval, a key residue `k // b % m == ...`), the query axis is split by residue
 `q = P*Q + r` and into segments on which every max/min is one linear piece, and each segment
 is summed in closed form. That gives the total count S(N) as an exact polynomial for N >= N0
-(and N a multiple of the period P), cross-checked against the brute-force mask. Patterns or
-primitives outside that (pow2 inside a composition, random/topk, parameters that depend on N,
-multi-dimensional grids) are measured from the mask at several lengths and fitted; those
-results say "numeric". Nothing here is approximate without saying so.
+(and N a multiple of the period P), cross-checked against the brute-force mask. Parameters may
+grow linearly with N (`window(M - 1, 0)`, what `@jit` makes of `q >= k`); a few primitives
+have closed forms only alone (`pow2`, `random`, `topk`, `causal & topk`, `neighborhood`).
+Everything else (pow2 inside a composition, `predicate`, parameters non-linear in N,
+multi-dimensional grids) is measured from the mask at several lengths and fitted, and says
+"numeric". Nothing here is approximate without saying so.
 """
 from __future__ import annotations
 
@@ -102,8 +106,10 @@ def _analyze_section(pattern: Pattern, section) -> SectionAnalysis:
         found = None
     result = _exact_result(pattern, section, distinct, found) if found is not None else None
     if result is None:
+        note = "; the derived closed form disagreed with the mask" if found is not None else ""
         found = None
         result = _numeric_result(pattern, section, distinct)
+        result.basis += note
     _find_empty_rows(pattern, section, distinct, result, found)
     return result
 
@@ -237,19 +243,39 @@ def _derive(expr: Node, heads: list[int]) -> _Derived:
     n0 = max(r.n0 for r in results)
     # same polynomial in N whatever the period it was derived with
     coeffs = tuple(sum((r.coeffs[i] for r in results), Fraction(0)) / len(results) for i in range(3))
-    empty = next((r.empty for r in results if r.empty is not None), None)
-    return _Derived("poly", coeffs, period=P, n0=n0, empty=empty)
+    witnesses = sorted((not r.empty_always, r.empty) for r in results if r.empty is not None)
+    found = _Derived("poly", coeffs, period=P, n0=n0)
+    if witnesses:
+        found.empty_always, found.empty = not witnesses[0][0], witnesses[0][1]
+    return found
 
 
 def _derive_head(expr: Node, head: int) -> _Derived:
     ie = _ie(expr, head)
     if sum(len(c) for c in ie) > 4 * MAX_TERMS:
         raise _NoClosedForm("too many terms")
-    # primitives that only exist from some length on: neighborhood(K) needs N >= K
-    min_length = max([1] + [math.prod(n.size) if isinstance(n.size, tuple) else n.size
-                            for n in (substitute(x, {"h": Term.const(head)}).constant_params()
-                                      for x in expr.walk() if getattr(x, "name", None) == "neighborhood")])
-    return _sum_rows(ie, head, min_length)
+    return _sum_rows(ie, head, _min_length(expr, head))
+
+
+def _min_length(expr: Node, head: int) -> int:
+    """The N from which every primitive's parameters are valid: neighborhood(K) needs N >= K,
+    window(N - 8, 0) needs N >= 8, sink(N - 3) N >= 4."""
+    need = 1
+    for node in expr.walk():
+        name = getattr(node, "name", None)
+        if name == "neighborhood":
+            p = _constant_params(node, head)
+            need = max(need, math.prod(p.size) if isinstance(p.size, tuple) else p.size)
+        elif name in _LINEAR:
+            p = _constant_params(node, head, _LINEAR[name])
+            least = 1 if name == "sink" else 0
+            for f in _LINEAR[name]:
+                v = getattr(p, f)
+                if isinstance(v, Lin) and v.g < 0:
+                    raise _NoClosedForm(f"{name}: {f} shrinks as N grows")
+                if isinstance(v, Lin) and v.g > 0:
+                    need = max(need, -(-(least - v.c) // v.g))
+    return need
 
 
 def _ie_add(*dicts) -> dict:
@@ -284,18 +310,67 @@ def _ie(node: Node, head: int) -> dict:
     rule = _ATOMS.get(getattr(node, "name", None))
     if rule is None:
         raise _NoClosedForm(f"no closed form for {getattr(node, 'name', node)}")
-    p = _constant_params(node, head)
+    p = _constant_params(node, head, _LINEAR.get(node.name, ()))
     return rule(p, p.block or 1) if "block" in vars(p) else rule(p, 1)
 
 
-def _constant_params(node, head: int):
-    """The node's parameters as ints on `head`; _NoClosedForm if one depends on N or M."""
-    node = substitute(node, {"h": Term.const(head)})
+def _constant_params(node, head: int, linear=()):
+    """The node's parameters as ints on `head` (M = N); the fields named in `linear` may also be
+    `Lin` (g*N + c, e.g. window(M - 1, 0)); _NoClosedForm for anything else."""
+    node = substitute(node, {"h": Term.const(head), "M": Term.var("N")})
     p = node.constant_params()
     for f in node.params_spec():
-        if getattr(node, f.name) is not None and _has_none(getattr(p, f.name)):
+        v = getattr(node, f.name)
+        if isinstance(v, Term) and not v.is_const and f.name in linear:
+            setattr(p, f.name, _linear_in_n(v))
+        elif v is not None and _has_none(getattr(p, f.name)):
             raise _NoClosedForm(f"parameter {f.name} of {node.name} is not a constant")
     return p
+
+
+@dataclass(frozen=True)
+class Lin:
+    """`g * N + c`: a parameter that grows with the length."""
+
+    g: int
+    c: int
+
+    def __add__(self, o):
+        o = o if isinstance(o, Lin) else Lin(0, o)
+        return Lin(self.g + o.g, self.c + o.c)
+
+    __radd__ = __add__
+
+    def __neg__(self):
+        return Lin(-self.g, -self.c)
+
+    def __sub__(self, o):
+        return self + -o
+
+    def __mul__(self, o: int):
+        return Lin(self.g * o, self.c * o)
+
+    __rmul__ = __mul__
+
+
+def _linear_in_n(t: Term) -> Lin:
+    from .ir.expr import evaluate
+
+    if not t.free_vars() <= {"N"}:
+        raise _NoClosedForm(f"{t} depends on more than N")
+    try:
+        c = evaluate(t, {"N": 0})
+        g = evaluate(t, {"N": 1}) - c
+        if all(evaluate(t, {"N": n}) == g * n + c for n in (2, 3, 7, 64, 1000, 12345)):
+            return Lin(g, c)
+    except (ZeroDivisionError, TypeError):
+        pass
+    raise _NoClosedForm(f"{t} is not linear in N")
+
+
+def _end(a: int, d: int, offset) -> End:
+    """`a * (q // d) + offset`, the offset an int or a `Lin`."""
+    return End(a, d, offset.g, offset.c) if isinstance(offset, Lin) else End(a, d, 0, offset)
 
 
 def _has_none(v) -> bool:
@@ -316,13 +391,13 @@ def _atoms_causal(p, b):  # k <= q (M = N), on blocks k // b <= q // b
 
 def _atoms_window(p, b):
     r = p.dilation
-    lo, hi = End(b, b, 0, -p.left * r * b), End(b, b, 0, p.right * r * b + b - 1)
+    lo, hi = _end(b, b, -p.left * r * b), _end(b, b, p.right * r * b + b - 1)
     atoms = [_key(lo, hi)] + ([_residue(b, r, b, 0)] if r > 1 else [])
     return _one(*atoms)
 
 
 def _atoms_sink(p, b):
-    return _one(_key(None, End(0, 1, 0, p.count * b - 1)))
+    return _one(_key(None, _end(0, 1, p.count * b - 1)))
 
 
 def _atoms_blocked(p, b):
@@ -367,6 +442,7 @@ def _atoms_neighborhood(p, b):
     return _ie_add((first, 1), (middle, 1), (last, 1))
 
 
+_LINEAR = {"window": ("left", "right"), "sink": ("count",)}  # parameters that may grow with N
 _ATOMS = {
     "full": _atoms_full, "causal": _atoms_causal, "window": _atoms_window, "sink": _atoms_sink,
     "blocked": _atoms_blocked, "strided": _atoms_strided, "columns": _atoms_columns, "global": _atoms_global,
@@ -376,6 +452,10 @@ _ATOMS = {
 
 def _lone(expr: Node, head: int) -> _Derived | None:
     """Closed forms of primitives that have one alone but not inside compositions."""
+    if isinstance(expr, Intersect):
+        sides = {getattr(expr.a, "name", None): expr.a, getattr(expr.b, "name", None): expr.b}
+        if set(sides) == {"causal", "topk"} and sides["causal"].block is None:
+            return _causal_topk(sides["topk"], head)
     name = getattr(expr, "name", None)
     if name not in ("pow2", "random", "topk", "neighborhood"):
         return None
@@ -401,6 +481,21 @@ def _lone(expr: Node, head: int) -> _Derived | None:
     return None
 
 
+def _causal_topk(topk, head) -> _Derived | None:
+    """`causal & topk(k, block=b)` (MoBA): whatever q and k are, a query in block Qb sees its own
+    block up to itself and min(k - 1, Qb) whole earlier blocks. Over N = b * nb, nb >= k - 1:
+    S = nb * b(b+1)/2 + b^2 * ((k-1)(k-2)/2 + (k-1)(nb - k + 1))."""
+    try:
+        p = _constant_params(topk, head)
+    except _NoClosedForm:
+        return None
+    k, b = p.count, p.block
+    nb = N / b
+    S = nb * sp.Rational(b * (b + 1), 2) + b * b * (sp.Rational((k - 1) * (k - 2), 2) + (k - 1) * (nb - k + 1))
+    return _Derived("expr", count=sp.expand(S / N), period=b, n0=max(1, k - 1) * b, cost="O(N*w)",
+                    note="routed: any q, k")
+
+
 # ---- summing a signed sum of conjunctions over the rows
 
 _BIG = 10**12  # a stand-in for "large n" when deciding which linear piece wins on a segment
@@ -411,8 +506,9 @@ def _form(end: End, r: int, P: int) -> tuple[int, int, int]:
     return (end.a * P // end.d, end.g * P, end.a * (r // end.d) + end.c)
 
 
-def _at(f, Q, n):
-    return f[0] * Q + f[1] * n + f[2]
+def _at2(f, Q2):
+    """Twice the form `f` at Q = Q2 / 2, n = _BIG."""
+    return f[0] * Q2 + 2 * (f[1] * _BIG + f[2])
 
 
 def _sub(f, g):
@@ -472,8 +568,9 @@ def _sum_rows(ie: dict, head: int, min_length: int = 1) -> _Derived:
         inside = order[order.index((0, 0)): order.index((1, 0)) + 1]
         for (ca, ea), (cb, eb) in zip(inside, inside[1:]):
             # sample the middle of [A, B - 1]: crossings sit at or before A, or after B - 1,
-            # so every linear piece keeps the order it has there on the whole segment
-            Qs = Fraction(ca * _BIG + ea + cb * _BIG + eb - 1, 2)
+            # so every linear piece keeps the order it has there on the whole segment.
+            # (Twice the middle, to stay in integers: forms are compared at 2Q through _at2.)
+            Qs = ca * _BIG + ea + cb * _BIG + eb - 1
             T = (0, 0, 0)
             for coeff, lo, hi, rows, rset in per:
                 form, need = _row_count(lo, hi, rows, rset, Qs, L)
@@ -537,16 +634,16 @@ def _threshold(diff) -> int:
     return max(1, math.ceil(Fraction(-beta, gamma)) + 1)
 
 
-def _row_count(lo, hi, rows, rset, Qs, L):
-    """(the count form of one conjunction on a segment, the n it needs) at sample row Qs."""
+def _row_count(lo, hi, rows, rset, Q2, L):
+    """(the count form of one conjunction on a segment, the n it needs) at sample row Q2 / 2."""
     need = 1
     for f in rows:
         if f[0] == 0:
             need = max(need, _threshold(f))
-        if _at(f, Qs, _BIG) < 0:
+        if _at2(f, Q2) < 0:
             return (0, 0, 0), need
-    best_lo = max(lo, key=lambda f: _at(f, Qs, _BIG))
-    best_hi = min(hi, key=lambda f: _at(f, Qs, _BIG))
+    best_lo = max(lo, key=lambda f: _at2(f, Q2)) if len(lo) > 1 else lo[0]
+    best_hi = min(hi, key=lambda f: _at2(f, Q2)) if len(hi) > 1 else hi[0]
     for f in lo:
         if f[0] == best_lo[0] and f is not best_lo:
             need = max(need, _threshold(_sub(best_lo, f)))
@@ -556,7 +653,7 @@ def _row_count(lo, hi, rows, rset, Qs, L):
     width = _sub((best_hi[0], best_hi[1], best_hi[2] + 1), best_lo)
     if width[0] == 0:
         need = max(need, _threshold(width))
-    if _at(width, Qs, _BIG) <= 0 or rset is not None and rset[0] == 0:
+    if _at2(width, Q2) <= 0 or rset is not None and rset[0] == 0:
         return (0, 0, 0), need
     if rset is None:
         return width, need
@@ -709,7 +806,7 @@ def _numeric_result(pattern, section, heads) -> SectionAnalysis:
                                None if count is None else count / n, None, "n/a (fixed grid)", None, False,
                                basis + "".join(notes), False, "", samples={} if value is None else {n: float(value)})
     big = max(_constants(expr) + [1])
-    start = max(64, 1 << (2 * big - 1).bit_length())
+    start = max(64, 1 << (big - 1).bit_length())
     lengths = [start << i for i in range(5) if start << i <= CHECK_LIMIT]
     if len(lengths) < 4:
         lengths = [CHECK_LIMIT >> i for i in range(4, -1, -1)]

@@ -39,6 +39,7 @@ CASES = [
     ("let = 3\npattern p: causal\n", "compile", 1, 5, "unexpected '='", "a name"),
     ("pattern 3: causal\n", "compile", 1, 9, "unexpected '3'", None),
     ("causal\n  & window(3)", "compile", 2, 3, "unexpected indentation", "inside ( )"),
+    ("pattern p:\n    causal\n    window(3)\n", "compile", 3, 5, "a pattern body is one expression", "join the lines"),
     ("pattern p:\n    causal\n  full\n", "compile", 3, 3, "inconsistent indentation", "same amount"),
     ("", "compile", 1, 1, "empty pattern", None),
     ("   # only a comment\n", "compile", 1, 1, "empty pattern", None),
@@ -49,6 +50,8 @@ CASES = [
     ("pattern p(width = 8): window(widht)\n", "compile", 1, 30, "unknown name 'widht'", "did you mean 'width'?"),
     ("foo", "compile", 1, 1, "unknown name 'foo'", None),
     ("let N = 3\npattern p: full\n", "compile", 1, 5, "'N' is a built-in name", None),
+    ("pattern p(w = 4):\n    let w = 5\n    window(w)\n", "compile", 2, 9, "'w' is already defined (line 1)", None),
+    ("let A = 1\nlet A = 2\npattern p: sink(A)\n", "compile", 2, 5, "'A' is already defined", None),
     ("pattern a: causal\npattern a: full\n", "compile", 2, 9, "pattern 'a' is defined twice", "line 1"),
     ("pattern p(w = 4, w = 5): window(w)\n", "compile", 1, 18, "parameter 'w' is declared twice", None),
     # ---- arguments
@@ -62,8 +65,9 @@ CASES = [
     ("window(causal)", "compile", 1, 8, "takes numbers, not a pattern", None),
     ("sink(false)", "compile", 1, 6, "'count' must be an integer, got a boolean", None),
     ("neighborhood(3, causal=1)", "compile", 1, 17, "'causal' must be true or false", None),
-    ("global(block=3)", "compile", 1, 8, "takes no keyword arguments", None),
-    ("global()", "compile", 1, 1, "needs at least one token", None),
+    ("global(1, seed=3)", "compile", 1, 11, "takes no keyword argument 'seed', only block=", None),
+    ("global(block=3)", "compile", 1, 1, "needs at least one token", None),
+    ("global()", "compile", 1, 1, "global() needs at least one", None),
     ("topk(4)", "compile", 1, 1, "needs block=b", "topk(4, block=512)"),
     ("min(3)", "compile", 1, 1, "min() takes two numbers", None),
     ("causal & 3", "compile", 1, 10, "'&' combines patterns, got a number", None),
@@ -80,6 +84,12 @@ CASES = [
     ("causal & sink(0)", "compile", 1, 15, "count must be >= 1, got 0", None),
     ("random(0, block=4)", "compile", 1, 8, "count must be >= 1, got 0", None),
     ("window(3, block=0)", "compile", 1, 11, "block must be >= 1, got 0", None),
+    ("global(3, block=0)", "compile", 1, 11, "global: block must be >= 1, got 0", None),
+    ("sink(99999999999999999999)", "compile", 1, 6, "integer 99999999999999999999 is too large", "2**62"),
+    ("sink(4611686018427387903 * 4)", "compile", 1, 6, "integer overflow", None),
+    ("pattern p:\n    " + " | ".join(["causal"] * 150) + "\n", "compile", 2, 5, "nested too deeply", None),
+    ("pattern p(heads = 0): causal\n", "compile", 1, 19, "number of heads must be a constant >= 1", None),
+    ("pattern p(heads = N): causal\n", "compile", 1, 19, "got 'N'", None),
     ("columns(4, phase=5)", "compile", 1, 12, "phase must be in 0..3, got 5", "h % s"),
     ("global(1, 5..2)", "compile", 1, 11, "empty range 5..2", "a <= b"),
     ("global(-1)", "compile", 1, 8, "token indices must be >= 0", None),
@@ -237,7 +247,7 @@ def test_fuzz_token_sequences(tokens):
        params=st.sampled_from(["", "(w = 4)", "(w)", "(heads = 4, w = N // 2)"]), sections=st.booleans())
 def test_fuzz_inside_a_pattern(body, name, params, sections):
     expr = " ".join(body)
-    lines = [f"let x = 3", f"pattern {name}{params}:"]
+    lines = ["let x = 3", f"pattern {name}{params}:"]
     lines += [f"    heads 0..1: {expr}", "    heads 2..3: causal"] if sections else [f"    {expr}"]
     only_pattern_errors("\n".join(lines) + "\n")
 
@@ -271,7 +281,8 @@ SEEDS = [
     "let W = 16\n\npattern swa(w = W):   # a comment\n    causal & (window(w) | sink(4))\n",
     "pattern s2(heads = 16):\n    causal & (window(256) | columns(16, phase = h % 16))\n",
     "pattern video:\n    grid(4, 3, 1)\n    neighborhood((3, 3, 1), dilation = (1, 1, 1))\n",
-    "pattern mixed:\n    heads 0..7:  causal & window(512)\n    heads 8..15: causal & (window(256) | pow2(block = 128) | sink(128))\n",
+    "pattern mixed:\n    heads 0..7:  causal & window(512)\n"
+    "    heads 8..15: causal & (window(256) | pow2(block = 128) | sink(128))\n",
     "causal & (window(5, block=2) | pow2(block=2) | sink(1, block=2))",
     "global(0, 3..5, N - 1) | random(2, block=4, seed=7) - blocked(N // 3 + 1)",
     "causal & topk(2, block=4)",

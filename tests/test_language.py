@@ -268,6 +268,11 @@ def test_design_examples_round_trip():
     assert str(pats["swa"]) == "pattern swa(w = 1024):\n    causal & (window(w) | sink(4))"
     assert pats["video"].grid is not None and "neighborhood((3, 11, 11), dilation=(1, 2, 2))" in str(pats["video"])
     assert "let W = 1024" in text
+    video, S = pats["video"], 16 * 48 * 48
+    rows = np.random.default_rng(1).choice(S, 12, replace=False)
+    check_neighborhood_rows(rows, rows_of(video, S, rows)[0], (16, 48, 48), (3, 11, 11), (1, 2, 2), (1, 1, 1))
+    m = pats["mixed"].mask(700).numpy()
+    assert m.shape[0] == 16 and not np.array_equal(m[0], m[15])
 
 
 # --------------------------------------------------------------------------- compile(), load(), bind()
@@ -300,6 +305,25 @@ def test_bare_body_and_whole_file_agree():
     assert bare == patternc.compile("  causal & (window(8) | sink(2))  # trailing comment\n")
     # a bare body may have lets of its own
     assert torch.equal(patternc.compile("let x = 8\ncausal & (window(x) | sink(2))").mask(40), bare.mask(40))
+
+
+def test_indented_text_from_triple_quoted_strings():
+    body = patternc.compile("""
+        causal & (window(8) | sink(2))
+    """)
+    assert body == patternc.compile("causal & (window(8) | sink(2))")
+    text = """
+        let W = 8
+
+        pattern swa(w = W):     # a comment
+            causal & (window(w) | sink(2))
+
+        pattern other: full
+    """
+    assert patternc.compile(text, name="swa") == patternc.compile(FILE, name="swa")
+    with pytest.raises(PatternError, match="inconsistent indentation") as e:
+        patternc.compile("\n    causal\n  & window(3)\n")
+    assert (e.value.line, e.value.column) == (3, 3)
 
 
 def test_name_selection():
@@ -454,19 +478,8 @@ def _box(x, L, K, r=1):
     return {g + r * (start + j) for j in range(K)}
 
 
-@pytest.mark.parametrize("name,grid,K,r,stride", [
-    ("natten2d", (128, 128), (13, 13), (1, 1), (1, 1)),
-    ("natten2d_dil", (128, 128), (7, 7), (2, 2), (1, 1)),
-    ("gna3d", (16, 32, 32), (8, 16, 16), (1, 1, 1), (4, 8, 8)),
-])
-def test_suite_vision_patterns(name, grid, K, r, stride):
-    p = patternc.load(EXAMPLES / "vision.pat")[name]
-    S = math.prod(grid)
-    assert p.grid_shape(S, S) == grid
-    rng = np.random.default_rng(0)
-    corners = [0, S - 1, grid[-1] - 1, S - grid[-1]]
-    rows = np.array(corners + rng.choice(S, 20, replace=False).tolist())
-    got = rows_of(p, S, rows)[0]
+def check_neighborhood_rows(rows, got, grid, K, r, stride):
+    """Each row: the box of prod(K) keys around the stride group's leader (border-shifted, dilated)."""
     assert (got.sum(1) == math.prod(K)).all(), "exactly prod(size) keys per query"
     for row, x in zip(got, rows):
         cq = np.unravel_index(x, grid)
@@ -477,9 +490,24 @@ def test_suite_vision_patterns(name, grid, K, r, stride):
             axis = np.zeros(L, bool)
             axis[sorted(_box(lead[i], L, K[i], r[i]))] = True
             want &= axis.reshape([-1 if j == i else 1 for j in range(len(grid))])
-        assert np.array_equal(row.reshape(grid), want), (name, cq)
-    # small scale: the same pattern text on a smaller grid keeps exactly prod(K) keys a query
-    small = patternc.compile(str(p).replace(", ".join(map(str, grid)), ", ".join(str(2 * k) for k in K)))
-    n = math.prod(2 * k for k in K)
-    if n <= 4096:
-        assert (small.mask(n)[0].sum(1) == math.prod(K)).all()
+        assert np.array_equal(row.reshape(grid), want), cq
+
+
+@pytest.mark.parametrize("name,grid,K,r,stride,small", [
+    ("natten2d", (128, 128), (13, 13), (1, 1), (1, 1), (20, 17)),
+    ("natten2d_dil", (128, 128), (7, 7), (2, 2), (1, 1), (16, 19)),
+    ("gna3d", (16, 32, 32), (8, 16, 16), (1, 1, 1), (4, 8, 8), (9, 17, 18)),
+])
+def test_suite_vision_patterns(name, grid, K, r, stride, small):
+    p = patternc.load(EXAMPLES / "vision.pat")[name]
+    S = math.prod(grid)
+    assert p.grid_shape(S, S) == grid
+    # at the suite's size, on a sample of rows (the corners included)
+    rng = np.random.default_rng(0)
+    rows = np.array([0, S - 1, grid[-1] - 1, S - grid[-1]] + rng.choice(S, 20, replace=False).tolist())
+    check_neighborhood_rows(rows, rows_of(p, S, rows)[0], grid, K, r, stride)
+    # the same pattern text on a small grid, every row of the reference mask
+    text = str(p).replace(f"grid({', '.join(map(str, grid))})", f"grid({', '.join(map(str, small))})")
+    n = math.prod(small)
+    m = patternc.compile(text).mask(n)[0].numpy()
+    check_neighborhood_rows(np.arange(n), m, small, K, r, stride)

@@ -156,9 +156,13 @@ def _signature(fn, params: dict, where):
         raise PatternError(f"can't read the parameters of {fn!r}", where) from None
     positional = [p for p in sig.parameters.values()
                   if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
-    required = [p for p in positional if p.default is p.empty and p.kind != p.KEYWORD_ONLY
-                and p.name not in LENGTH_NAMES]
-    n_index = min(3, len(required))
+    n_index = 0  # the leading (q, k[, h]): required parameters, or ones with those very names
+    for p in positional[:3]:
+        if p.kind != p.KEYWORD_ONLY and (p.default is p.empty and p.name not in LENGTH_NAMES
+                                         or p.name in INDEX_NAMES):
+            n_index += 1
+        else:
+            break
     if n_index < 2:
         raise PatternError(f"the predicate {fn.__name__} must take (q, k) or (q, k, h)", where,
                            "def f(q, k, h): return q >= k")
@@ -315,6 +319,8 @@ def _trace_error(exc: Exception, fn, where: Span | None) -> PatternError:
         node_hint = _explain(source.text, frame)
     if node_hint is not None:
         message, hint = node_hint
+    elif "integers and booleans only" in str(exc):
+        message, hint = str(exc), "token indices are integers: scale instead (2 * q < k rather than q < k * 0.5)"
     elif isinstance(exc, TraceError):
         message, hint = "a symbolic index was used as a Python bool or int while tracing", GENERIC_HINT
     else:

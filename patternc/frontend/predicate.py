@@ -20,7 +20,7 @@ from types import SimpleNamespace
 from typing import ClassVar
 
 from ..errors import PatternError
-from ..ir.expr import Term, evaluate
+from ..ir.expr import Term, evaluate, to_text
 from ..primitives.base import Primitive, param
 
 VARIABLES = ("q", "k", "h", "M", "N")
@@ -63,29 +63,6 @@ class Predicate(Primitive):
         return f"predicate(lambda q, k, h: {python_text(self.term)})"
 
 
-# Python's own precedences (comparisons loosest, never chained), higher binds tighter.
-_PY_PREC = {"<": 1, "<=": 1, "==": 1, "!=": 1, ">": 1, ">=": 1, "|": 2, "^": 3, "&": 4,
-            "+": 6, "-": 6, "*": 7, "//": 7, "%": 7}
-
-
 def python_text(term: Term) -> str:
     """`term` as a Python expression (what the user wrote, up to parentheses and folding)."""
-
-    def go(t: Term) -> tuple[int, str]:
-        if t.op == "const":
-            v = t.value
-            return (10, str(v)) if isinstance(v, bool) or v >= 0 else (8, str(v))
-        if t.op == "var":
-            return 10, t.args[0]
-        if t.op in ("neg", "~"):
-            p, s = go(t.args[0])
-            return 8, ("-" if t.op == "neg" else "~") + (s if p >= 8 else f"({s})")
-        if t.op in _PY_PREC:
-            prec = _PY_PREC[t.op]
-            (pa, sa), (pb, sb) = go(t.args[0]), go(t.args[1])
-            left = sa if pa > prec or (pa == prec and prec != 1) else f"({sa})"
-            right = sb if pb > prec else f"({sb})"
-            return prec, f"{left} {t.op} {right}"
-        return 10, f"{t.op}({', '.join(go(a)[1] for a in t.args)})"
-
-    return go(term)[1]
+    return to_text(term, bool_words=("True", "False"))

@@ -3,8 +3,7 @@
 The traced `Term` is read as a boolean formula (`& | ~` over comparisons). Comparisons that are
 bounds on `d = q - k` become windows, bounds on `k` sinks, `d % s == 0` strided, `k % s == p`
 columns, `q // b == k // b` blocked — on tokens or, when both indices are `// b`, on blocks of b.
-Everything else stays a `predicate` node, so a predicate is always recognised *somewhere*
-between "fully" and "not at all", and never approximately.
+Whatever isn't recognised stays a `predicate` node: recognition can be partial, never approximate.
 
 Exactness is over every M, N and h, with `q` and `k` the raw token indices (FlexAttention's
 `mask_mod` convention). In particular `q >= k` is *not* `causal` (which is aligned bottom-right:
@@ -37,15 +36,60 @@ def _full() -> Node:
     return _prim("full")
 
 
-def _add(*xs) -> Term:
-    out = Sym(ZERO)
-    for x in xs:
-        out = out + (x if isinstance(x, (int, Sym)) else Sym(x))
-    return out.term
+def _affine(t: Term) -> tuple[dict, int]:
+    """An index-free integer term as ({part: coefficient}, constant), linear in its parts (names
+    and non-linear subterms such as `h % 16`), so that bounds print as `N - w`, not `-(0 - w)`."""
+    if t.is_const:
+        return {}, int(t.value)
+    if t.op in ("+", "-"):
+        (a, x), (b, y) = _affine(t.args[0]), _affine(t.args[1])
+        sign = 1 if t.op == "+" else -1
+        out = dict(a)
+        for part, c in b.items():
+            out[part] = out.get(part, 0) + sign * c
+        return {p: c for p, c in out.items() if c}, x + sign * y
+    if t.op == "neg":
+        a, x = _affine(t.args[0])
+        return {p: -c for p, c in a.items()}, -x
+    if t.op == "*":
+        for u, v in (t.args, t.args[::-1]):
+            if _const(u) is not None:
+                a, x = _affine(v)
+                return {p: u.value * c for p, c in a.items() if u.value * c}, u.value * x
+    return {t: 1}, 0
+
+
+def _render(parts: dict, const: int) -> Term:
+    """The term of an affine form: positive parts, then negative ones, then the constant."""
+    def times(part, c):
+        return part if c == 1 else Term("*", (Term.const(c), part))
+
+    pos = sorted(((p, c) for p, c in parts.items() if c > 0), key=lambda x: str(x[0]))
+    neg = sorted(((p, -c) for p, c in parts.items() if c < 0), key=lambda x: str(x[0]))
+    if pos:
+        out = times(*pos[0])
+        for p, c in pos[1:]:
+            out = Term("+", (out, times(p, c)))
+    elif neg and const <= 0:
+        p, c = neg.pop(0)
+        out = Term("neg", (times(p, c),))
+    else:
+        out, const = Term.const(const), 0
+    for p, c in neg:
+        out = Term("-", (out, times(p, c)))
+    if const:
+        out = Term("+" if const > 0 else "-", (out, Term.const(abs(const))))
+    return out
+
+
+def _add(t: Term, c: int) -> Term:
+    parts, const = _affine(t)
+    return _render(parts, const + c)
 
 
 def _neg(t: Term) -> Term:
-    return (-Sym(t)).term
+    parts, const = _affine(t)
+    return _render({p: -v for p, v in parts.items()}, -const)
 
 
 def _free(t: Term, names=("q", "k")) -> bool:
@@ -60,19 +104,8 @@ def _const(t: Term, lo=None):
 
 
 def _same(a: Term, b: Term) -> bool:
-    """Are two index-free integer terms equal as functions (sympy-simplified)?"""
-    if a == b:
-        return True
-    try:
-        import sympy as sp
-
-        from ..ir.expr import evaluate
-
-        names = a.free_vars() | b.free_vars()
-        env = {n: sp.Symbol(n, integer=True) for n in names}
-        return sp.simplify(evaluate(a, env) - evaluate(b, env)) == 0
-    except Exception:  # noqa: BLE001 - undecidable here means "not the same"
-        return False
+    """Equal as affine forms (`N - M + 0` is `-(M - N)`); anything subtler counts as different."""
+    return _affine(a) == _affine(b)
 
 
 # --------------------------------------------------------------------------- the boolean layer
@@ -114,8 +147,10 @@ def _conjunction(conjuncts: list[Term]) -> Node:
             negatives.append(_node(c.args[0]))
             continue
         fact = _fact(c)
-        if fact is None:
-            leftovers.append(c) if c.op in COMPARISONS else nodes.append(_node(c))
+        if fact is None and c.op in COMPARISONS:
+            leftovers.append(c)
+        elif fact is None:
+            nodes.append(_node(c))
         elif fact[0] == "bounds":
             _, unit, items = fact
             bounds[unit] += items
@@ -147,34 +182,50 @@ def _conjunction(conjuncts: list[Term]) -> Node:
 
 
 def _linear(t: Term):
-    """`t` as {(index, unit): int coefficient} + rest, where index is q or k, unit None (tokens)
-    or a divisor term (`q // unit`), and rest is free of q and k. None if not of that form."""
+    """`t` as ({(index, unit): int coefficient}, rest), where index is q or k, unit None (tokens)
+    or a divisor term (`q // unit`), and rest an index-free term. None if not of that form."""
+    found = _linear_parts(t)
+    if found is None:
+        return None
+    coeffs, rest = found
+    return coeffs, _render(*rest)
+
+
+def _linear_parts(t: Term):
     if _free(t):
-        return {}, t
+        return {}, _affine(t)
     if t.op == "var":
-        return {(t.args[0], None): 1}, ZERO
+        return {(t.args[0], None): 1}, ({}, 0)
     if t.op == "//" and t.args[0].op == "var" and _free(t.args[1], ("q", "k", "h")):
-        return {(t.args[0].args[0], t.args[1]): 1}, ZERO
+        return {(t.args[0].args[0], t.args[1]): 1}, ({}, 0)
     if t.op in ("+", "-"):
-        a, b = _linear(t.args[0]), _linear(t.args[1])
-        if a is None or b is None:
-            return None
-        sign = 1 if t.op == "+" else -1
-        coeffs = dict(a[0])
-        for key, c in b[0].items():
-            coeffs[key] = coeffs.get(key, 0) + sign * c
-        rest = (Sym(a[1]) + Sym(b[1])).term if sign == 1 else (Sym(a[1]) - Sym(b[1])).term
-        return {k: c for k, c in coeffs.items() if c}, rest
+        a, b = _linear_parts(t.args[0]), _linear_parts(t.args[1])
+        return None if a is None or b is None else _combine(a, _scaled(b, 1 if t.op == "+" else -1))
     if t.op == "neg":
-        a = _linear(t.args[0])
-        return None if a is None else ({k: -c for k, c in a[0].items()}, _neg(a[1]))
+        a = _linear_parts(t.args[0])
+        return None if a is None else _scaled(a, -1)
     if t.op == "*":
-        for x, y in (t.args, t.args[::-1]):
-            c = _const(x)
-            if c is not None:
-                a = _linear(y)
-                return None if a is None else ({k: c * v for k, v in a[0].items() if c * v}, (Sym(a[1]) * c).term)
+        for u, v in (t.args, t.args[::-1]):
+            if _const(u) is not None:
+                a = _linear_parts(v)
+                return None if a is None else _scaled(a, u.value)
     return None
+
+
+def _scaled(a, c: int):
+    coeffs, (parts, const) = a
+    return ({k: c * v for k, v in coeffs.items() if c * v},
+            ({p: c * v for p, v in parts.items() if c * v}, c * const))
+
+
+def _combine(a, b):
+    (ca, (pa, xa)), (cb, (pb, xb)) = a, b
+    coeffs, parts = dict(ca), dict(pa)
+    for k, v in cb.items():
+        coeffs[k] = coeffs.get(k, 0) + v
+    for p, v in pb.items():
+        parts[p] = parts.get(p, 0) + v
+    return ({k: v for k, v in coeffs.items() if v}, ({p: v for p, v in parts.items() if v}, xa + xb))
 
 
 def _axis(coeffs: dict):
@@ -223,7 +274,7 @@ def _fact(c: Term):
         return None
     axis, unit, sign = found
     # sign * X + rest  OP  0   ->   X  OP'  value
-    rest = (Sym(la[1]) - Sym(lb[1])).term
+    rest = _render(*_combine(_linear_parts(a), _scaled(_linear_parts(b), -1))[1])
     op, value = (c.op, _neg(rest)) if sign == 1 else (_FLIP[c.op], rest)
     items = {
         "<": [("le", _add(value, -1))], "<=": [("le", value)], ">": [("ge", _add(value, 1))],
@@ -359,7 +410,8 @@ def _bounds_nodes(unit, items, strides):
     windows = []  # window(left, right): -right <= d <= left
     if d_lo or d_hi:
         # q - k lies in [-(N-1), M-1] on tokens and on blocks alike: M - 1 / N - 1 mean "no bound"
-        windows.append({"left": d_hi[0] if d_hi else (M - 1).term, "right": _neg(d_lo[0]) if d_lo else (N - 1).term})
+        windows.append({"left": d_hi[0] if d_hi else (M - 1).term,
+                        "right": _neg(d_lo[0]) if d_lo else (N - 1).term})
         windows += [{"left": v, "right": (N - 1).term} for v in d_hi[1:]]
         windows += [{"left": (M - 1).term, "right": _neg(v)} for v in d_lo[1:]]
     if any(_const(w[side]) is not None and _const(w[side]) < 0 for w in windows for side in ("left", "right")):

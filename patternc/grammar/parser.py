@@ -1,6 +1,9 @@
 """Pattern text -> IR. The grammar is data (`pattern.lark`); this module turns its trees into
 `Pattern`s, resolving names in scope (lets, pattern parameters, N/M/h, earlier patterns) and
-checking types, and turns lark's syntax errors into `PatternError`s taught by example."""
+checking types, and turns lark's syntax errors into `PatternError`s taught by example.
+
+Whatever the text, only a `PatternError` leaves `parse_text`: bad indentation, integers past
+2**62 - 1 and expressions nested deeper than `MAX_DEPTH` included."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -69,10 +72,12 @@ SYNTAX_EXAMPLES = {
     ("a colon is missing", "write `pattern name:` or `pattern name(w = 1024):`"): [
         "pattern p\n    causal\n", "pattern p(w = 4)\n    causal\n",
     ],
-    ("unexpected indentation", "continue a long expression inside ( ) or end the line with \\"): [
-        "causal\n    & window(8)", "pattern p:\n    causal\n        & window(8)\n",
+    ("a pattern body is one expression", "join the lines with | or &, or continue the line inside ( )"): [
+        "causal\nwindow(8)", "pattern p:\n    causal\n    window(8)\n", "causal\n(window(8))",
     ],
 }
+INDENTATION = ("unexpected indentation", "continue a long expression inside ( ) or end the line with \\")
+MAX_DEPTH = 100  # nesting levels of the syntax tree: deeper ones would exhaust Python's stack later
 
 
 @dataclass
@@ -123,6 +128,9 @@ class _Builder:
     def let(self, stmt: Tree, scope: dict):
         name_tok, value = stmt.children
         self._check_new_name(name_tok)
+        if str(name_tok) in scope:  # a name means one thing: rebinding a parameter would make bind() a no-op
+            raise PatternError(f"'{name_tok}' is already defined (line {scope[str(name_tok)].span.line})",
+                               self.span(name_tok), "choose another name")
         scope[str(name_tok)] = self.expr(value, scope)
 
     def _check_new_name(self, tok: Token):
@@ -147,7 +155,11 @@ class _Builder:
                 seen.add(str(ptok))
                 value = None
                 if default is not None:
-                    value = self.number(self.expr(default, scope), "a parameter default")
+                    v = self.expr(default, scope)
+                    value = self.number(v, "a parameter default")
+                    if str(ptok) == "heads" and not (value.is_const and value.value >= 1):
+                        raise PatternError(f"the number of heads must be a constant >= 1, got '{value}'", v.span,
+                                           "e.g. pattern s2(heads = 16):")
                 params.append((str(ptok), value))
                 local[str(ptok)] = _Val(Term.var(str(ptok)), self.span(ptok))
         span = self.span(stmt.meta)
@@ -225,12 +237,30 @@ class _Builder:
 
     def expr(self, tree, scope) -> _Val:
         if isinstance(tree, Token):  # NAME or NUMBER left bare by ?rules
-            return self.name(tree, scope) if tree.type == "NAME" else _Val(Term.const(int(tree.replace("_", ""))), self.span(tree))
+            return self.name(tree, scope) if tree.type == "NAME" else self.integer(tree)
+        if tree.data in _BINARY:
+            return self.chain(tree, scope)
         return getattr(self, "e_" + tree.data)(tree, scope)
 
+    def integer(self, tok: Token) -> _Val:
+        value = int(tok.replace("_", ""))
+        if value > MAX_INT:
+            raise PatternError(f"integer {tok} is too large", self.span(tok), "integers are at most 2**62 - 1")
+        return _Val(Term.const(value), self.span(tok))
+
     def e_number(self, tree, scope):
-        tok = tree.children[0]
-        return _Val(Term.const(int(tok.replace("_", ""))), self.span(tok))
+        return self.integer(tree.children[0])
+
+    def chain(self, tree, scope) -> _Val:
+        """A left-deep run of binary operators (`a | b | c ...`), walked without recursion."""
+        spine = []
+        while isinstance(tree, Tree) and tree.data in _BINARY:
+            spine.append(tree)
+            tree = tree.children[0]
+        value = self.expr(tree, scope)
+        for node in reversed(spine):
+            value = self._binary(node, value, self.expr(node.children[1], scope), _BINARY[node.data])
+        return value
 
     def e_true(self, tree, scope):
         return _Val(Term.const(True), self.span(tree.meta))
@@ -309,12 +339,13 @@ class _Builder:
         return _Val(tuple(v.value for v in vals), self.span(tree.meta))
 
     def e_neg(self, tree, scope):
-        v = self.expr(tree.children[0], scope)
-        t = self.number(v, "a number after unary -")
-        return _Val((-Sym(t)).term, self.span(tree.meta))
+        signs = 0
+        while isinstance(tree, Tree) and tree.data == "neg":  # `- - x` without recursion
+            signs, span, tree = signs + 1, self.span(tree.meta), tree.children[0]
+        t = self.number(self.expr(tree, scope), "a number after unary -")
+        return _Val((-Sym(t)).term if signs % 2 else t, span)
 
-    def _binary(self, tree, scope, op):
-        a, b = (self.expr(c, scope) for c in tree.children)
+    def _binary(self, tree, a: _Val, b: _Val, op: str):
         span = self.span(tree.meta)
         if isinstance(a.value, Node) and isinstance(b.value, Node):
             nodes = {"|": Union, "&": Intersect, "-": Difference}
@@ -327,9 +358,13 @@ class _Builder:
             if op in ("//", "%") and b.value.is_const and b.value.value == 0:
                 raise PatternError("division by zero", b.span)
             try:
-                return _Val(Sym(a.value)._op(op, Sym(b.value)).term, span)
+                term = Sym(a.value)._op(op, Sym(b.value)).term
             except ZeroDivisionError:
                 raise PatternError("division by zero", b.span) from None
+            if term.is_const and abs(term.value) > MAX_INT:
+                raise PatternError(f"integer overflow: {term.value} is too large", span,
+                                   "integers are at most 2**62 - 1")
+            return _Val(term, span)
         bad = b if isinstance(a.value, Node) else a
         if op in ("|", "&"):
             raise PatternError(f"'{op}' combines patterns, got {_describe(bad.value)}", bad.span,
@@ -337,26 +372,10 @@ class _Builder:
         raise PatternError(f"can't apply '{op}' to {_describe(a.value)} and {_describe(b.value)}", span,
                            "patterns combine with |, & and -; numbers with + - * // %")
 
-    def e_union(self, t, s):
-        return self._binary(t, s, "|")
 
-    def e_intersect(self, t, s):
-        return self._binary(t, s, "&")
-
-    def e_add(self, t, s):
-        return self._binary(t, s, "+")
-
-    def e_sub(self, t, s):
-        return self._binary(t, s, "-")
-
-    def e_mul(self, t, s):
-        return self._binary(t, s, "*")
-
-    def e_floordiv(self, t, s):
-        return self._binary(t, s, "//")
-
-    def e_mod(self, t, s):
-        return self._binary(t, s, "%")
+_BINARY = {"union": "|", "intersect": "&", "add": "+", "sub": "-", "mul": "*", "floordiv": "//",
+           "mod": "%"}
+MAX_INT = 2 ** 62 - 1
 
 
 def _syntax_error(e: UnexpectedInput, source: Source, start: str) -> PatternError:
@@ -379,8 +398,11 @@ def _syntax_error(e: UnexpectedInput, source: Source, start: str) -> PatternErro
         span = Span.from_offsets(source, pos, end)
     label = None
     try:
-        label = e.match_examples(lambda text: _lark().parse(text + "\n", start=start),
-                                 SYNTAX_EXAMPLES, use_accepts=True)
+        if isinstance(e, UnexpectedToken) and e.token.type == "_INDENT":
+            label = INDENTATION  # the parser state says little here: the token does
+        else:
+            label = e.match_examples(lambda text: _lark().parse(text + "\n", start=start),
+                                     SYNTAX_EXAMPLES, use_accepts=True)
     except Exception:  # noqa: BLE001 - a label is a nicety; the error below stands without it
         label = None
     if isinstance(e, UnexpectedCharacters):
@@ -401,6 +423,21 @@ def _syntax_error(e: UnexpectedInput, source: Source, start: str) -> PatternErro
     return PatternError("syntax error", span)
 
 
+_LINES = {"let_stmt", "pattern_def", "pattern_body_inline", "body_expr", "section", "grid_stmt", "param"}
+
+
+def _check_depth(tree: Tree, source: Source):
+    """Reject absurdly deep expressions (`a | b | ...` with hundreds of terms) with an error, not a crash."""
+    stack = [(tree, 1, tree)]
+    while stack:
+        node, depth, stmt = stack.pop()
+        if depth > MAX_DEPTH:  # located at the start of the statement that holds it
+            at = 0 if stmt.meta.empty else stmt.meta.start_pos
+            raise PatternError(f"expression nested too deeply (more than {MAX_DEPTH} levels)",
+                               Span.from_offsets(source, at, at + 1), "split it into named patterns or lets")
+        stack.extend((c, depth + 1, c if c.data in _LINES else stmt) for c in node.children if isinstance(c, Tree))
+
+
 _TOKEN_NAMES = {"LPAR": "'('", "RPAR": "')'", "COLON": "':'", "COMMA": "','", "EQUAL": "'='", "NAME": "a name",
                 "NUMBER": "a number", "VBAR": "'|'", "AMPERSAND": "'&'", "MINUS": "'-'", "PLUS": "'+'",
                 "STAR": "'*'", "PERCENT": "'%'", "SLASH": "'/'", "__ANON_0": "'//'", "__ANON_1": "'..'"}
@@ -417,9 +454,12 @@ def parse_text(text: str, filename: str = "<pattern>") -> tuple[dict[str, Patter
     if not isinstance(text, str):
         raise PatternError(f"pattern text must be a str, got {type(text).__name__}")
     source = Source(text, filename)
-    # a file defines patterns; anything else (lets and a body included) is a bare body
-    is_file = any(line.split()[:1] == ["pattern"] or line.startswith("pattern:") for line in text.splitlines()
-                  if line[:1] not in (" ", "\t"))
+    # a file defines patterns; anything else (lets and a body included) is a bare body. The text
+    # may be indented as a whole (a triple-quoted string): its top level is its first line's indentation.
+    lines = [line for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    top = lines[0][:len(lines[0]) - len(lines[0].lstrip())] if lines else ""
+    is_file = any(line.split()[:1] == ["pattern"] or line.lstrip().startswith("pattern:")
+                  for line in lines if line[len(top):len(top) + 1] not in (" ", "\t"))
     start = "file" if is_file else "body_file"
     if all(not line.strip() or line.strip().startswith("#") for line in text.splitlines()):
         raise PatternError("empty pattern", Span(source, 1, 1), "write an expression such as causal & window(1024)")
@@ -434,6 +474,7 @@ def parse_text(text: str, filename: str = "<pattern>") -> tuple[dict[str, Patter
         raise PatternError(f"inconsistent indentation: this line is indented by {span.column - 1} columns, "
                            f"which matches no enclosing block ({levels})", span,
                            "indent every line of a pattern body by the same amount") from None
+    _check_depth(tree, source)
     builder = _Builder(source)
     if start == "file":
         return builder.file(tree), None

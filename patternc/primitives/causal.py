@@ -1,4 +1,6 @@
 """`causal`: `k <= q`, aligned bottom-right when M != N (query i sees keys `k <= i + N - M`).
+With `block=b` the rule is on block indices with block lengths: `K <= Q + ceil(N/b) - ceil(M/b)`.
+Only a token-level `causal & ...` makes routed primitives (`topk`) skip future blocks.
 
     #...
     ##..

@@ -1,5 +1,6 @@
 """`columns(s, phase=s-1)`: `k % s == phase` (Sparse Transformer's "fixed" summary columns;
-`phase=h % s` gives every head its own columns, as S2-Attention).
+`phase=h % s` gives every head its own columns, as S2-Attention). The phase must be in
+`0..s-1` on every head: `columns(4, phase=h)` is an error from head 4 on, not an empty mask.
 
     ...#...#
     ...#...#

@@ -1,5 +1,7 @@
 """`global(i, j, a..b, ...)`: global tokens (Longformer, BigBird): a query that is global sees
-every key, and every query sees the global keys. Ranges `a..b` include both ends.
+every key, and every query sees the global keys. Ranges `a..b` include both ends. With
+`block=b` the indices are blocks of b tokens: `global(0, block=64)` makes the first 64 tokens
+global, as BigBird's global blocks.
 
     global(1)
     .#..
@@ -8,30 +10,34 @@ every key, and every query sees the global keys. Ranges `a..b` include both ends
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import PatternError
 from ..ir.expr import Term
-from .base import Primitive, describe, format_value
+from .base import Primitive, _coerce, describe, format_value
 
 
 @dataclass(frozen=True)
 class Global(Primitive):
     name = "global"
-    signature = "global(i, j, a..b, ...)"
+    signature = "global(i, j, a..b, ..., block=b)"
     tokens: tuple = ()  # Terms and ("range", lo, hi) items
 
     @classmethod
-    def params_spec(cls):
-        return [f for f in super().params_spec() if f.name == "tokens"]
-
-    @classmethod
     def from_call(cls, args, kwargs, span=None):
-        for name, (_, sp) in kwargs.items():
-            raise PatternError(f"global() takes no keyword arguments, got '{name}'", sp or span,
-                               f"usage: {cls.signature}")
+        block, block_span = None, None
+        for name, (value, sp) in kwargs.items():
+            if name != "block":
+                raise PatternError(f"global() takes no keyword argument '{name}', only block=", sp or span,
+                                   f"usage: {cls.signature}")
+            field = next(f for f in dataclasses.fields(cls) if f.name == "block")
+            block, block_span = _coerce(cls, field, value, sp or span), sp
+            if "h" in block.free_vars():
+                raise PatternError("global(): 'block' can't depend on the head index h", sp or span,
+                                   "block must be the same on every head; use per-head sections for different ones")
         if not args:
             raise PatternError("global() needs at least one token index or range", span, f"usage: {cls.signature}")
         items = []
@@ -43,7 +49,7 @@ class Global(Primitive):
                                    sp or span, f"usage: {cls.signature}")
             cls((value,), span=sp or span).check(cls((value,)).constant_params(), None)  # located at the item
             items.append(value)
-        node = cls(tuple(items), span=span)
+        node = cls(tuple(items), block=block, span=span, arg_spans=(("block", block_span),) if block_span else ())
         node.check(node.constant_params(), None)
         return node
 
@@ -54,13 +60,16 @@ class Global(Primitive):
             return t.value if t.is_const else None
 
         return SimpleNamespace(tokens=tuple(("range", const(i[1]), const(i[2])) if isinstance(i, tuple) else const(i)
-                                            for i in self.tokens))
+                                            for i in self.tokens),
+                               block=None if self.block is None else const(self.block))
 
     def check(self, p, ctx):
+        super().check(p, ctx)
         for item in p.tokens:
             lo, hi = (item[1], item[2]) if isinstance(item, tuple) else (item, item)
             if isinstance(lo, int) and lo < 0 or isinstance(hi, int) and hi < 0:
-                self.fail(None, f"token indices must be >= 0, got {format_value(item) if not isinstance(item, tuple) else f'{lo}..{hi}'}")
+                shown = f"{lo}..{hi}" if isinstance(item, tuple) else format_value(item)
+                self.fail(None, f"token indices must be >= 0, got {shown}")
             if isinstance(lo, int) and isinstance(hi, int) and hi < lo:
                 self.fail(None, f"empty range {lo}..{hi}", "ranges a..b include both ends and need a <= b")
 
@@ -85,4 +94,7 @@ class Global(Primitive):
         return bands
 
     def __str__(self):
-        return f"global({', '.join(format_value(i) if not isinstance(i, tuple) else f'{i[1]}..{i[2]}' for i in self.tokens)})"
+        items = [format_value(i) if not isinstance(i, tuple) else f"{i[1]}..{i[2]}" for i in self.tokens]
+        if self.block is not None:
+            items.append(f"block={self.block}")
+        return f"global({', '.join(items)})"

@@ -9,6 +9,9 @@ Per grid dimension of length L, with window K, dilation r, stride s:
 - non-causal: exactly K keys, `start = clamp(leader - K//2, 0, Lg - K)`, so windows shift inward
   at borders; causal: the K positions up to the leader (fewer near the start).
 A key is visible if it is inside the window in every dimension.
+For odd sizes this is NATTEN's `get_window_start` exactly; even sizes take one more key before the
+query than after. Needs M == N == prod(grid); `stride <= size` and `size * dilation <= length`
+per dimension; `causal` applies to every dimension. Parameters can't depend on the head `h`.
 
     neighborhood(3), 1-D        neighborhood(3, dilation=2)
     ###...                      #.#.#.

@@ -4,6 +4,10 @@ block is always kept and counts toward `k`; under `causal` (the pattern is `caus
 blocks in the future are never chosen (MoBA). Ties go to the lower block index. Resolved at run
 time from q and k.
 
+Blocks are `block` tokens from 0 (the last one possibly short; its mean is over its tokens).
+With M != N the own block of query block Q is `Q + ceil(N/b) - ceil(M/b)` (bottom-right, as
+causal). k may have fewer heads than q (GQA/MQA: each key head serves `H // Hkv` query heads).
+
     causal & topk(2, block=2)
     #.....
     ##....

@@ -2,6 +2,9 @@
 `window(w)` is `window(w-1, w-1)`. With `dilation=r`: only `d % r == 0`, `-right*r <= d <= left*r`
 (`d = q - k`), so `window(w, dilation=r)` is `d % r == 0 and abs(d) <= (w-1)*r`.
 
+Lengths M != N: the window is on `d = q - k` as the language table writes it (top-left aligned);
+only `causal` shifts by `N - M`. `window(w)` checks `w >= 1` (also per head, for `window(1 + h)`).
+
     window(2)       window(2, dilation=2)
     ##....          #.#...
     ###...          .#.#..
