@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from suite import SUITE  # noqa: E402
 
 import patternc  # noqa: E402
-from patternc.runtime.attention import _kernel, _layout  # noqa: E402
+from patternc.runtime.attention import _device_tag, _layout, _prepare  # noqa: E402
 
 ITERATIONS = ("runs",)  # "table" too, to compare the loop forms
 
@@ -75,7 +75,7 @@ def run_pattern(name, text, S, args, flex, dense):
     row = {"pattern": name, "S": S, "text": text}
 
     # layouts: patternc (analytic, CPU) vs create_block_mask (GPU), both at 128x128 tiles
-    pattern.layout(256, heads=H, block_m=128, block_n=128)  # imports and first-use costs stay out
+    pattern.layout(S, heads=H, block_m=128, block_n=128)  # imports and first-use costs stay out
     t0 = time.perf_counter()
     pattern.layout(S, heads=H, block_m=128, block_n=128)
     row["layout_ms"] = (time.perf_counter() - t0) * 1e3
@@ -88,7 +88,7 @@ def run_pattern(name, text, S, args, flex, dense):
         try:
             torch.cuda.synchronize()
             t0 = time.perf_counter()
-            create_block_mask(pattern.mask_mod(S), 1, H, S, S, device="cuda")
+            create_block_mask(pattern.mask_mod(S), 1, H, S, S, device="cuda", _compile=True)
             torch.cuda.synchronize()
             row["create_block_mask_ms"] = (time.perf_counter() - t0) * 1e3
         except Exception as e:  # noqa: BLE001 - report and go on
@@ -149,10 +149,7 @@ def call_overhead(args) -> dict:
     q, k, v = (torch.randn(1, 1, 128, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     cfg = {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2}
     patternc.attention(q, k, v, pattern, config=cfg)
-    layout = _layout(pattern, 128, 128, 1, 64, 64, str(q.device))
-    runs = tuple(r.shape[2] for r in layout.runs())
-    module = _kernel(pattern, 1, 128, 128, 64, 64, 64, 4, 2, runs, False,
-                     "cuda-sm%d%d" % torch.cuda.get_device_capability())
+    module, layout = _prepare(pattern, 1, 1, 128, 128, 64, cfg, str(q.device), _device_tag(q.device))
     torch.cuda.synchronize()
 
     def host(fn, n=2000):
@@ -219,6 +216,8 @@ def main(argv=None):
                 continue
             rows.append(row)
             print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items() if k != "text"}, flush=True)
+            args.out.mkdir(parents=True, exist_ok=True)  # keep what is measured if a later pattern dies
+            (args.out / "attention.json").write_text(json.dumps({"env": env, "rows": rows}, indent=1))
     overhead = call_overhead(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "attention.json").write_text(json.dumps({"env": env, "rows": rows, "overhead": overhead}, indent=1))

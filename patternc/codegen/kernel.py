@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .predicate import FLOOR_HELPERS, predicate_source
 
-GENERATOR_VERSION = 4  # bump when the generated code changes: it is part of every cache key
+GENERATOR_VERSION = 5  # bump when the generated code changes: it is part of every cache key
 
 
 @dataclass(frozen=True)
@@ -121,17 +121,18 @@ KERNEL = '''
 @triton.jit
 def attention_fwd(
     {io_params}, Lse, stride_lz, stride_lh,
-    {layout_params},
+    {layout_params}, row_order, stride_roh,
     qk_scale, Q_LEN, KV_LEN, H, GROUP,{order_params}
     HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     EVEN_M: tl.constexpr, EVEN_N: tl.constexpr, WRITE_LSE: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
-    """One program per (query tile, batch x head): full key tiles first (no predicate), then
+    """One program per (batch x head, query tile): full key tiles first (no predicate), then
     partial ones (predicate), {iteration_doc}."""
-    start_m = tl.program_id(0)
-    off_hz = tl.program_id(1)
+    off_hz = tl.program_id(0)
     off_z = off_hz // H
     off_h = off_hz % H
+    # longest rows first (the layout's row order), so the last wave is made of short programs
+    start_m = tl.load(row_order + off_h * stride_roh + tl.program_id(1))
     off_kh = off_h // GROUP  # grouped-query attention: GROUP query heads share a key/value head
 
 {query_tokens}
@@ -162,10 +163,11 @@ def launch(q, k, v, layout, scale=None, out=None, lse=None):
     scale = D ** -0.5 if scale is None else scale
     lse_arg = lse if lse is not None else torch.empty(1, 1, 1, device=q.device)  # unused unless WRITE_LSE
 {layout_tables}
-    grid = (triton.cdiv(M, BLOCK_M), B * H)
+    grid = (B * H, triton.cdiv(M, BLOCK_M))  # x (heads) varies fastest: every head's long rows go first
     attention_fwd[grid](
         {io_args}, lse_arg, lse_arg.stride(0), lse_arg.stride(1),
 {layout_args}
+        layout.row_order, layout.row_order.stride(0),
         scale * 1.4426950408889634, M, N, H, H // k.shape[1],{order_args}
         HEAD_DIM=HEAD_DIM, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, EVEN_M=M % BLOCK_M == 0, EVEN_N=N % BLOCK_N == 0,
         WRITE_LSE=lse is not None, INPUT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",

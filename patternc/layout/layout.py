@@ -166,6 +166,15 @@ class Layout:
             out.append(cache[id(tiles)])
         return out
 
+    @cached_property
+    def row_order(self):
+        """int32 `[H, Mt]`: query tiles by decreasing number of visited key tiles (partial tiles
+        weigh a little more), so a kernel can start its longest programs first."""
+        import torch
+
+        work = self.full_kv_num_blocks.float() + 1.25 * self.kv_num_blocks.float()
+        return torch.argsort(work, dim=1, descending=True, stable=True).to(torch.int32)
+
     def runs(self, max_runs: int = 4):
         """The visited tiles of each row as runs of consecutive key tiles, for kernels that loop
         over ranges instead of loading indices: `(full [H, Mt, Rf, 2], partial [H, Mt, Rp, 2])`

@@ -15,6 +15,9 @@ from ..ir.expr import Sym, Term
 from .base import Primitive, as_numpy, param, smallest
 
 
+MAX_INTERVALS = 512  # beyond this, candidate tiles come from one band (still classified exactly)
+
+
 @dataclass(frozen=True)
 class Columns(Primitive):
     name = "columns"
@@ -41,6 +44,13 @@ class Columns(Primitive):
 
     def rule(self, p, ctx, q, k):
         return k % p.period == p.phase
+
+    def rule_band(self, p, ctx, q0, q1):
+        # one key interval per visible column; a plain band when there are too many to list
+        starts = np.arange(int(p.phase), int(ctx.N), int(p.period))
+        if len(starts) > MAX_INTERVALS:
+            return super().rule_band(p, ctx, q0, q1)
+        return [(np.full_like(q0, c), np.full_like(q0, c + 1)) for c in starts]
 
     def __str__(self):
         default = (Sym(self.period) - 1).term

@@ -9,8 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..ir.expr import Term
 from .base import Primitive, param
+
+
+MAX_INTERVALS = 512  # beyond this, candidate tiles come from one band (still classified exactly)
 
 
 @dataclass(frozen=True)
@@ -25,3 +30,11 @@ class Strided(Primitive):
 
     def rule(self, p, ctx, q, k):
         return (q - k) % p.stride == 0
+
+    def rule_band(self, p, ctx, q0, q1):
+        # keys at distances j * stride: one interval per j, or a plain band when there are many
+        s = int(p.stride)
+        reach = max(int(ctx.M), int(ctx.N))
+        if 2 * reach // s + 1 > MAX_INTERVALS:
+            return super().rule_band(p, ctx, q0, q1)
+        return [(q0 - j * s, q1 - j * s) for j in range(-(reach // s) - 1, reach // s + 2)]
