@@ -28,8 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir.expr import Interval, Term, clamp, maximum, minimum
+from ..ir.expr import Interval, Term, Truth, clamp, maximum, minimum
 from .base import BOOL, INTS, Primitive, param
+from .tables import _prefix_sums, rectangle_truth
 
 
 def _per_dim(value, ndim):
@@ -98,14 +99,39 @@ class Neighborhood(Primitive):
         return group, start, start + K
 
     def exact_tiles(self, ctx, block_m, block_n):
-        # tight when every tile of flattened tokens is a box of the grid, without dilation groups
+        # tight when every tile of flattened tokens is a box of the grid (see _tile_truth)
+        return all(_tiles_are_boxes(self.grid(ctx), b) for b in (block_m, block_n))
+
+    def _dimension_sums(self, p, ctx, i, L):
+        """Prefix sums of dimension i's visibility table [L, L] (query coordinate, key coordinate)."""
+        key = (i, L, *(_per_dim(getattr(p, n), len(self.grid(ctx)))[i] for n in ("size", "stride", "dilation")))
+        cache = self.__dict__.setdefault("_sums_cache", {})
+        if key not in cache:
+            x, y = np.arange(L)[:, None], np.arange(L)[None, :]
+            group, start, stop = self._window(p, ctx, i, L, x)
+            r = key[4]
+            table = (y % r == group) & (y // r >= start) & (y // r < stop)
+            cache[key] = _prefix_sums(np.broadcast_to(table, (L, L)))
+        return cache[key]
+
+    def _tile_truth(self, p, ctx, q: Interval, k: Interval) -> Truth:
+        """Tile classification: the window is a product over dimensions, so on a box of the grid
+        a pair is visible somewhere (everywhere) iff it is in every dimension; each dimension is
+        settled exactly from its small visibility table. Non-box tiles get their bounding box."""
         grid = self.grid(ctx)
-        dilations = _per_dim(self.dilation, len(grid))
-        if any(d != Term.const(1) for d in dilations):
-            return False
-        return all(_tiles_are_boxes(grid, b) for b in (block_m, block_n))
+        truth = Truth(True, False)
+        inner = 1
+        for i in reversed(range(len(grid))):
+            L = grid[i]
+            xq = q // inner if i == 0 else q // inner % L
+            xk = k // inner if i == 0 else k // inner % L
+            inner *= L
+            truth = truth & rectangle_truth(self._dimension_sums(p, ctx, i, L), xq, xk)
+        return truth
 
     def rule(self, p, ctx, q, k):
+        if isinstance(q, Interval) or isinstance(k, Interval):
+            return self._tile_truth(p, ctx, Interval.of(q), Interval.of(k))
         grid = self.grid(ctx)
         r_all = _per_dim(p.dilation, len(grid))
         visible = True

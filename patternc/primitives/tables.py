@@ -14,14 +14,7 @@ def lookup(table_for_head, h, Q, K):
     """`table[h, Q, K]` for `table_for_head(head) -> bool ndarray [nQ, nK]`."""
     if isinstance(Q, Interval) or isinstance(K, Interval):
         head = int(Interval.of(h).lo.reshape(-1)[0])
-        sums = _prefix_sums(table_for_head(head))
-        Q, K = Interval.of(Q), Interval.of(K)
-        nQ, nK = sums.shape[0] - 1, sums.shape[1] - 1
-        q0, q1 = np.clip(Q.lo, 0, nQ), np.clip(Q.hi + 1, 0, nQ)
-        k0, k1 = np.clip(K.lo, 0, nK), np.clip(K.hi + 1, 0, nK)
-        count = sums[q1, k1] - sums[q0, k1] - sums[q1, k0] + sums[q0, k0]
-        area = np.maximum(q1 - q0, 0) * np.maximum(k1 - k0, 0)
-        return Truth(count > 0, count < area)
+        return rectangle_truth(_prefix_sums(table_for_head(head)), Interval.of(Q), Interval.of(K))
     if isinstance(Q, Sym) or isinstance(K, Sym):
         raise NotImplementedError("table lookups are not emitted into kernels")
     if _is_torch(Q) or _is_torch(K):
@@ -36,6 +29,17 @@ def lookup(table_for_head, h, Q, K):
         return table[hidx, Q.clamp(max=nQ - 1), K.clamp(max=nK - 1)] & inside
     t = table_for_head(int(h))
     return bool(t[Q, K]) if Q < t.shape[0] and K < t.shape[1] else False
+
+
+def rectangle_truth(sums: np.ndarray, rows: Interval, cols: Interval) -> Truth:
+    """Is some / every entry of a bool table true over rectangles rows x cols (exactly, from its
+    prefix sums `_prefix_sums(table)`)? Ranges are clipped to the table."""
+    n_rows, n_cols = sums.shape[0] - 1, sums.shape[1] - 1
+    r0, r1 = np.clip(rows.lo, 0, n_rows), np.clip(rows.hi + 1, 0, n_rows)
+    c0, c1 = np.clip(cols.lo, 0, n_cols), np.clip(cols.hi + 1, 0, n_cols)
+    count = sums[r1, c1] - sums[r0, c1] - sums[r1, c0] + sums[r0, c0]
+    area = np.maximum(r1 - r0, 0) * np.maximum(c1 - c0, 0)
+    return Truth(count > 0, count < area)
 
 
 def _prefix_sums(table: np.ndarray) -> np.ndarray:
