@@ -67,11 +67,12 @@ def jit(fn=None, **params):
     return _jit(fn, **params)
 
 
-def attention(q, k, v, pattern, scale=None, return_lse=False, config=None):
+def attention(q, k, v, pattern, scale=None, return_lse=False, config=None, return_layout=False):
     """Sparse attention through a generated Triton kernel; see `patternc.runtime.attention`."""
     from .runtime import attention as _attention
 
-    return _attention(q, k, v, pattern, scale=scale, return_lse=return_lse, config=config)
+    return _attention(q, k, v, pattern, scale=scale, return_lse=return_lse, config=config,
+                      return_layout=return_layout)
 
 
 def reference_attention(q, k, v, pattern, scale=None, return_lse=False):

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .predicate import FLOOR_HELPERS, predicate_source
 
-GENERATOR_VERSION = 5  # bump when the generated code changes: it is part of every cache key
+GENERATOR_VERSION = 6  # bump when the generated code changes: it is part of every cache key
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,12 @@ class KernelSpec:
     runs: tuple[int, int] | None = None  # (full, partial) runs per row; None: index tables
     tma: bool = False
     residue: int | None = None  # tokens ordered by residue class modulo this (Layout.permutation)
+    routed: bool = False  # per (batch, head) tables whose partial entries carry the topk choice
 
 
 def make_spec(pattern, heads: int, M: int, N: int, head_dim: int, block_m: int, block_n: int,
               num_warps: int, num_stages: int, runs: tuple[int, int] | None = None, tma: bool = False,
-              residue: int | None = None) -> KernelSpec:
+              residue: int | None = None, routed: bool = False) -> KernelSpec:
     """The kernel for `pattern` with `heads` query heads. Lengths matter only to patterns on a
     token grid (their index arithmetic uses the grid's shape); other kernels serve every length."""
     grid = pattern.grid_shape(M, N)
@@ -49,7 +50,7 @@ def make_spec(pattern, heads: int, M: int, N: int, head_dim: int, block_m: int, 
         grid = (N,)
     body, floor = predicate_source(pattern.sections(heads), grid)
     return KernelSpec(str(pattern), body, floor, head_dim, block_m, block_n, num_warps, num_stages, runs, tma,
-                      residue)
+                      residue, routed)
 
 
 HEADER = '''"""patternc generated attention kernel (forward).
@@ -77,7 +78,7 @@ R = {residue}  # residue modulus of the token order (None: natural order)
 PREDICATE = '''
 
 @triton.jit
-def visible(q_idx, kv_idx, off_h, Q_LEN, KV_LEN):
+def visible(q_idx, kv_idx, off_h, Q_LEN, KV_LEN{sel_param}):
     """The pattern's rule for a tile: q_idx [BLOCK_M, 1], kv_idx [1, BLOCK_N] -> bool."""
 {predicate}
 '''
@@ -86,7 +87,7 @@ STEP = '''
 
 @triton.jit
 def online_softmax_step(acc, l_i, m_i, q, {kv_source}, start_n, offs_m, offs_n, off_h,
-                        qk_scale, Q_LEN, KV_LEN,{order_params}
+                        qk_scale, Q_LEN, KV_LEN,{order_params}{step_sel_param}
                         MASKED: tl.constexpr, EVEN_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
                         BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
     """One key tile (at layout position start_n): scores, masking (partial tiles only), and the
@@ -95,7 +96,7 @@ def online_softmax_step(acc, l_i, m_i, q, {kv_source}, start_n, offs_m, offs_n, 
 {load_kv}
     qk = tl.dot(q, k, input_precision=INPUT_PRECISION)
     if MASKED:
-        keep = visible(offs_m[:, None], kv_idx[None, :], off_h, Q_LEN, KV_LEN)
+        keep = visible(offs_m[:, None], kv_idx[None, :], off_h, Q_LEN, KV_LEN{sel_param})
         if not EVEN_N:
             keep = keep & (kv_idx[None, :] < KV_LEN)
         qk = tl.where(keep, qk * qk_scale, float("-inf"))  # log2 domain: exp2 below
@@ -240,24 +241,30 @@ TMA = {
 
 _CALL = """acc, l_i, m_i = online_softmax_step(
     acc, l_i, m_i, q, {step_args}, start_n, offs_m, offs_n, off_h, qk_scale, Q_LEN, KV_LEN,{{order_call}}
-    MASKED={masked}, EVEN_N=EVEN_N, INPUT_PRECISION=INPUT_PRECISION, BLOCK_N=BLOCK_N, HEAD_DIM=HEAD_DIM)"""
+    {{sel_call}}MASKED={masked}, EVEN_N=EVEN_N, INPUT_PRECISION=INPUT_PRECISION, BLOCK_N=BLOCK_N,
+    HEAD_DIM=HEAD_DIM)"""
 
 
-def _loops_table(step_args: str) -> str:
+def _loops_table(step_args: str, routed: bool = False) -> str:
     call = textwrap.indent(_CALL, " " * 8)
+    row = "off_hz" if routed else "off_h"  # routed tables are per (batch, head)
+    decode = ("""        entry = tl.load(partial_row + i)  # key tile | the topk choice << 30
+        start_n = tl.multiple_of((entry & 0x3FFFFFFF) * BLOCK_N, BLOCK_N)
+        selected = entry >> 30""" if routed else
+              """        start_n = tl.multiple_of(tl.load(partial_row + i) * BLOCK_N, BLOCK_N)""")
     return f"""    # full tiles: every (query, key) pair is visible
-    n_full = tl.load(full_kv_num_blocks + off_h * stride_fnh + start_m)
-    full_row = full_kv_indices + off_h * stride_fih + start_m * stride_fim
+    n_full = tl.load(full_kv_num_blocks + {row} * stride_fnh + start_m)
+    full_row = full_kv_indices + {row} * stride_fih + start_m * stride_fim
     for i in range(0, n_full):
         start_n = tl.multiple_of(tl.load(full_row + i) * BLOCK_N, BLOCK_N)
-{call.format(step_args=step_args, masked=False)}
+{call.format(step_args=step_args, masked=False).replace("{sel_call}", "{sel_full}")}
 
     # partial tiles: the pattern's predicate decides per element
-    n_partial = tl.load(kv_num_blocks + off_h * stride_pnh + start_m)
-    partial_row = kv_indices + off_h * stride_pih + start_m * stride_pim
+    n_partial = tl.load(kv_num_blocks + {row} * stride_pnh + start_m)
+    partial_row = kv_indices + {row} * stride_pih + start_m * stride_pim
     for i in range(0, n_partial):
-        start_n = tl.multiple_of(tl.load(partial_row + i) * BLOCK_N, BLOCK_N)
-{call.format(step_args=step_args, masked=True)}
+{decode}
+{call.format(step_args=step_args, masked=True).replace("{sel_call}", "{sel_partial}")}
 """
 
 
@@ -345,6 +352,17 @@ RESIDUE = {
 }
 
 
+STATIC = {"sel_param": "", "step_sel_param": "", "sel_full": "", "sel_partial": "", "sel_call": ""}
+
+ROUTED = {  # the partial-tile entries say whether topk chose the tile's key block
+    "sel_param": ", selected",
+    "step_sel_param": "\n                        selected,",
+    "sel_full": "0, ",
+    "sel_partial": "selected, ",
+    "sel_call": "",
+}
+
+
 def module_source(spec: KernelSpec, summary: str = "") -> str:
     """The whole generated module as formatted Python source."""
     from .. import __version__
@@ -352,9 +370,9 @@ def module_source(spec: KernelSpec, summary: str = "") -> str:
     memory = TMA if spec.tma else POINTERS
     iteration = dict(RUNS if spec.runs is not None else TABLES)
     iteration["loops"] = (_loops_runs(memory["step_args"], spec.runs) if spec.runs is not None
-                          else _loops_table(memory["step_args"]))
+                          else _loops_table(memory["step_args"], spec.routed))
     order = RESIDUE if spec.residue is not None else NATURAL
-    parts = {**memory, **iteration}
+    parts = {**memory, **iteration, **(ROUTED if spec.routed else STATIC)}
     header = HEADER.format(pattern=textwrap.indent(spec.pattern_text, "    "), summary=summary,
                            block_m=spec.block_m, block_n=spec.block_n, head_dim=spec.head_dim,
                            num_warps=spec.num_warps, num_stages=spec.num_stages, version=__version__,
@@ -362,7 +380,8 @@ def module_source(spec: KernelSpec, summary: str = "") -> str:
                            memory_doc=parts["memory_doc"], imports=parts["imports"], order_doc=order["order_doc"],
                            residue=spec.residue)
     text = header + (FLOOR_HELPERS if spec.uses_floor else "")
-    text += PREDICATE.replace("{predicate}", textwrap.indent(spec.predicate, "    "))
+    text += PREDICATE.replace("{predicate}", textwrap.indent(spec.predicate, "    ")).replace(
+        "{sel_param}", parts["sel_param"])
     for template in (STEP, KERNEL):
         for key, value in parts.items():
             template = template.replace("{" + key + "}", value)

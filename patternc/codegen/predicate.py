@@ -62,15 +62,20 @@ def term_source(term: Term) -> tuple[str, bool]:
 
 
 def predicate_source(sections, grid) -> tuple[str, bool]:
-    """The body of `visible(q_idx, kv_idx, off_h, Q_LEN, KV_LEN)`: one assignment per primitive
-    with a comment naming it and where it was written, then the combination. Sections for
-    different heads are selected with `off_h`."""
+    """The body of `visible(q_idx, kv_idx, off_h, Q_LEN, KV_LEN[, selected])`: one assignment
+    per primitive with a comment naming it and where it was written, then the combination.
+    Sections for different heads are selected with `off_h`. A routed primitive (topk) is the
+    tile's `selected` flag: its blocks are whole tiles, chosen or not at run time."""
     lines: list[str] = []
     uses_floor = False
     counter = [0]
 
     def emit(node: Node, ctx: Context) -> str:
         nonlocal uses_floor
+        if isinstance(node, Primitive) and node.per_head_tables and node.name == "topk":
+            where = f" @ {node.span}" if node.span is not None else ""
+            lines.append(f"routed = selected != 0  # {node}{where}: this tile's key block was chosen")
+            return "routed"
         if isinstance(node, Primitive):
             try:
                 value = node.visible(ctx, Sym("q"), Sym("k"))
@@ -102,7 +107,8 @@ def predicate_source(sections, grid) -> tuple[str, bool]:
     expr = results[-1][1]
     for s, r in reversed(results[:-1]):
         expr = f"tl.where(off_h <= {s.hi}, {r}, {expr})"
-    if expr in ("True", "False"):  # keep the result a tensor of the tile's shape
-        expr = f"(q_idx >= 0) & (kv_idx >= 0)" if expr == "True" else "(q_idx < 0) & (kv_idx < 0)"
+    if expr in ("True", "False", "routed"):  # keep the result a tensor of the tile's shape
+        expr = {"True": "(q_idx >= 0) & (kv_idx >= 0)", "False": "(q_idx < 0) & (kv_idx < 0)",
+                "routed": "(q_idx >= 0) & (kv_idx >= 0) & routed"}[expr]
     lines.append(f"return {expr}")
     return "\n".join(lines), uses_floor

@@ -77,11 +77,11 @@ def _layout(pattern: Pattern, M: int, N: int, H: int, block_m: int, block_n: int
 
 @lru_cache(maxsize=256)
 def _kernel(pattern: Pattern, H: int, M: int, N: int, head_dim: int, block_m: int, block_n: int,
-            num_warps: int, num_stages: int, runs, tma: bool, residue, device_tag: str):
+            num_warps: int, num_stages: int, runs, tma: bool, residue, device_tag: str, routed: bool = False):
     from ..codegen.kernel import make_spec, module_source
     from .cache import load_module
 
-    spec = make_spec(pattern, H, M, N, head_dim, block_m, block_n, num_warps, num_stages, runs, tma, residue)
+    spec = make_spec(pattern, H, M, N, head_dim, block_m, block_n, num_warps, num_stages, runs, tma, residue, routed)
     return load_module(module_source(spec), device_tag)
 
 
@@ -94,7 +94,8 @@ def _device_tag(device) -> str:
     return device.type
 
 
-def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = False, config: dict | None = None):
+def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = False, config: dict | None = None,
+              return_layout: bool = False):
     """Sparse attention: `softmax(q k^T * scale, masked by pattern) v`.
 
     q `[B, H, M, D]`, k and v `[B, Hkv, N, D]` (PyTorch SDPA layout; H a multiple of Hkv for
@@ -107,6 +108,10 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
     (slow; for tests), else a dense masked reference does, with a one-time warning.
     The first call for a problem shape autotunes the kernel config on this device (cached on
     disk); `config` overrides the tile shape instead: `{"block_m", "block_n", "num_warps", "num_stages"}`, and
+    Routed patterns (`topk`) select their key blocks from q and k on every call, on the device;
+    `return_layout=True` also returns the layout used (for routed patterns a `RoutedLayout` whose
+    `selection [B, H, nQ, nK]` holds the chosen blocks).
+
     `"iteration"`: "runs" loops over ranges of key tiles where every row has few runs (the
     default, "auto"), "table" always reads index tables; `"memory"`: "pointers" (default) or
     "tma" (Hopper tensor descriptors); `"order"`: "auto" (residue order for dilated/strided
@@ -117,7 +122,7 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
     key = (id(pattern), q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device,
            None if config is None else tuple(sorted(config.items())))
     hit = _ready.get(key)
-    if hit is not None and hit[0] is pattern:  # the cached path: no checks, no lookups
+    if hit is not None and hit[0] is pattern and not return_layout:  # the cached path: no checks, no lookups
         module, layout = hit[1], hit[2]
         lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device) if return_lse else None
         out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse)
@@ -132,20 +137,46 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
         _warn_cpu_once()
         return reference_attention(q, k, v, pattern_obj, scale, return_lse)
     pattern, user_pattern = pattern_obj, pattern
-    if pattern.is_routed:
-        raise PatternError("routed patterns (topk) need run-time block selection, which is not built yet",
-                           None, "use patternc.reference_attention for now")
     device_tag = _device_tag(q.device)
+    if pattern.is_routed:
+        return _routed_attention(q, k, v, pattern, scale, return_lse, config, interpret, device_tag, return_layout)
     if config is None and not interpret:
         config = _tuned_config(q, k, v, pattern, scale, device_tag)
     cfg = dict(default_config(D, q.dtype, interpret), **(config or {}))
     module, layout = _prepare(pattern, B, H, M, N, D, cfg, str(q.device), device_tag)
+    if return_layout:
+        lse = torch.empty(B, H, M, dtype=torch.float32, device=q.device) if return_lse else None
+        out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse)
+        return (out, lse, layout) if return_lse else (out, layout)
     if len(_ready) > 4096:
         _ready.clear()
     _ready[key] = (user_pattern, module, layout)  # holding the object keeps its id unique
     lse = torch.empty(B, H, M, dtype=torch.float32, device=q.device) if return_lse else None
     out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse)
     return (out, lse) if return_lse else out
+
+
+def _routed_attention(q, k, v, pattern, scale, return_lse, config, interpret, device_tag, return_layout):
+    """Routed patterns: select blocks on the device, assemble the layout, run the kernel."""
+    import torch
+
+    from .routed import routed_plan, routed_layout, select, static_variants
+
+    B, H, M, D = q.shape
+    N = k.shape[2]
+    block = static_variants(pattern)[3]
+    cfg = dict(default_config(D, q.dtype, interpret), **(config or {}))
+    for side in ("block_m", "block_n"):
+        while block % cfg[side] and cfg[side] > 16:
+            cfg[side] //= 2
+    plan = routed_plan(pattern, M, N, H, cfg["block_m"], cfg["block_n"], str(q.device))
+    layout = routed_layout(plan, select(q, k, pattern))
+    module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],
+                     None, cfg.get("memory", "pointers") == "tma", None, device_tag, routed=True)
+    lse = torch.empty(B, H, M, dtype=torch.float32, device=q.device) if return_lse else None
+    out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse)
+    result = (out, lse) if return_lse else (out,)
+    return result + (layout,) if return_layout else (result if return_lse else out)
 
 
 def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag):

@@ -1,0 +1,125 @@
+"""Routed patterns (topk) at run time: block selection and the generated kernel on the routed
+layout, in Triton's interpreter against an fp64 reference over the routed mask."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import patternc
+from patternc.runtime.routed import routed_layout, routed_plan, select
+
+
+@pytest.fixture
+def interpret(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path))
+
+
+def moba_reference(q, k, count, block, causal):
+    """Plain loops: per (batch, head, query block) the own block plus the best count-1 earlier
+    (causal) or other blocks by mean-pooled dot product; ties to the lower block index."""
+    B, H, M, _ = q.shape
+    Hkv, N = k.shape[1], k.shape[2]
+    nq, nk = -(-M // block), -(-N // block)
+    out = torch.zeros(B, H, nq, nk, dtype=torch.bool)
+    for b in range(B):
+        for h in range(H):
+            kh = h // (H // Hkv)
+            kbar = [k[b, kh, j * block:(j + 1) * block].double().mean(0) for j in range(nk)]
+            for i in range(nq):
+                qbar = q[b, h, i * block:(i + 1) * block].double().mean(0)
+                own = i + nk - nq
+                others = [j for j in range(nk) if (j < own if causal else j != own)]
+                ranked = sorted(others, key=lambda j: (-float(qbar @ kbar[j]), j))
+                for j in ranked[:count - 1] + ([own] if 0 <= own < nk else []):
+                    out[b, h, i, j] = True
+    return out
+
+
+@settings(max_examples=15, deadline=None)
+@given(B=st.integers(1, 2), group=st.sampled_from([(2, 2), (2, 1), (4, 2)]), M=st.integers(20, 80),
+       extra=st.integers(0, 40), block=st.sampled_from([8, 16]), count=st.integers(1, 4),
+       causal=st.booleans(), seed=st.integers(0, 2**16))
+def test_selection_matches_loop_reference(B, group, M, extra, block, count, causal, seed):
+    g = torch.Generator().manual_seed(seed)
+    H, Hkv = group
+    N = M + extra
+    q = torch.randn(B, H, M, 16, generator=g)
+    k = torch.randn(B, Hkv, N, 16, generator=g)
+    pattern = patternc.compile(f"{'causal & ' if causal else ''}topk({count}, block={block})")
+    chosen = select(q, k, pattern)
+    assert torch.equal(chosen, moba_reference(q, k, count, block, causal))
+
+
+def test_ties_go_to_the_lower_block():
+    q = torch.ones(1, 1, 64, 8)
+    k = torch.ones(1, 1, 64, 8)  # every block scores the same
+    chosen = select(q, k, patternc.compile("causal & topk(3, block=8)"))[0, 0]
+    for i in range(8):
+        expected = {i} | set(range(min(i, 2)))
+        assert set(torch.nonzero(chosen[i]).flatten().tolist()) == expected
+
+
+@settings(max_examples=10, deadline=None)
+@given(M=st.integers(33, 130), seed=st.integers(0, 2**16), count=st.integers(1, 5))
+def test_causal_rules(M, seed, count):
+    g = torch.Generator().manual_seed(seed)
+    q, k = (torch.randn(2, 2, M, 16, generator=g) for _ in range(2))
+    chosen = select(q, k, patternc.compile(f"causal & topk({count}, block=16)"))
+    n = chosen.shape[-1]
+    own = torch.arange(n)
+    assert chosen[..., own, own].all(), "the query's own block is always kept"
+    future = own[None, :] > own[:, None]
+    assert not (chosen & future).any(), "never a block in the future"
+    assert (chosen.sum(-1) == torch.clamp(own + 1, max=count)).all(), "k blocks where k are available"
+
+
+ROUTED = [
+    "causal & topk(3, block=32)",
+    "causal & (window(20) | topk(2, block=32) | sink(4))",
+    "topk(2, block=16)",
+    "causal & topk(2, block=32) - sink(8)",
+]
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.sampled_from(ROUTED), B=st.integers(1, 2), group=st.sampled_from([(2, 2), (2, 1)]),
+       M=st.sampled_from([64, 96, 128]), extra=st.sampled_from([0, 32]), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([torch.float32, torch.float16]))
+def test_routed_attention_matches_reference(interpret, text, B, group, M, extra, seed, dtype):
+    g = torch.Generator().manual_seed(seed)
+    H, Hkv = group
+    N = M + extra
+    q = torch.randn(B, H, M, 32, generator=g).to(dtype)
+    k, v = (torch.randn(B, Hkv, N, 32, generator=g).to(dtype) for _ in range(2))
+    out, lse, layout = patternc.attention(q, k, v, text, return_lse=True, return_layout=True)
+    assert not torch.isnan(out).any()
+    for b in range(B):
+        ref, ref_lse = patternc.reference_attention(q[b:b + 1].double(), k[b:b + 1].double(), v[b:b + 1].double(),
+                                                    text, return_lse=True)
+        err = (out[b:b + 1].double() - ref).norm() / ref.norm()
+        assert err < (1e-5 if dtype == torch.float32 else 5e-3)
+        assert torch.equal(torch.isinf(lse[b:b + 1]), torch.isinf(ref_lse))
+    assert torch.equal(layout.selection, select(q, k, patternc.compile(text)))
+
+
+def test_routed_layout_matches_the_routed_mask():
+    g = torch.Generator().manual_seed(3)
+    q, k = (torch.randn(2, 2, 128, 16, generator=g) for _ in range(2))
+    pattern = patternc.compile("causal & (window(20) | topk(2, block=32))")
+    plan = routed_plan(pattern, 128, 128, 2, 16, 32, "cpu")
+    layout = routed_layout(plan, select(q, k, pattern))
+    got = layout.block_map().view(2, 2, 8, 4)
+    for b in range(2):
+        mask = pattern.mask(128, heads=2, q=q[b], k=k[b])
+        tiles = mask.view(2, 8, 16, 4, 32).permute(0, 1, 3, 2, 4).flatten(3)
+        expected = torch.where(tiles.all(-1), 2, torch.where(tiles.any(-1), 1, 0)).to(torch.int8)
+        assert torch.equal(got[b], expected)
+
+
+def test_blocks_that_tiles_do_not_divide_are_a_clear_error(interpret):
+    q = torch.randn(1, 1, 72, 16)
+    with pytest.raises(patternc.PatternError, match="needs tiles that divide"):
+        patternc.attention(q, q, q, "causal & topk(2, block=24)")
