@@ -143,6 +143,51 @@ def run_pattern(name, text, S, args, flex, dense):
     return row
 
 
+def run_routed(name, text, S, args, flex, dense):
+    """A routed pattern: selection timed on its own, then patternc vs FlexAttention fed the
+    same selected blocks (a BlockMask built from patternc's routed layout at 128x128 tiles)."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    from patternc.runtime.routed import SELECTED_BIT, routed_layout, routed_plan, select
+
+    H, D, dtype = args.heads, args.head_dim, getattr(torch, args.dtype)
+    pattern = patternc.compile(text)
+    q, k, v = (torch.randn(1, H, S, D, device="cuda", dtype=dtype) for _ in range(3))
+    row = {"pattern": name, "S": S, "text": text}
+    row["selection_ms"] = bench(lambda: select(q, k, pattern))
+    selection = select(q, k, pattern)
+    plan = routed_plan(pattern, S, S, H, 128, 128, "cuda:0")
+    layout = routed_layout(plan, selection)
+    row["layout_ms"] = bench(lambda: routed_layout(plan, selection))
+    Mt = Nt = S // 128
+    row["density"] = float((layout.kv_num_blocks.sum() + layout.full_kv_num_blocks.sum()) / (H * Mt * Nt))
+
+    def widen(x):
+        x = (x & (SELECTED_BIT - 1)).view(1, H, Mt, -1)
+        return torch.nn.functional.pad(x, (0, Nt - x.shape[-1])).contiguous()
+
+    block = plan.block
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (kv_idx <= q_idx) & selection[b, h, q_idx // block, kv_idx // block]
+
+    block_mask = BlockMask.from_kv_blocks(
+        layout.kv_num_blocks.view(1, H, Mt), widen(layout.kv_indices), layout.full_kv_num_blocks.view(1, H, Mt),
+        widen(layout.full_kv_indices), BLOCK_SIZE=(128, 128), mask_mod=mask_mod, seq_lengths=(S, S))
+    ref = flex(q, k, v, block_mask=block_mask)
+    row["flex_ms"] = bench(lambda: flex(q, k, v, block_mask=block_mask))
+    out = patternc.attention(q, k, v, pattern)
+    row["rel_err_vs_flex"] = rel_err(out, ref)
+    row["patternc_ms"] = bench(lambda: patternc.attention(q, k, v, pattern))  # selection included
+    row["speedup_vs_flex"] = (row["flex_ms"] + row["selection_ms"]) / row["patternc_ms"]
+    row["selection_share"] = row["selection_ms"] / row["patternc_ms"]
+    for base in ("cudnn", "flash"):
+        if base in dense:
+            row[f"{base}_ms"] = dense[base]
+            row[f"speedup_vs_{base}"] = dense[base] / row["patternc_ms"]
+    return row
+
+
 def call_overhead(args) -> dict:
     """Host time of a cached patternc.attention call vs the kernel alone, on a tiny problem."""
     pattern = patternc.compile("causal & window(64)")
@@ -185,7 +230,7 @@ def markdown(env, rows, overhead) -> str:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--patterns", nargs="*", default=[n for n in SUITE if n != "moba"])
+    ap.add_argument("--patterns", nargs="*", default=list(SUITE))
     ap.add_argument("--lengths", nargs="*", type=int, default=None, help="override the suite's lengths")
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--head-dim", type=int, default=128)
@@ -210,7 +255,8 @@ def main(argv=None):
                 dense_cache[S] = dense_times(q, k, v)
                 print(f"dense S={S}: {dense_cache[S]}", flush=True)
             try:
-                row = run_pattern(name, text, S, args, flex, dense_cache[S])
+                run = run_routed if "topk" in text else run_pattern
+                row = run(name, text, S, args, flex, dense_cache[S])
             except Exception as e:  # noqa: BLE001 - one pattern failing must not lose the others
                 print(f"!! {name} S={S} failed: {type(e).__name__}: {e}", flush=True)
                 continue

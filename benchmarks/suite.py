@@ -9,7 +9,7 @@ SUITE = {
     "strided": ("causal & (window(256) | strided(256))", (8192, 32768)),
     "power": ("causal & (window(5, block=256) | pow2(block=256) | sink(1, block=256))", (8192, 32768)),
     "sinks": ("causal & (window(1024) | sink(4))", (8192, 32768)),
-    "moba": ("causal & topk(4, block=512)", (8192, 32768)),
+    "moba": ("causal & topk(4, block=512)", (8192, 32768, 131072)),
     "s2": ("causal & (window(512) | columns(16, phase=h % 16, block=64))", (8192, 32768)),
     "natten2d": ("grid(128, 128)\nneighborhood((13, 13))", (16384,)),
     "natten2d_dil": ("grid(128, 128)\nneighborhood((7, 7), dilation=(2, 2))", (16384,)),
