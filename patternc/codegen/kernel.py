@@ -270,24 +270,20 @@ def _loops_table(step_args: str, routed: bool = False) -> str:
 
 def _loops_runs(step_args: str, runs: tuple[int, int]) -> str:
     call = textwrap.indent(_CALL, " " * 12)
-    return f"""    # full tiles: every (query, key) pair is visible; {runs[0]} run(s) of consecutive key tiles per row
-    full_row = full_runs + off_h * stride_frh + start_m * stride_frm
-    for r in tl.static_range({runs[0]}):
-        lo = tl.load(full_row + 2 * r) * BLOCK_N
-        hi = tl.load(full_row + 2 * r + 1) * BLOCK_N
+    loops = []
+    for kind, n, masked, why in (("full", runs[0], False, "every (query, key) pair is visible"),
+                                 ("partial", runs[1], True, "the pattern's predicate decides per element")):
+        short = kind[0]
+        loops.append(f"""    # {kind} tiles: {why}; {n} run(s) of consecutive key tiles per row
+    {kind}_row = {kind}_runs + off_h * stride_{short}rh + start_m * stride_{short}rm
+    for r in tl.static_range({n}):
+        lo = tl.load({kind}_row + 2 * r) * BLOCK_N
+        hi = tl.load({kind}_row + 2 * r + 1) * BLOCK_N
         for start_n in range(lo, hi, BLOCK_N):
             start_n = tl.multiple_of(start_n, BLOCK_N)
-{call.format(step_args=step_args, masked=False)}
-
-    # partial tiles: the pattern's predicate decides per element; {runs[1]} run(s) per row
-    partial_row = partial_runs + off_h * stride_prh + start_m * stride_prm
-    for r in tl.static_range({runs[1]}):
-        lo = tl.load(partial_row + 2 * r) * BLOCK_N
-        hi = tl.load(partial_row + 2 * r + 1) * BLOCK_N
-        for start_n in range(lo, hi, BLOCK_N):
-            start_n = tl.multiple_of(start_n, BLOCK_N)
-{call.format(step_args=step_args, masked=True)}
-"""
+{call.format(step_args=step_args, masked=masked)}
+""")
+    return "\n".join(loops)
 
 
 TABLES = {

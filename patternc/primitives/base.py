@@ -23,6 +23,8 @@ from ..ir.expr import Term, evaluate
 from ..ir.nodes import Node
 
 REGISTRY: dict[str, type[Primitive]] = {}
+# a rule_band lists at most this many key intervals; past it, one band (still classified exactly)
+MAX_INTERVALS = 512
 
 # parameter kinds: how a field is written and evaluated
 INT, INTS, BOOL, CHOICE, INDICES = "int", "ints", "bool", "choice", "indices"

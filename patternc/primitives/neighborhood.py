@@ -118,14 +118,8 @@ class Neighborhood(Primitive):
         """Tile classification: the window is a product over dimensions, so on a box of the grid
         a pair is visible somewhere (everywhere) iff it is in every dimension; each dimension is
         settled exactly from its small visibility table. Non-box tiles get their bounding box."""
-        grid = self.grid(ctx)
         truth = Truth(True, False)
-        inner = 1
-        for i in reversed(range(len(grid))):
-            L = grid[i]
-            xq = q // inner if i == 0 else q // inner % L
-            xk = k // inner if i == 0 else k // inner % L
-            inner *= L
+        for i, L, xq, xk in _coordinates(self.grid(ctx), q, k):
             truth = truth & rectangle_truth(self._dimension_sums(p, ctx, i, L), xq, xk)
         return truth
 
@@ -135,12 +129,7 @@ class Neighborhood(Primitive):
         grid = self.grid(ctx)
         r_all = _per_dim(p.dilation, len(grid))
         visible = True
-        inner = 1
-        for i in reversed(range(len(grid))):
-            L = grid[i]
-            xq = q // inner if i == 0 else q // inner % L
-            xk = k // inner if i == 0 else k // inner % L
-            inner *= L
+        for i, L, xq, xk in _coordinates(grid, q, k):
             group, start, stop = self._window(p, ctx, i, L, xq)
             r = r_all[i]
             if isinstance(r, int) and r == 1:
@@ -170,6 +159,16 @@ class Neighborhood(Primitive):
         if self.causal:
             args.append("causal=true")
         return f"neighborhood({', '.join(args)})"
+
+
+def _coordinates(grid, q, k):
+    """(dimension, its length, query coordinate, key coordinate) of row-major token indices,
+    innermost dimension first."""
+    inner = 1
+    for i in reversed(range(len(grid))):
+        L = grid[i]
+        yield i, L, (q // inner if i == 0 else q // inner % L), (k // inner if i == 0 else k // inner % L)
+        inner *= L
 
 
 def _tiles_are_boxes(grid, b) -> bool:

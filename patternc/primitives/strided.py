@@ -12,10 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.expr import Term
-from .base import Primitive, param
-
-
-MAX_INTERVALS = 512  # beyond this, candidate tiles come from one band (still classified exactly)
+from .base import MAX_INTERVALS, Primitive, param
 
 
 @dataclass(frozen=True)
