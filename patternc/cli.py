@@ -1,8 +1,10 @@
-"""The `patternc` command line: `check`, `show`, `analyze` (and the lead's `layout`, `compile`...).
+"""The `patternc` command line: `check`, `show`, `analyze`, `layout`, `compile`.
 
     patternc check examples/llm.pat
     patternc show examples/llm.pat --pattern swa --seq-len 4096
     patternc analyze examples/llm.pat --json
+    patternc layout examples/llm.pat --pattern dilated --seq-len 32768 --block 128x64
+    patternc compile examples/llm.pat --seq-len 32768 --head-dim 128 --config 128x64/w8/s3 -o kernels
 
 `main(argv) -> int` is a plain function (tests call it). Each subcommand is one `cmd_<name>(args)`
 that calls the public API, registered with its argument declarations by `@command`; adding one is
@@ -335,3 +337,256 @@ def _short(expr) -> str:
 
     expr = sp.expand(expr.subs(sp.log(N), sp.log(2) * sp.Function("log2")(N)))
     return str(expr).replace("**", "^")
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def _block(text: str) -> tuple[int, int]:
+    """`128x64` -> (128, 64); `64` -> (64, 64)."""
+    parts = text.lower().split("x")
+    try:
+        values = tuple(int(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected BLOCK_MxBLOCK_N like 128x64, got {text!r}")
+    return values
+
+
+def _lengths_arguments(p):
+    p.add_argument("--seq-len", "-n", type=_positive, required=True, metavar="N", help="query length M")
+    p.add_argument("--kv-len", type=_positive, metavar="N", help="key length (default: the query length)")
+    p.add_argument("--heads", type=_positive, metavar="H", help="number of heads (default: the pattern's)")
+
+
+def _layout_arguments(p):
+    _file_argument(p)
+    p.add_argument("--pattern", "-p", metavar="P", help="which pattern of the file (needed if it has several)")
+    _lengths_arguments(p)
+    p.add_argument("--block", type=_block, default=(128, 64), metavar="MxN",
+                   help="tile shape BLOCK_M x BLOCK_N in tokens (default 128x64)")
+    p.add_argument("--order", choices=("auto", "natural"), default="auto",
+                   help="auto: residue order for dilated/strided patterns; natural: tokens in their own order")
+    p.add_argument("--head", type=int, default=0, metavar="H", help="which head's block map to draw (default 0)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables and a map")
+    p.add_argument("--png", metavar="OUT", help="also write the block map as an image (needs matplotlib)")
+
+
+MAP_CELLS = 64  # the ASCII block map's width and height before it is downsampled
+EMPTY_ROWS_SHOWN = 8
+
+
+@command("layout", "the tiles a kernel visits: density, full/partial/empty counts, empty rows and the block map",
+         _layout_arguments)
+def cmd_layout(args) -> int:
+    from .analysis import routed_data
+
+    name, pattern = pick(load_patterns(args.file), args.pattern, args.file)
+    M, N = args.seq_len, args.kv_len or args.seq_len
+    heads = args.heads or pattern.default_heads
+    if not 0 <= args.head < heads:
+        raise UsageError(f"--head {args.head} is not one of the pattern's {heads} heads (0..{heads - 1})")
+    bm, bn = args.block
+    data = routed_data(pattern, M, N, heads) or {}
+    layout = pattern.layout(M, N, heads=heads, block_m=bm, block_n=bn, order=args.order, **data)
+    empty = _empty_rows(layout, pattern)
+    blocks = layout.block_map()
+    H, Mt, Nt = layout.shape
+    perm = layout.permutation
+    if args.json:
+        out = {"file": args.file, "pattern": name, "text": str(pattern), "M": M, "N": N, "heads": H,
+               "block": [bm, bn], "tiles_per_head": [Mt, Nt], "routed": pattern.is_routed,
+               "residue": None if perm is None else {"modulus": perm.modulus, "class_len": perm.class_len},
+               "counts": layout.counts, "density": layout.density,
+               "ideal_speedup": None if layout.density == 0 else layout.ideal_speedup,
+               "partial_share": layout.summary()["partial_share"], "refined_tiles": layout.refined_tiles,
+               "empty_rows": None if empty is None else
+               [{"head": h, "count": len(rows), "first": rows[:EMPTY_ROWS_SHOWN].tolist()}
+                for h, rows in enumerate(empty)]}
+        if Mt <= MAP_CELLS and Nt <= MAP_CELLS:  # small: the whole map, one list of rows per head
+            out["block_map"] = [_map_rows(blocks[h]) for h in range(H)]
+        print(json.dumps(out, indent=2))
+        return 0
+    _print_layout(name, pattern, layout, empty, blocks[args.head], args.head)
+    if args.png:
+        _write_block_png(args.png, blocks[args.head], f"{name}: {M} x {N}, {bm}x{bn} tiles, head {args.head}")
+        print(f"wrote {args.png}")
+    return 0
+
+
+def _empty_rows(layout, pattern):
+    """Per head, the query rows that see no key; None where that is too costly or data-dependent."""
+    visited = layout.counts["full"] + layout.counts["partial"]
+    if pattern.is_routed or visited * layout.block_m * layout.block_n > MAX_SHOW_PAIRS:
+        return None
+    return layout.empty_rows
+
+
+def _print_layout(name, pattern, layout, empty, blocks, head):
+    from tabulate import tabulate
+
+    H, Mt, Nt = layout.shape
+    c = layout.counts
+    perm = layout.permutation
+    sections = pattern.sections(H)
+    print(f"{name}: {sections[0].expr}" if len(sections) == 1 else
+          f"{name}:\n" + "\n".join(f"    {s}" for s in sections))
+    lengths = f"M = N = {layout.M}" if layout.M == layout.N else f"M = {layout.M}, N = {layout.N}"
+    note = " (routed: blocks chosen for random q, k)" if pattern.is_routed else ""
+    print(f"{lengths}, {_plural(H, 'head')}, tiles {layout.block_m}x{layout.block_n} "
+          f"({Mt} x {Nt} per head){note}\n")
+    visited = c["full"] + c["partial"]
+    rows = [
+        ["density", f"{layout.density:.4f}  ({visited} of {c['total']} tiles visited)"],
+        ["ideal speedup", "inf (no tile visited)" if layout.density == 0 else f"{layout.ideal_speedup:.2f}x"],
+        ["full tiles", c["full"]],
+        ["partial tiles", f"{c['partial']}  ({100 * c['partial'] / visited if visited else 0:.1f}% of visited)"],
+        ["empty tiles", c["empty"]],
+        ["refined tiles", f"{layout.refined_tiles}  (undecided by interval arithmetic, split until decided)"],
+        ["token order", "natural" if perm is None else
+         f"residue classes mod {perm.modulus} ({perm.modulus} classes of {perm.class_len} tokens; "
+         f"a tile reads rows {perm.modulus} apart)"],
+    ]
+    if empty is None:
+        rows.append(["empty rows", "not checked" + (" (routed: depends on q, k)" if pattern.is_routed else
+                                                   " (too many visited pairs; use a shorter --seq-len)")])
+    elif not any(len(e) for e in empty):
+        rows.append(["empty rows", "none"])
+    else:
+        rows.append(["empty rows", f"{sum(len(e) for e in empty)} over all heads (output 0, LSE -inf)"])
+    print(tabulate(rows, tablefmt="plain"))
+    if empty is not None and any(len(e) for e in empty):
+        print()
+        groups = _group_heads([tuple(e.tolist()) for e in empty])
+        table = [[heads, len(rows), _first(rows)] for heads, rows in groups if rows]
+        print(tabulate(table, headers=["heads", "empty rows", "first rows (tokens)"]))
+    cell = 1
+    while -(-Mt // cell) > MAP_CELLS or -(-Nt // cell) > MAP_CELLS:
+        cell *= 2
+    order = "" if perm is None else ", tiles in residue order"
+    scale = "" if cell == 1 else f"; downsampled: each character is the max of {cell}x{cell} tiles"
+    print(f"\nblock map, head {head} ('#' full, '+' partial, '.' empty; rows: query tiles, columns: key tiles"
+          f"{order}{scale}):")
+    for line in _map_rows(_downsample(blocks, cell)):
+        print(line)
+
+
+def _group_heads(values: list) -> list[tuple[str, object]]:
+    """[(heads "lo..hi", value)] for runs of consecutive heads with one value."""
+    out, lo = [], 0
+    for h in range(1, len(values) + 1):
+        if h == len(values) or values[h] != values[lo]:
+            out.append((str(lo) if lo == h - 1 else f"{lo}..{h - 1}", values[lo]))
+            lo = h
+    return out
+
+
+def _first(rows) -> str:
+    shown = ", ".join(map(str, rows[:EMPTY_ROWS_SHOWN]))
+    return shown + (", ..." if len(rows) > EMPTY_ROWS_SHOWN else "")
+
+
+def _downsample(blocks, cell: int):
+    """Max over cell x cell tiles (full beats partial beats empty)."""
+    if cell == 1:
+        return blocks
+    import torch
+
+    Mt, Nt = blocks.shape
+    padded = torch.nn.functional.pad(blocks.to(torch.float32)[None], (0, -Nt % cell, 0, -Mt % cell))
+    return torch.nn.functional.max_pool2d(padded, cell)[0].to(torch.int8)
+
+
+def _map_rows(blocks) -> list[str]:
+    chars = ".+#"  # EMPTY, PARTIAL, FULL
+    return ["".join(chars[v] for v in row) for row in blocks.tolist()]
+
+
+def _write_block_png(path: str, blocks, title: str):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.colors import ListedColormap
+    except ImportError:
+        raise PatternError("--png needs matplotlib", None, "pip install matplotlib") from None
+    Mt, Nt = blocks.shape
+    fig, ax = plt.subplots(figsize=(6, 6 * Mt / max(1, Nt) + 0.6))
+    ax.imshow(blocks.numpy(), cmap=ListedColormap(["white", "#999999", "black"]), vmin=0, vmax=2,
+              interpolation="nearest")
+    ax.set_title(title + "\nblack: full, grey: partial, white: skipped", fontsize=9)
+    ax.set_xlabel("key tile")
+    ax.set_ylabel("query tile")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- compile
+
+
+def _config(text: str) -> dict:
+    from .aot import parse_config
+
+    try:
+        return parse_config(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _compile_arguments(p):
+    from .aot import DTYPES
+    from .runtime.attention import SUPPORTED_HEAD_DIMS
+
+    _file_argument(p)
+    p.add_argument("--pattern", "-p", metavar="P", help="compile only this pattern (default: all of the file)")
+    _lengths_arguments(p)
+    p.add_argument("--head-dim", type=int, default=128, choices=SUPPORTED_HEAD_DIMS, metavar="D",
+                   help=f"head dimension, one of {', '.join(map(str, SUPPORTED_HEAD_DIMS))} (default 128)")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16", help="input dtype (default bf16)")
+    p.add_argument("--config", type=_config, metavar="MxN/wW/sS",
+                   help="tile shape, warps and stages, e.g. 128x64/w8/s3 (default: the GPU default for D, dtype)")
+    p.add_argument("--memory", choices=("pointers", "tma"), default="pointers",
+                   help="pointers (any GPU, the interpreter) or tma (Hopper tensor descriptors)")
+    p.add_argument("--order", choices=("auto", "natural"), default="auto",
+                   help="auto: residue order for dilated/strided patterns; natural: tokens in their own order")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="directory to write <pattern>.py and .md into")
+
+
+@command("compile", "write standalone modules (torch + triton only) running each pattern for one problem shape",
+         _compile_arguments)
+def cmd_compile(args) -> int:
+    from .aot import build_module, config_text
+
+    patterns = load_patterns(args.file)
+    chosen = [pick(patterns, args.pattern, args.file)] if args.pattern else list(patterns.items())
+    config = dict(args.config or {}, memory=args.memory, order=args.order)
+    status, written = 0, 0
+    for name, pattern in chosen:
+        if pattern.is_routed and len(chosen) > 1:
+            print(f"skipped {name}: routed patterns (topk) need run-time block selection, which is not built yet",
+                  file=sys.stderr)
+            continue
+        try:
+            built = build_module(pattern, args.seq_len, args.kv_len, args.heads, args.head_dim, args.dtype,
+                                 config, name)
+            path = built.write(args.output)
+        except PatternError as e:
+            if len(chosen) == 1:
+                raise
+            print(e.format(), file=sys.stderr)  # report it and go on with the file's other patterns
+            status = 1
+            continue
+        written += 1
+        layout = built.layout
+        speedup = "inf" if layout.density == 0 else f"{layout.ideal_speedup:.2f}x"
+        print(f"wrote {path} ({built.name}.md): density {layout.density:.4f}, ideal speedup {speedup}, "
+              f"{config_text(built.config)} {args.memory}")
+    if not written and status == 0:
+        print(f"patternc: error: {args.file} has no pattern that can be compiled yet", file=sys.stderr)
+        return 1
+    return status

@@ -308,14 +308,28 @@ class Interval:
         return ~self._cmp(o, "==")
 
     def _mod_equals(self, v) -> Truth:
-        """Exactly: is `base % c == v` possible / impossible over the base interval?"""
+        """Exactly: is `base % c == v` possible / impossible over the base's values
+        `lo, lo + step, ..., <= hi` (step 1: every integer in range)?"""
         base, c = self.modulus
-        first = base.lo + (v - base.lo) % c  # the smallest x >= lo with x % c == v (v < 0 or v >= c: never)
+        lo, hi = base.lo, base.hi
+        step = np.where(base.step == 0, c, base.step)  # a single value: any step that stays put
+        v, lo, hi, step, c = np.broadcast_arrays(np.asarray(v, np.int64), lo, hi, step, np.asarray(c, np.int64))
+        # the smallest lattice value x = lo + step*t (t >= 0) with x % c == v: solve step*t = v - lo (mod c)
+        g = np.gcd(step, c)
+        solvable = (v - lo) % g == 0
+        modulus = c // g
+        t = np.zeros_like(lo)
+        for s_, m_ in {(int(a), int(b)) for a, b in zip((step // g).ravel(), modulus.ravel())}:
+            inverse = pow(s_ % m_, -1, m_) if m_ > 1 else 0
+            sel = (step // g == s_) & (modulus == m_)
+            t = np.where(sel, ((v - lo) // np.maximum(g, 1)) * inverse % m_, t)
+        first = lo + step * t
         in_range = (v >= 0) & (v < c)
-        can_true = in_range & (first <= base.hi)
-        can_false = ~in_range | (base.hi > base.lo) & (c > 1) | (base.lo % c != v)
-        fixed = base.step % c == 0  # one residue for every value (strided token sets)
-        return Truth(np.where(fixed, base.lo % c == v, can_true), np.where(fixed, base.lo % c != v, can_false))
+        can_true = in_range & solvable & (first <= hi)
+        # two lattice points differ mod c unless step is a multiple of c
+        varies = (hi >= lo + step) & (step % c != 0)
+        can_false = ~in_range | varies | (lo % c != v)
+        return Truth(can_true, can_false)
 
     __lt__ = lambda s, o: s._cmp(o, "<")
     __le__ = lambda s, o: s._cmp(o, "<=")

@@ -214,19 +214,21 @@ class Pattern:
             out.append((s, value.term if isinstance(value, Sym) else Term.const(bool(value))))
         return out
 
-    def mask_mod(self, M: int, N: int | None = None, heads: int | None = None):
+    def mask_mod(self, M: int, N: int | None = None, heads: int | None = None, q=None, k=None):
         """A FlexAttention `mask_mod(b, h, q_idx, kv_idx) -> bool` with this pattern's semantics
         at lengths M, N (for `create_block_mask`, `flex_attention` and A/B comparisons). It
-        evaluates the traced rule with plain torch ops, so `torch.compile` fuses it."""
+        evaluates the traced rule with plain torch ops, so `torch.compile` fuses it. Routed
+        patterns need the `q` and `k` their blocks are chosen from (as `mask`)."""
         from ..primitives import Context
 
         N = M if N is None else N
         terms = self.predicate_terms(M, N, heads)
         grid = self.grid_shape(M, N)
+        data = {} if q is None else {"q": _heads_first(q, "q"), "k": _heads_first(k, "k")}
 
         def section_mask(s, term, h, q_idx, kv_idx):
             if term is None:  # tables: evaluate the primitives directly
-                ctx = Context(M, N, h, grid, {"causal": under_causal(s.expr)})
+                ctx = Context(M, N, h, grid, dict(data, causal=under_causal(s.expr)))
                 return (q_idx >= 0) & s.expr.visible(ctx, q_idx, kv_idx)
             return (q_idx >= 0) & evaluate(term, {"q": q_idx, "k": kv_idx, "h": h, "M": M, "N": N})
 

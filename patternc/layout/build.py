@@ -60,7 +60,9 @@ def classify(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: in
         t = Truth.of(node.visible(ctx, q, k))
         shape = np.broadcast(q.lo, k.lo).shape
         t = Truth(np.broadcast_to(t.can_true, shape), np.broadcast_to(t.can_false, shape))
-        loose = not node.exact_tiles(ctx, bm, bn)
+        # table lookups sum contiguous ranges: over strided (residue-order) ranges they over-approximate
+        strided = node.per_head_tables and (np.any(q.step > 1) or np.any(k.step > 1))
+        loose = strided or not node.exact_tiles(ctx, bm, bn)
         return t, (t.can_true & t.can_false) if loose else np.zeros(shape, bool)
     (a, ua), (b, ub) = classify(node.a, ctx, q, k, bm, bn), classify(node.b, ctx, q, k, bm, bn)
     pa, pb = a.can_true & a.can_false, b.can_true & b.can_false
@@ -158,7 +160,7 @@ def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: i
             per_head[h] = (qt, kt, kind)
             refined += r
     return Layout.from_tiles(per_head, M, N, block_m, block_n, pattern=pattern, refined_tiles=refined,
-                             device=device, permutation=residue)
+                             device=device, permutation=residue, data=data)
 
 
 def depends_on_head(node: Node) -> bool:

@@ -75,10 +75,11 @@ class Layout:
     refined_tiles: int = 0
     _tiles: tuple = field(default=(), repr=False)
     _runs_cache: dict = field(default_factory=dict, repr=False)
+    data: dict = field(default_factory=dict, repr=False)  # run-time inputs of routed patterns (q, k)
 
     @classmethod
     def from_tiles(cls, per_head, M, N, block_m, block_n, pattern=None, refined_tiles=0, device="cpu",
-                   permutation=None):
+                   permutation=None, data=None):
         """From per-head `(qt, kt, kind)` arrays sorted by (qt, kt); a head may reuse another's tuple."""
         n_qt, n_kt = -(-M // block_m), -(-N // block_n)
 
@@ -97,7 +98,8 @@ class Layout:
         kv, kvi, fkv, fkvi = _stack(per_head, forward, device)
         qn, qi, fqn, fqi = _stack(per_head, backward, device)
         return cls(M, N, len(per_head), block_m, block_n, kv, kvi, fkv, fkvi, qn, qi, fqn, fqi,
-                   pattern=pattern, permutation=permutation, refined_tiles=refined_tiles, _tiles=tuple(per_head))
+                   pattern=pattern, permutation=permutation, refined_tiles=refined_tiles, _tiles=tuple(per_head),
+                   data=dict(data or {}))
 
     # ------------------------------------------------------------------ summaries
 
@@ -153,7 +155,8 @@ class Layout:
                 continue
             qt, kt, _ = tiles
             node = next(s.expr for s in sections if s.lo <= h <= s.hi)
-            ctx = Context(self.M, self.N, h, self.pattern.grid_shape(self.M, self.N), {"causal": under_causal(node)})
+            ctx = Context(self.M, self.N, h, self.pattern.grid_shape(self.M, self.N),
+                          dict(self.data, causal=under_causal(node)))
             seen = np.zeros(self.M, bool)
             to_token = self.permutation.tokens if self.permutation is not None else (lambda p: p)
             for t in np.unique(qt):
@@ -250,7 +253,8 @@ class Layout:
 
             raise PatternError("this layout orders tokens by residue class, which FlexAttention can't follow",
                                None, "build it with pattern.layout(..., order='natural')")
-        mask_mod = self.pattern.mask_mod(self.M, self.N) if self.pattern is not None else None
+        mask_mod = (self.pattern.mask_mod(self.M, self.N, self.heads, q=self.data.get("q"), k=self.data.get("k"))
+                    if self.pattern is not None else None)
         return BlockMask.from_kv_blocks(
             b(self.kv_num_blocks), b(widen(self.kv_indices)), b(self.full_kv_num_blocks),
             b(widen(self.full_kv_indices)), BLOCK_SIZE=(self.block_m, self.block_n), mask_mod=mask_mod,
