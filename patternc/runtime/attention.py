@@ -86,12 +86,14 @@ def _kernel(pattern: Pattern, H: int, M: int, N: int, head_dim: int, block_m: in
 
 
 def _device_tag(device) -> str:
+    """What the compiled code depends on besides its source: the device (and the interpreter)."""
     import torch
 
+    interpreted = "-interpret" if os.environ.get("TRITON_INTERPRET") == "1" else ""
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)
-        return f"cuda-sm{major}{minor}"
-    return device.type
+        return f"cuda-sm{major}{minor}{interpreted}"
+    return device.type + interpreted
 
 
 def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = False, config: dict | None = None,
