@@ -13,8 +13,8 @@ from .errors import PatternError
 from .ir import Pattern
 
 __version__ = "0.1.0"
-__all__ = ["Pattern", "PatternError", "attention", "compile", "load", "jit", "reference_attention", "where",
-           "__version__"]
+__all__ = ["Pattern", "PatternError", "attention", "compile", "load", "jit", "reference_attention", "simulate",
+           "where", "__version__"]
 
 
 def compile(text: str, name: str | None = None, **params) -> Pattern:  # noqa: A001 - the product's verb
@@ -80,6 +80,13 @@ def reference_attention(q, k, v, pattern, scale=None, return_lse=False):
     from .runtime import reference_attention as _reference
 
     return _reference(q, k, v, pattern, scale=scale, return_lse=return_lse)
+
+
+def simulate(pattern, M, N=None, heads=None, head_dim=128, dtype="bfloat16", batch=1, device="h100", config=None):
+    """Predicted forward time and speedups of `pattern` on a device (a `patternc.sim.Prediction`)."""
+    from .sim import simulate as _simulate
+
+    return _simulate(pattern, M, N, heads, head_dim, dtype, batch, device, config)
 
 
 def where(cond, a, b):

@@ -26,6 +26,7 @@ from typing import Callable
 from . import __version__
 from .errors import PatternError, closest
 from .ir import Pattern
+from .sim import command as sim_command
 
 
 class UsageError(Exception):
@@ -590,3 +591,15 @@ def cmd_compile(args) -> int:
         print(f"patternc: error: {args.file} has no pattern that can be compiled yet", file=sys.stderr)
         return 1
     return status
+
+
+@command("simulate", "predict a pattern's kernel time and speedup over dense and FlexAttention "
+         "(--sweep ranks values and tile configs)", sim_command.add_arguments)
+def cmd_simulate(args) -> int:
+    return sim_command.run(args)  # the model loads only when the command runs
+
+
+@command("calibrate", "measure a simulator device profile on this GPU (microbenchmarks, under a minute)",
+         sim_command.add_calibrate_arguments)
+def cmd_calibrate(args) -> int:
+    return sim_command.run_calibrate(args)

@@ -1,0 +1,33 @@
+"""The simulator: a pattern's kernel time and speedup, predicted before anything runs.
+
+    from patternc.sim import simulate
+    p = simulate("causal & window(1024)", 32768, heads=16, head_dim=128)
+    p.ms, p.config_name, p.speedup_vs_dense, p.speedup_vs_flex, p.ideal_speedup, p.worst_tile_speedup
+
+`simulate` (a `Prediction`), `sweep` (rank parameter values and tile configs), `closed_form`
+(time and speedup as sympy expressions in N, and the break-even length, where they exist), `Profile`
+(device profiles: `patternc/sim/profiles/*.json`, or measured by `patternc calibrate`).
+Modules: `predict` (simulate), `model` (the formulas per program), `schedule`, `ops` (predicate
+cost), `profile`, `fit`, `calibrate`, `sweeps`, `formulas` (closed forms); the command line in
+`command` (which imports nothing heavy, so the CLI starts fast: the names below load on
+first use).
+"""
+from __future__ import annotations
+
+_EXPORTS = {  # name -> module (modules are named apart from the functions, so neither shadows the other)
+    "ClosedForm": "formulas", "closed_form": "formulas",
+    "ConfigPrediction": "predict", "Prediction": "predict", "simulate": "predict",
+    "Profile": "profile",
+    "SweepPoint": "sweeps", "parse_sweep": "sweeps", "sweep": "sweeps",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'patternc.sim' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
