@@ -9,7 +9,10 @@ it), 1-3 heads and tile shapes from 16 to 128 (block_m and block_n drawn indepen
 (a) no tile holding a visible element is skipped;
 (b) no tile is marked full unless every element in it is visible;
 (c) no tile is visited needlessly: the analyser refines undecided tiles exactly, so every
-    visited tile holds a visible element and every all-visible tile is marked full.
+    visited tile holds a visible element and every all-visible tile is marked full. This holds
+    in token order for every pattern, and in residue order for every pattern without `global`
+    ranges (`residue_tight`; the known exception is the strict xfail
+    `test_residue_order_looseness_range`: safe, but wasted tiles).
 
 On the same layouts: the CSR tables (forward and transposed) against the block map, `runs()`,
 the summaries (counts, density, ideal speedup), `empty_rows`, the FlexAttention export, and
@@ -49,8 +52,8 @@ def _with_block(draw, text, chance=4):
 
 
 @st.composite
-def window_text(draw, dilation=None):
-    r = dilation if dilation is not None else draw(st.sampled_from([1, 1, 1, 2, 3, 4, 8]))
+def window_text(draw):
+    r = draw(st.sampled_from([1, 1, 1, 2, 3, 4, 8]))
     dil = f", dilation={r}" if r != 1 else ""
     if draw(st.booleans()):
         return f"window({draw(st.integers(1, 96))}{dil})"
@@ -268,20 +271,11 @@ def describe_tiles(where, got, anyv, allv, bm, bn, limit=4):
 
 def residue_tight(pattern, layout) -> bool:
     """Is tile classification known to be exact for this layout? Always in token order. In
-    residue order tiles hold strided token sets (`c + r*i`), on which some interval rules are
-    still loose (test_residue_order_looseness below): only the primitives listed here are exact."""
+    residue order tiles hold strided token sets (`c + r*i`), on which `global` ranges are still
+    loose (test_residue_order_looseness_range below): every other primitive is exact there."""
     if layout.permutation is None:
         return True
-    r = layout.permutation.modulus
-
-    def tight(p):
-        if getattr(p, "block", None) is not None:
-            return False
-        if p.name == "strided":
-            return p.stride.is_const and r % p.stride.value == 0
-        return p.name in ("full", "causal", "window", "sink")
-
-    return all(tight(p) for p in pattern.primitives())
+    return not any(p.name == "global" and any(isinstance(t, tuple) for t in p.tokens) for p in pattern.primitives())
 
 
 def check_block_map(layout, mask, context, tight=True):
@@ -404,7 +398,7 @@ def test_every_textual_primitive_is_generated_here():
     assert textual == COVERED, f"primitives the layout tests don't generate: {textual - COVERED}"
 
 
-@settings(max_examples=examples(300))
+@settings(max_examples=examples(500))
 @given(case=cases())
 def test_layout_matches_the_mask(case):
     text, M, N, H, bm, bn, q, k = case
@@ -422,12 +416,11 @@ def test_layout_matches_the_mask(case):
         got = check_block_map(layout, mask, context, tight=residue_tight(pattern, layout))
         check_csr(layout, got, context)
         check_runs(layout, got, context)
-        if not routed:  # routed layouts: see test_routed_layout_empty_rows / _flex_export below
-            check_summaries(layout, got, mask, context)
+        check_summaries(layout, got, mask, context)
         computed[order] = computed_set(layout, got, mask)
         assert np.array_equal(computed[order], mask), f"{context}: the computed pairs differ from the mask"
         if layout.permutation is None:
-            if not routed:
+            if not routed:  # see test_routed_layout_flex_export below
                 check_flex(layout, got, context)
         else:
             with pytest.raises(PatternError, match="residue"):
@@ -471,8 +464,10 @@ def test_edge_lengths(text, M, N):
         context = f"{text!r} M={M} N={N} tiles {bm}x{bn}"
         got = check_block_map(layout, mask, context)
         check_csr(layout, got, context)
-        check_flex(pattern.layout(M, N, heads=2, block_m=bm, block_n=bn, order="natural"), got, context) \
-            if layout.permutation is None else None
+        check_runs(layout, got, context)
+        check_summaries(layout, got, mask, context)
+        if layout.permutation is None:
+            check_flex(layout, got, context)
 
 
 @settings(max_examples=examples(25))
@@ -541,6 +536,17 @@ def test_residue_order_modulo_on_strided_intervals_is_exact():
     layout = pattern.layout(64, block_m=16, block_n=16)
     assert layout.permutation is not None
     check_block_map(layout, pattern.mask(64).numpy(), text)
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="residue order: `lo <= q & q <= hi` (global ranges) is judged bound by bound, so a "
+                          "strided token set that steps over the range is taken to meet it")
+def test_residue_order_looseness_range():
+    text = "window(9, dilation=4) & global(50..52)"  # tiles (head 0, 4, 4), (0, 4, 5): visited, nothing visible
+    pattern = patternc.compile(text)
+    layout = pattern.layout(256, block_m=16, block_n=16)
+    assert layout.permutation is not None
+    check_block_map(layout, pattern.mask(256).numpy(), text)
 
 
 def test_order_is_checked():
