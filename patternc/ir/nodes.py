@@ -10,6 +10,17 @@ from dataclasses import dataclass, field, fields
 from ..errors import Span
 
 
+# a band lists at most this many key intervals per query range; past it, one span (a superset:
+# candidate tiles are still classified exactly, there are just more of them)
+MAX_INTERVALS = 512
+
+
+def _span(bands):
+    import numpy as np
+
+    return [(np.minimum.reduce([lo for lo, _ in bands]), np.maximum.reduce([hi for _, hi in bands]))]
+
+
 @dataclass(frozen=True)
 class Node:
     span: Span | None = field(default=None, compare=False, repr=False, kw_only=True)
@@ -87,8 +98,10 @@ class Intersect(Combinator):
     def band(self, ctx, q0, q1):
         import numpy as np
 
-        return [(np.maximum(alo, blo), np.minimum(ahi, bhi))
-                for alo, ahi in self.a.band(ctx, q0, q1) for blo, bhi in self.b.band(ctx, q0, q1)]
+        a, b = self.a.band(ctx, q0, q1), self.b.band(ctx, q0, q1)
+        if len(a) * len(b) > MAX_INTERVALS:  # pairwise would blow up: intersect the two spans
+            a, b = _span(a), _span(b)
+        return [(np.maximum(alo, blo), np.minimum(ahi, bhi)) for alo, ahi in a for blo, bhi in b]
 
 
 @dataclass(frozen=True)

@@ -20,11 +20,9 @@ import numpy as np
 
 from ..errors import PatternError, Span, closest
 from ..ir.expr import Term, evaluate
-from ..ir.nodes import Node
+from ..ir.nodes import MAX_INTERVALS, Node  # noqa: F401 - MAX_INTERVALS is shared with primitives
 
 REGISTRY: dict[str, type[Primitive]] = {}
-# a rule_band lists at most this many key intervals; past it, one band (still classified exactly)
-MAX_INTERVALS = 512
 
 # parameter kinds: how a field is written and evaluated
 INT, INTS, BOOL, CHOICE, INDICES = "int", "ints", "bool", "choice", "indices"
