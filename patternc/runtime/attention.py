@@ -21,7 +21,8 @@ def _compile_text(text: str) -> Pattern:
     return compile(text)
 
 
-def _as_pattern(pattern) -> Pattern:
+def as_pattern(pattern) -> Pattern:
+    """A Pattern from a Pattern, pattern text (compiled once) or a `@patternc.jit` object."""
     if isinstance(pattern, Pattern):
         return pattern
     if isinstance(pattern, str):
@@ -130,7 +131,7 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
         out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse)
         return (out, lse) if return_lse else out
 
-    pattern_obj = _as_pattern(pattern)
+    pattern_obj = as_pattern(pattern)
     _check_inputs(q, k, v)
     B, H, M, D = q.shape
     N = k.shape[2]
@@ -231,7 +232,7 @@ def reference_attention(q, k, v, pattern, scale=None, return_lse=False):
     `attention`: rows with no visible key give 0 and LSE = -inf."""
     import torch
 
-    pattern = _as_pattern(pattern)
+    pattern = as_pattern(pattern)
     B, H, M, D = q.shape
     N = k.shape[2]
     group = H // k.shape[1]

@@ -19,13 +19,9 @@ DTYPES = ("bf16", "fp16", "fp32", "bfloat16", "float16", "float32")
 
 
 def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+    from ..cli import _positive as positive  # the CLI's own check (cli imports this module first)
+
+    return positive(text)
 
 
 # --------------------------------------------------------------------------- simulate

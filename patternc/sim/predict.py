@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import PatternError
+from ..runtime.attention import as_pattern  # noqa: F401 - re-used by formulas and sweeps
 from .model import Shape, dense_ms, flex_times, flex_workload, kernel_workload, memory_floor_us, resolve_costs
 from .ops import pattern_ops
 from .profile import Profile, config_name, dtype_name, parse_config
@@ -148,20 +149,6 @@ class Prediction:
 
 # ------------------------------------------------------------------------------ inputs
 
-
-def as_pattern(pattern):
-    from ..ir import Pattern
-
-    if isinstance(pattern, Pattern):
-        return pattern
-    if isinstance(pattern, str):
-        from .. import compile
-
-        return compile(pattern)
-    inner = getattr(pattern, "pattern", None)
-    if isinstance(inner, Pattern):
-        return inner
-    raise PatternError(f"expected a Pattern, pattern text or @patternc.jit object, got {type(pattern).__name__}")
 
 
 def pattern_text(pattern, heads: int) -> str:
