@@ -307,6 +307,18 @@ class Interval:
             return Truth(overlap, ~single)
         return ~self._cmp(o, "==")
 
+    def within(self, a, b) -> Truth:
+        """Exactly: is some value (every value) of `lo, lo + step, ..., hi` in [a, b]?"""
+        a, b = (Interval.of(x) for x in (a, b))
+        step = np.maximum(self.step, 1)
+        first = self.lo + np.maximum(0, -(-(a.hi - self.lo) // step)) * step  # first value >= a
+        can_true = first <= np.minimum(self.hi, b.lo)
+        can_false = (self.lo < a.hi) | (self.hi > b.lo)  # lo and hi are values themselves
+        if np.any(a.lo != a.hi) or np.any(b.lo != b.hi):  # bounds that vary: over-approximate
+            can_true = can_true | (self.hi >= a.lo) & (self.lo <= b.hi)
+            can_false = can_false | (self.lo < a.hi) | (self.hi > b.lo)
+        return Truth(can_true, can_false)
+
     def _mod_equals(self, v) -> Truth:
         """Exactly: is `base % c == v` possible / impossible over the base's values
         `lo, lo + step, ..., <= hi` (step 1: every integer in range)?"""
@@ -437,6 +449,14 @@ def maximum(a, b):
 def where(cond, a, b):
     """`a` where `cond` holds, else `b`, in any domain (like `torch.where`)."""
     return _dispatch("where", cond, a, b)
+
+
+def in_range(x, lo, hi):
+    """`lo <= x <= hi` in any domain; exact on strided intervals (a single check, where the two
+    comparisons joined by & would be judged one bound at a time)."""
+    if isinstance(x, Interval):
+        return x.within(lo, hi)
+    return (x >= lo) & (x <= hi)
 
 
 def clamp(x, lo, hi):

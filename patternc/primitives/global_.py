@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import PatternError
-from ..ir.expr import Term
+from ..ir.expr import Term, in_range
 from .base import Primitive, _coerce, describe, format_value
 
 
@@ -82,7 +82,7 @@ class Global(Primitive):
             if single:
                 hit = hit | (q == lo) | (k == lo)
             else:
-                hit = hit | (q >= lo) & (q <= hi) | (k >= lo) & (k <= hi)
+                hit = hit | in_range(q, lo, hi) | in_range(k, lo, hi)
         return hit
 
     def rule_band(self, p, ctx, q0, q1):
