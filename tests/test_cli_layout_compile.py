@@ -11,7 +11,6 @@ a minute (36864 tokens, every candidate tile refined).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess

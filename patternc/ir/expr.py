@@ -16,7 +16,6 @@ operators, so tracing a function yields Terms.
 """
 from __future__ import annotations
 
-import math
 import operator
 from dataclasses import dataclass
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 
 from ..ir.expr import Term
 from .base import MAX_INTERVALS, Primitive, param
