@@ -74,7 +74,8 @@ def predicate_source(sections, grid) -> tuple[str, bool]:
         nonlocal uses_floor
         if isinstance(node, Primitive) and node.per_head_tables and node.name == "topk":
             where = f" @ {node.span}" if node.span is not None else ""
-            lines.append(f"routed = selected != 0  # {node}{where}: this tile's key block was chosen")
+            lines.append(f"# {node}{where}: was this tile's key block chosen?")
+            lines.append("routed = selected != 0")
             return "routed"
         if isinstance(node, Primitive):
             try:
@@ -89,7 +90,8 @@ def predicate_source(sections, grid) -> tuple[str, bool]:
             name = f"vis_{counter[0]}"
             counter[0] += 1
             where = f" @ {node.span}" if node.span is not None else ""
-            lines.append(f"{name} = {text}  # {node}{where}")
+            lines.append(f"# {node}{where}")
+            lines.append(f"{name} = {text}")
             return name
         a, b = emit(node.a, ctx), emit(node.b, ctx)
         if isinstance(node, Union):
