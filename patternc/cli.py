@@ -296,6 +296,9 @@ def _analyze_arguments(p):
     _file_argument(p)
     p.add_argument("--pattern", "-p", metavar="P", help="analyze only this pattern (default: all of the file)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--predict", metavar="DEVICE", nargs="?", const="h100",
+                   help="also the simulator's predicted speedup over dense as a function of N and the "
+                        "break-even length on DEVICE (default h100; 16 heads, head_dim 128, bf16)")
 
 
 @command("analyze", "visible keys per query, density and cost as functions of N (self-attention)", _analyze_arguments)
@@ -305,8 +308,17 @@ def cmd_analyze(args) -> int:
     patterns = load_patterns(args.file)
     chosen = [pick(patterns, args.pattern, args.file)] if args.pattern else list(patterns.items())
     results = [(name, analyze(p)) for name, p in chosen]
+    predictions = {}
+    if args.predict:
+        from .sim.formulas import closed_form
+
+        for name, p in chosen:
+            predictions[name] = closed_form(p, heads=p.default_heads if isinstance(p.body, tuple) else 16,
+                                            device=args.predict)
     if args.json:
-        out = [{"pattern": name, "sections": [a.to_dict() for a in sections]} for name, sections in results]
+        out = [{"pattern": name, "sections": [a.to_dict() for a in sections],
+                **({"prediction": predictions[name].to_dict() if predictions[name] else None} if args.predict else {})}
+               for name, sections in results]
         print(json.dumps({"file": args.file, "patterns": out}, indent=2))
         return 0
     from tabulate import tabulate
@@ -325,6 +337,13 @@ def cmd_analyze(args) -> int:
                          a.basis.split(";")[0]])
     print(tabulate(rows, headers=["pattern", "heads", "keys/query", "density ~", "cost", "empty rows", "result"]))
     print("\nkeys/query: mean visible keys per query at length N (M = N); density ~: leading term as N grows")
+    if args.predict:
+        rows = [[name, "no closed form (grid, routed or not polynomial)"] if f is None else
+                [name, _short(f.speedup), f"N >= {f.valid_from}, N % {f.step} == 0",
+                 "none up to 2^24" if f.break_even is None else f.break_even, f.config]
+                for name, f in predictions.items()]
+        print(f"\npredicted speedup over dense on {args.predict} (simulator, 16 heads, head_dim 128, bf16):")
+        print(tabulate(rows, headers=["pattern", "speedup(N)", "valid for", "break-even N", "config"]))
     return 0
 
 

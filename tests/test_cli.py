@@ -155,6 +155,21 @@ def test_analyze_table(capsys, pat):
     assert row.split()[0] == "swa" and "8 - 28/N" in row and "exact for N >= 8" in row
 
 
+def test_analyze_predicts_speedup_and_break_even(capsys, pat):
+    code, out, _ = run(capsys, "analyze", pat("pattern swa: causal & window(1024)\n"), "--predict")
+    assert code == 0
+    assert "predicted speedup over dense on h100" in out
+    row = out.splitlines()[-1].split()
+    assert row[0] == "swa" and "N" in row[1]
+    code, out, _ = run(capsys, "analyze", pat("pattern swa: causal & window(1024)\n"), "--predict", "--json")
+    prediction = json.loads(out)["patterns"][0]["prediction"]
+    from patternc.sim.formulas import closed_form
+    import patternc
+
+    expected = closed_form(patternc.compile("causal & window(1024)"), heads=16)
+    assert prediction["break_even"] == expected.break_even and expected.speedup_at(32768) > 10
+
+
 # --------------------------------------------------------------------------- usage and internal errors
 
 
