@@ -432,9 +432,6 @@ def test_routed_layout_empty_rows():
     check_summaries(layout, layout.block_map().numpy(), mask, "causal & topk(2, block=16)")
 
 
-@pytest.mark.xfail(strict=True, raises=Exception,
-                   reason="FlexAttention evaluates mask_mod under vmap; topk's table lookup reads numpy tables "
-                          "(routed patterns go to FlexAttention through benchmarks/attention.py's own mask_mod)")
 def test_routed_layout_flex_export():
     _, _, _, layout = _routed_case()
     check_flex(layout, layout.block_map().numpy(), "causal & topk(2, block=16)")
