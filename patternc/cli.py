@@ -205,13 +205,19 @@ def _positive(text: str) -> int:
 MAX_SHOW_PAIRS = 1 << 31  # brute force over M x N pairs; beyond this, ask for a shorter length
 
 
-@command("show", "draw a pattern's mask as an ASCII map ('#' full cell, '+' partial, '.' empty)", _show_arguments)
-def cmd_show(args) -> int:
+def _problem(args):
+    """(name, pattern, M, N, heads) of a show/layout command line, with --head checked."""
     name, pattern = pick(load_patterns(args.file), args.pattern, args.file)
     M, N = args.seq_len, args.kv_len or args.seq_len
     heads = args.heads or pattern.default_heads
     if not 0 <= args.head < heads:
         raise UsageError(f"--head {args.head} is not one of the pattern's {heads} heads (0..{heads - 1})")
+    return name, pattern, M, N, heads
+
+
+@command("show", "draw a pattern's mask as an ASCII map ('#' full cell, '+' partial, '.' empty)", _show_arguments)
+def cmd_show(args) -> int:
+    name, pattern, M, N, heads = _problem(args)
     if M * N > MAX_SHOW_PAIRS:
         raise UsageError(f"{M} x {N} is too large to draw from the brute-force mask; use a shorter --seq-len")
     cell = args.cell or _default_cell(N)
@@ -404,11 +410,7 @@ EMPTY_ROWS_SHOWN = 8
 def cmd_layout(args) -> int:
     from .analysis import routed_data
 
-    name, pattern = pick(load_patterns(args.file), args.pattern, args.file)
-    M, N = args.seq_len, args.kv_len or args.seq_len
-    heads = args.heads or pattern.default_heads
-    if not 0 <= args.head < heads:
-        raise UsageError(f"--head {args.head} is not one of the pattern's {heads} heads (0..{heads - 1})")
+    name, pattern, M, N, heads = _problem(args)
     bm, bn = args.block
     data = routed_data(pattern, M, N, heads) or {}
     layout = pattern.layout(M, N, heads=heads, block_m=bm, block_n=bn, order=args.order, **data)

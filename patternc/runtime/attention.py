@@ -109,27 +109,22 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
 
     On CUDA the generated Triton kernel runs. On the CPU it runs under `TRITON_INTERPRET=1`
     (slow; for tests), else a dense masked reference does, with a one-time warning.
-    The first call for a problem shape autotunes the kernel config on this device (cached on
-    disk); `config` overrides the tile shape instead: `{"block_m", "block_n", "num_warps", "num_stages"}`, and
     Routed patterns (`topk`) select their key blocks from q and k on every call, on the device;
     `return_layout=True` also returns the layout used (for routed patterns a `RoutedLayout` whose
     `selection [B, H, nQ, nK]` holds the chosen blocks).
 
+    The first call for a problem shape autotunes the kernel config on this device (cached on
+    disk); `config` overrides it: `{"block_m", "block_n", "num_warps", "num_stages"}`, and
     `"iteration"`: "runs" loops over ranges of key tiles where every row has few runs (the
     default, "auto"), "table" always reads index tables; `"memory"`: "pointers" (default) or
     "tma" (Hopper tensor descriptors); `"order"`: "auto" (residue order for dilated/strided
     patterns) or "natural".
     """
-    import torch
-
     key = (id(pattern), q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device,
            None if config is None else tuple(sorted(config.items())))
     hit = _ready.get(key)
     if hit is not None and hit[0] is pattern and not return_layout:  # the cached path: no checks, no lookups
-        module, layout = hit[1], hit[2]
-        lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device) if return_lse else None
-        out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse)
-        return (out, lse) if return_lse else out
+        return _run(hit[1], hit[2], q, k, v, scale, return_lse, False)
 
     pattern_obj = as_pattern(pattern)
     _check_inputs(q, k, v)
@@ -147,22 +142,25 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
         config = _tuned_config(q, k, v, pattern, scale, device_tag)
     cfg = dict(default_config(D, q.dtype, interpret), **(config or {}))
     module, layout = _prepare(pattern, B, H, M, N, D, cfg, str(q.device), device_tag)
-    if return_layout:
-        lse = torch.empty(B, H, M, dtype=torch.float32, device=q.device) if return_lse else None
-        out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse)
-        return (out, lse, layout) if return_lse else (out, layout)
-    if len(_ready) > 4096:
-        _ready.clear()
-    _ready[key] = (user_pattern, module, layout)  # holding the object keeps its id unique
-    lse = torch.empty(B, H, M, dtype=torch.float32, device=q.device) if return_lse else None
+    if not return_layout:
+        if len(_ready) > 4096:
+            _ready.clear()
+        _ready[key] = (user_pattern, module, layout)  # holding the object keeps its id unique
+    return _run(module, layout, q, k, v, scale, return_lse, return_layout)
+
+
+def _run(module, layout, q, k, v, scale, return_lse, return_layout):
+    """Launch a generated kernel; (out[, lse][, layout]) as `attention` returns them."""
+    import torch
+
+    lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device) if return_lse else None
     out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse)
-    return (out, lse) if return_lse else out
+    result = (out,) + ((lse,) if return_lse else ()) + ((layout,) if return_layout else ())
+    return result if len(result) > 1 else out
 
 
 def _routed_attention(q, k, v, pattern, scale, return_lse, config, interpret, device_tag, return_layout):
     """Routed patterns: select blocks on the device, assemble the layout, run the kernel."""
-    import torch
-
     from .routed import routed_plan, routed_layout, select, static_variants
 
     B, H, M, D = q.shape
@@ -176,10 +174,7 @@ def _routed_attention(q, k, v, pattern, scale, return_lse, config, interpret, de
     layout = routed_layout(plan, select(q, k, pattern))
     module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],
                      None, cfg.get("memory", "pointers") == "tma", None, device_tag, routed=True)
-    lse = torch.empty(B, H, M, dtype=torch.float32, device=q.device) if return_lse else None
-    out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse)
-    result = (out, lse) if return_lse else (out,)
-    return result + (layout,) if return_layout else (result if return_lse else out)
+    return _run(module, layout, q, k, v, scale, return_lse, return_layout)
 
 
 def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag):
