@@ -166,11 +166,7 @@ def run_routed(name, text, S, args, flex, dense):
         x = (x & (SELECTED_BIT - 1)).view(1, H, Mt, -1)
         return torch.nn.functional.pad(x, (0, Nt - x.shape[-1])).contiguous()
 
-    block = plan.block
-
-    def mask_mod(b, h, q_idx, kv_idx):
-        return (kv_idx <= q_idx) & selection[b, h, q_idx // block, kv_idx // block]
-
+    mask_mod = pattern.mask_mod(S, heads=H, q=q[0], k=k[0])  # the same selection, as a plain lookup
     block_mask = BlockMask.from_kv_blocks(
         layout.kv_num_blocks.view(1, H, Mt), widen(layout.kv_indices), layout.full_kv_num_blocks.view(1, H, Mt),
         widen(layout.full_kv_indices), BLOCK_SIZE=(128, 128), mask_mod=mask_mod, seq_lengths=(S, S))
