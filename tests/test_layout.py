@@ -523,6 +523,16 @@ def test_residue_order_modulo_on_strided_intervals_is_exact():
     check_block_map(layout, pattern.mask(64).numpy(), text)
 
 
+def test_residue_order_block_rules_on_strided_tiles_are_refined():
+    # columns(block=3) divides a strided token set: its interval rule is loose there, so the
+    # analyser must settle such tiles instead of visiting them (found by the property test)
+    text = "(window(4, dilation=4)) & (strided(5) | columns(3, block=3))"
+    pattern = patternc.compile(text)
+    layout = pattern.layout(128, block_m=16, block_n=16)
+    assert layout.permutation is not None
+    check_block_map(layout, pattern.mask(128).numpy(), text)
+
+
 def test_residue_order_range_on_strided_tiles_is_exact():
     text = "window(9, dilation=4) & global(50..52)"  # tiles whose lattice steps over 50..52 stay unvisited
     pattern = patternc.compile(text)

@@ -60,9 +60,8 @@ def classify(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: in
         t = Truth.of(node.visible(ctx, q, k))
         shape = np.broadcast(q.lo, k.lo).shape
         t = Truth(np.broadcast_to(t.can_true, shape), np.broadcast_to(t.can_false, shape))
-        # table lookups sum contiguous ranges: over strided (residue-order) ranges they over-approximate
-        strided = node.per_head_tables and (np.any(q.step > 1) or np.any(k.step > 1))
-        loose = strided or not node.exact_tiles(ctx, bm, bn)
+        strided = np.any(q.step > 1) or np.any(k.step > 1)  # residue order
+        loose = strided and not node.exact_on_strided() or not node.exact_tiles(ctx, bm, bn)
         return t, (t.can_true & t.can_false) if loose else np.zeros(shape, bool)
     (a, ua), (b, ub) = classify(node.a, ctx, q, k, bm, bn), classify(node.b, ctx, q, k, bm, bn)
     pa, pb = a.can_true & a.can_false, b.can_true & b.can_false

@@ -190,6 +190,11 @@ class Primitive(Node):
         """Default: any key."""
         return [(np.zeros_like(q0), np.full_like(q0, ctx.N))]
 
+    def exact_on_strided(self) -> bool:
+        """Is the interval rule also tight on strided token sets (residue order)? Floor division
+        forgets a stride, so rules that divide (block=, blocked, tables by block) are not."""
+        return getattr(self, "block", None) is None and not self.per_head_tables
+
     def exact_tiles(self, ctx: Context, block_m: int, block_n: int) -> bool:
         """Is the interval rule tight on these tiles, so that a tile it calls partial really is?"""
         return True

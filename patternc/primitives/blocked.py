@@ -23,6 +23,9 @@ class Blocked(Primitive):
         super().check(p, ctx)
         self.positive(p, "size")
 
+    def exact_on_strided(self):
+        return False  # its rule divides token indices
+
     def rule(self, p, ctx, q, k):
         return q // p.size == k // p.size
 

@@ -98,6 +98,9 @@ class Neighborhood(Primitive):
         start = clamp(pos - K // 2, 0, length - K)
         return group, start, start + K
 
+    def exact_on_strided(self):
+        return False  # its rule divides token indices
+
     def exact_tiles(self, ctx, block_m, block_n):
         # tight when every tile of flattened tokens is a box of the grid (see _tile_truth)
         return all(_tiles_are_boxes(self.grid(ctx), b) for b in (block_m, block_n))
