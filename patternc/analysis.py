@@ -469,6 +469,8 @@ def _lone(expr: Node, head: int) -> _Derived | None:
         # is b^2 * ((N/b) * log2(N/b) + 1)
         count = b * sp.log(N / b, 2) + sp.Rational(b * b) / N
         return _Derived("expr", count=count, period=b, n0=b, cost="O(N log N)", note="N / block a power of two")
+    if name == "topk" and p.threshold is not None:
+        return None  # as many blocks as the routing softmax needs: no count without the data
     if name in ("random", "topk"):
         blocks = p.count
         routed = "routed: any q, k" if name == "topk" else f"seed {p.seed}"
@@ -489,6 +491,8 @@ def _causal_topk(topk, head) -> _Derived | None:
         p = _constant_params(topk, head)
     except _NoClosedForm:
         return None
+    if p.threshold is not None:
+        return None  # as many blocks as the routing softmax needs: no count without the data
     k, b = p.count, p.block
     nb = N / b
     S = nb * sp.Rational(b * (b + 1), 2) + b * b * (sp.Rational((k - 1) * (k - 2), 2) + (k - 1) * (nb - k + 1))

@@ -102,8 +102,9 @@ def check_compilable(pattern: Pattern) -> None:
     """Refuse patterns whose kernels need data the generated code can't hold yet."""
     for p in pattern.primitives():
         if p.name == "topk":
-            raise PatternError("routed patterns (topk) need run-time block selection, which is not built yet",
-                               p.span, "patternc.reference_attention computes them densely for now")
+            raise PatternError("routed patterns (topk) can't be compiled to a standalone module: their block "
+                               "selection runs in patternc's routing kernels", p.span,
+                               "run them with patternc.attention(q, k, v, pattern)")
         if p.name == "random":
             raise PatternError("random() can't be compiled into a kernel yet: its block tables are not emitted "
                                "into generated code", p.span, "patternc.reference_attention computes it densely")

@@ -590,8 +590,8 @@ def cmd_compile(args) -> int:
     status, written = 0, 0
     for name, pattern in chosen:
         if pattern.is_routed and len(chosen) > 1:
-            print(f"skipped {name}: routed patterns (topk) need run-time block selection, which is not built yet",
-                  file=sys.stderr)
+            print(f"skipped {name}: routed patterns (topk) run through patternc.attention, not as standalone "
+                  "modules", file=sys.stderr)
             continue
         try:
             built = build_module(pattern, args.seq_len, args.kv_len, args.heads, args.head_dim, args.dtype,

@@ -180,7 +180,7 @@ def test_compile_skips_routed_and_reports_random(capsys, pat, tmp_path):
     """)
     code, out, err = run(capsys, "compile", f, "-n", 64, "--config", "16x16", "-o", tmp_path)
     assert code == 1  # random is an error; the routed pattern is only skipped
-    assert "skipped moba: routed patterns (topk) need run-time block selection" in err
+    assert "skipped moba: routed patterns (topk) run through patternc.attention" in err
     assert f"{f}:3:23: error: random() can't be compiled into a kernel yet" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.glob("*.py")) == ["ok.py"]
     routed = EXAMPLES / "routed.pat"

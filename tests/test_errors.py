@@ -34,7 +34,8 @@ CASES = [
     ("pattern p(w = 4)\n    window(w)\n", "compile", 1, 17, "a colon is missing", None),
     ("pattern p:\n", "compile", 1, 11, "a pattern body is missing", None),
     ("causal & window(8) $", "compile", 1, 20, "unexpected character '$'", None),
-    ("window(1.5)", "compile", 1, 9, "unexpected character '.'", "numbers are integers"),
+    ("window(1.)", "compile", 1, 9, "unexpected character '.'", "numbers are integers or decimals"),
+    ("topk(2, block=4, threshold=1e-3)", "compile", 1, 29, "unexpected 'e'", None),
     ("window(3) ^ causal", "compile", 1, 11, "unexpected character '^'", None),
     ("let = 3\npattern p: causal\n", "compile", 1, 5, "unexpected '='", "a name"),
     ("pattern 3: causal\n", "compile", 1, 9, "unexpected '3'", None),
@@ -69,6 +70,29 @@ CASES = [
     ("global(block=3)", "compile", 1, 1, "needs at least one token", None),
     ("global()", "compile", 1, 1, "global() needs at least one", None),
     ("topk(4)", "compile", 1, 1, "needs block=b", "topk(4, block=512)"),
+    ("topk(block=512)", "compile", 1, 1, "topk() needs k or threshold=...", "topk(threshold=0.9, block=512)"),
+    ("topk(2, block=4, shared=grop)", "compile", 1, 18, "'shared' must be one of head, group, got the name 'grop'",
+     "did you mean 'group'?"),
+    ("topk(2, block=4, query=1)", "compile", 1, 18, "'query' must be one of block, token, got an integer",
+     "usage: topk("),
+    ("topk(2, block=4, query=xyz)", "compile", 1, 18, "'query' must be one of block, token", "usage: topk("),
+    ("topk(threshold=N // 2, block=4)", "compile", 1, 6, "must be a constant number such as 0.9, got 'N // 2'",
+     None),
+    ("topk(threshold=true, block=4)", "compile", 1, 6, "'threshold' must be a constant number", None),
+    # ---- decimals where integers are expected
+    ("window(1.5)", "compile", 1, 8, "window(): 'left' must be an integer, got 1.5", "usage: window"),
+    ("causal & window(0.5)", "compile", 1, 17, "'left' must be an integer, got 0.5", None),
+    ("let w = 1.5\npattern p: window(w)\n", "compile", 2, 19, "'left' must be an integer, got 1.5", None),
+    ("window(2 * 0.5)", "compile", 1, 12, "expected a number around '*' (an integer), got 0.5", None),
+    ("window(-0.5)", "compile", 1, 8, "'left' must be an integer, got -0.5", None),
+    ("topk(2, block=0.5)", "compile", 1, 9, "'block' must be an integer, got 0.5", None),
+    ("topk(0.5, block=4)", "compile", 1, 6, "'count' must be an integer, got 0.5", None),
+    ("neighborhood((3, 0.5))", "compile", 1, 18, "tuples hold integers, got 0.5", None),
+    ("global(0.5)", "compile", 1, 8, "expected a token index or a range a..b, got 0.5", None),
+    ("sink(min(0.5, 2))", "compile", 1, 10, "expected an argument of min() (an integer), got 0.5", None),
+    ("causal & 0.5", "compile", 1, 10, "'&' combines patterns, got 0.5", None),
+    ("pattern p(t = 0.9): causal\n", "compile", 1, 15, "expected a parameter default (an integer), got 0.9", None),
+    ("pattern p:\n    heads 0.5: causal\n", "compile", 2, 11, "expected a head index (an integer), got 0.5", None),
     ("min(3)", "compile", 1, 1, "min() takes two numbers", None),
     ("causal & 3", "compile", 1, 10, "'&' combines patterns, got a number", None),
     ("window(8) * 2", "compile", 1, 1, "can't apply '*' to a pattern and a number", None),
@@ -83,6 +107,11 @@ CASES = [
     ("window(3, dilation=0)", "compile", 1, 11, "dilation must be >= 1, got 0", None),
     ("causal & sink(0)", "compile", 1, 15, "count must be >= 1, got 0", None),
     ("random(0, block=4)", "compile", 1, 8, "count must be >= 1, got 0", None),
+    ("topk(0, block=4)", "compile", 1, 6, "topk: count must be >= 1, got 0", None),
+    ("topk(2, block=4, threshold=1.5)", "compile", 1, 18, "topk: threshold must be in (0, 1], got 1.5",
+     "threshold=0.9"),
+    ("topk(threshold=0, block=4)", "compile", 1, 6, "threshold must be in (0, 1], got 0.0", None),
+    ("topk(threshold=-0.25, block=4)", "compile", 1, 6, "threshold must be in (0, 1], got -0.25", None),
     ("window(3, block=0)", "compile", 1, 11, "block must be >= 1, got 0", None),
     ("global(3, block=0)", "compile", 1, 11, "global: block must be >= 1, got 0", None),
     ("sink(99999999999999999999)", "compile", 1, 6, "integer 99999999999999999999 is too large", "2**62"),
@@ -205,9 +234,10 @@ def check_report(e: PatternError):
 # --------------------------------------------------------------------------- fuzzing
 
 WORDS = sorted(REGISTRY) + ["pattern", "let", "heads", "grid", "true", "false", "N", "M", "h", "min", "max",
-                            "w", "x", "windw", "dilation", "block", "phase", "seed", "stride", "causal", "size"]
+                            "w", "x", "windw", "dilation", "block", "phase", "seed", "stride", "causal", "size",
+                            "threshold", "shared", "query", "group", "token"]
 PUNCT = ["(", ")", ",", ":", "=", "|", "&", "-", "+", "*", "//", "%", "..", "#", "\\\n", "\n", "\n    ", "\n  ",
-         "\t", " ", "(", ")", "$", "^", "'", ".", "/", "<", "1.5"]
+         "\t", " ", "(", ")", "$", "^", "'", ".", "/", "<", "1.5", "0.5"]
 TOKENS = st.one_of(st.sampled_from(WORDS), st.sampled_from(PUNCT),
                    st.integers(-3, 300).map(str), st.just(" "))
 
@@ -265,10 +295,11 @@ def test_fuzz_calls(data):
     """Every primitive with random argument lists: type and value errors, never a crash."""
     name = data.draw(st.sampled_from(sorted(REGISTRY)))
     value = st.one_of(st.integers(-3, 20).map(str), st.sampled_from(["N", "h", "N // 2", "h % 4", "true", "(2, 3)",
-                                                                      "(1,)", "causal", "1..4", "M - 30", "x"]))
+                                                                      "(1,)", "causal", "1..4", "M - 30", "x",
+                                                                      "0.5", "group", "token", "head", "block"]))
     args = data.draw(st.lists(value, max_size=3))
     keys = ["block", "dilation", "stride", "seed", "phase", "causal", "size", "left", "right", "count", "period",
-            "tokens", "bogus"]
+            "tokens", "threshold", "shared", "query", "bogus"]
     kwargs = data.draw(st.dictionaries(st.sampled_from(keys), value, max_size=3))
     call = f"{name}({', '.join(args + [f'{k}={v}' for k, v in kwargs.items()])})"
     only_pattern_errors(f"let x = 2\npattern p:\n    {call}\n")
@@ -286,10 +317,11 @@ SEEDS = [
     "causal & (window(5, block=2) | pow2(block=2) | sink(1, block=2))",
     "global(0, 3..5, N - 1) | random(2, block=4, seed=7) - blocked(N // 3 + 1)",
     "causal & topk(2, block=4)",
+    "causal & topk(threshold=0.5, block=4, shared=group, query=token)",
     "neighborhood(3, stride=2, dilation=2, causal=true) & strided(2)",
     "pattern p(a = 2, b = N // 4):\n    let c = min(a, b)\n    window(c, max(a, 1), dilation = 1 + h % 2)\n",
 ]
-_TOKEN_RE = re.compile(r"\s+|[A-Za-z_][A-Za-z_0-9]*|\d+|//|\.\.|.", re.S)
+_TOKEN_RE = re.compile(r"\s+|[A-Za-z_][A-Za-z_0-9]*|\d+\.\d+|\d+|//|\.\.|.", re.S)
 
 
 @settings(max_examples=examples(800))

@@ -95,8 +95,15 @@ def primitive(draw, names=(), routed=True, local=True):
     if kind == "random":
         seed = f", seed={draw(st.integers(0, 99))}" if draw(st.booleans()) else ""
         return f"random({fixed()}, block={fixed()}{seed})"
-    if kind == "topk":
-        return f"topk({draw(st.integers(1, 5))}, block={draw(st.integers(1, 9))})"
+    if kind == "topk":  # k or threshold= (or both), the keywords in any order
+        count = [str(draw(st.integers(1, 5)))] if draw(st.integers(0, 2)) else []
+        keywords = [f"block={draw(st.integers(1, 9))}"]
+        if not count or draw(st.booleans()):
+            keywords.append(f"threshold={draw(st.sampled_from(['0.5', '0.9', '1', '0.25', '1.0', '0.333']))}")
+        for name, choices in (("shared", ["head", "group"]), ("query", ["block", "token"])):
+            if draw(st.booleans()):
+                keywords.append(f"{name}={draw(st.sampled_from(choices))}")
+        return f"topk({', '.join(count + draw(st.permutations(keywords)))})"
     # 1-D neighborhood: small constants, valid for N >= 8
     K = draw(st.integers(1, 4))
     args = [str(K)]
@@ -241,6 +248,11 @@ def test_printing_examples():
         "random(2, seed=0, block=4)": "random(2, block=4)",
         "random(2, seed=7, block=4)": "random(2, block=4, seed=7)",
         "topk(4, block=512) & causal": "topk(4, block=512) & causal",
+        "topk(4, block=512, threshold=0.90, shared=head, query=block)": "topk(4, block=512, threshold=0.9)",
+        "topk(query=token, threshold=1, block=64)": "topk(block=64, threshold=1.0, query=token)",
+        "topk(count=2, block=8, shared=group)": "topk(2, block=8, shared=group)",
+        "topk(threshold=0.000_01, block=8)": "topk(block=8, threshold=0.00001)",
+        "topk(threshold=(0.5), block=8)": "topk(block=8, threshold=0.5)",
         "global(0, 5..9, N - 1)": "global(0, 5..9, N - 1)",
         "(full) - (sink(2) | causal)": "full - (sink(2) | causal)",
         "(full - sink(2)) - causal": "full - sink(2) - causal",

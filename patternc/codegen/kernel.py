@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from .predicate import FLOOR_HELPERS, predicate_source
 
-GENERATOR_VERSION = 6  # bump when the generated code changes: it is part of every cache key
+GENERATOR_VERSION = 7  # bump when the generated code changes: it is part of every cache key
 
 
 @dataclass(frozen=True)
@@ -37,12 +37,14 @@ class KernelSpec:
     runs: tuple[int, int] | None = None  # (full, partial) runs per row; None: index tables
     tma: bool = False
     residue: int | None = None  # tokens ordered by residue class modulo this (Layout.permutation)
-    routed: bool = False  # per (batch, head) tables whose partial entries carry the topk choice
+    # topk at run time: per (batch, head) tables; "block": partial entries carry the choice of
+    # their key block, "token": every query row reads its own choice (a bit per key block)
+    routed: str = ""
 
 
 def make_spec(pattern, heads: int, M: int, N: int, head_dim: int, block_m: int, block_n: int,
               num_warps: int, num_stages: int, runs: tuple[int, int] | None = None, tma: bool = False,
-              residue: int | None = None, routed: bool = False) -> KernelSpec:
+              residue: int | None = None, routed: str = "") -> KernelSpec:
     """The kernel for `pattern` with `heads` query heads. Lengths matter only to patterns on a
     token grid (their index arithmetic uses the grid's shape); other kernels serve every length."""
     grid = pattern.grid_shape(M, N)
@@ -249,13 +251,25 @@ _CALL = """acc, l_i, m_i = online_softmax_step(
     HEAD_DIM=HEAD_DIM)"""
 
 
-def _loops_table(step_args: str, routed: bool = False) -> str:
+_DECODE = {
+    "": """        start_n = tl.multiple_of(tl.load(partial_row + i) * BLOCK_N, BLOCK_N)""",
+    "block": """        entry = tl.load(partial_row + i)  # key tile | the topk choice << 30
+        start_n = tl.multiple_of((entry & 0x3FFFFFFF) * BLOCK_N, BLOCK_N)
+        selected = entry >> 30""",
+    "token": """        start_n = tl.multiple_of(tl.load(partial_row + i) * BLOCK_N, BLOCK_N)
+        # each query row's own topk choice of this key block: one bit of its words
+        key_block = start_n // route_block
+        words = tl.load(choice_rows + key_block // 32, mask=offs_m < Q_LEN, other=0)
+        selected = ((words >> (key_block % 32)) & 1)[:, None]""",
+}
+
+
+def _loops_table(step_args: str, routed: str = "") -> str:
     call = textwrap.indent(_CALL, " " * 8)
     row = "off_hz" if routed else "off_h"  # routed tables are per (batch, head)
-    decode = ("""        entry = tl.load(partial_row + i)  # key tile | the topk choice << 30
-        start_n = tl.multiple_of((entry & 0x3FFFFFFF) * BLOCK_N, BLOCK_N)
-        selected = entry >> 30""" if routed else
-              """        start_n = tl.multiple_of(tl.load(partial_row + i) * BLOCK_N, BLOCK_N)""")
+    rows = ("""
+    choice_rows = choice_words + off_hz * stride_cwh + offs_m * stride_cwm""" if routed == "token" else "")
+    decode = _DECODE[routed]
     return f"""    # full tiles: every (query, key) pair is visible
     n_full = tl.load(full_kv_num_blocks + {row} * stride_fnh + start_m)
     full_row = full_kv_indices + {row} * stride_fih + start_m * stride_fim
@@ -265,7 +279,7 @@ def _loops_table(step_args: str, routed: bool = False) -> str:
 
     # partial tiles: the pattern's predicate decides per element
     n_partial = tl.load(kv_num_blocks + {row} * stride_pnh + start_m)
-    partial_row = kv_indices + {row} * stride_pih + start_m * stride_pim
+    partial_row = kv_indices + {row} * stride_pih + start_m * stride_pim{rows}
     for i in range(0, n_partial):
 {decode}
 {call.format(step_args=step_args, masked=True).replace("{sel_call}", "{sel_partial}")}
@@ -373,6 +387,10 @@ def module_source(spec: KernelSpec, summary: str = "") -> str:
     iteration["loops"] = (_loops_runs(memory["step_args"], spec.runs) if spec.runs is not None
                           else _loops_table(memory["step_args"], spec.routed))
     order = RESIDUE if spec.residue is not None else NATURAL
+    if spec.routed == "token":
+        iteration["layout_params"] += ",\n    choice_words, stride_cwh, stride_cwm, route_block"
+        iteration["layout_args"] += ("\n        layout.choice_words, layout.choice_words.stride(0), "
+                                     "layout.choice_words.stride(1), layout.block,")
     parts = {**memory, **iteration, **(ROUTED if spec.routed else STATIC)}
     description = textwrap.fill(
         f"tiles: BLOCK_M={spec.block_m} x BLOCK_N={spec.block_n}, head_dim {spec.head_dim}, {spec.num_warps} warps, "

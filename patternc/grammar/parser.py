@@ -1,6 +1,8 @@
 """Pattern text -> IR. The grammar is data (`pattern.lark`); this module turns its trees into
 `Pattern`s, resolving names in scope (lets, pattern parameters, N/M/h, earlier patterns) and
-checking types, and turns lark's syntax errors into `PatternError`s taught by example.
+checking types (a decimal such as `0.9` is a float, accepted only by parameters that take one;
+a keyword argument of a CHOICE parameter, `shared=group`, is a bare name, not looked up), and
+turns lark's syntax errors into `PatternError`s taught by example.
 
 Whatever the text, only a `PatternError` leaves `parse_text`: bad indentation, integers past
 2**62 - 1 and expressions nested deeper than `MAX_DEPTH` included."""
@@ -19,6 +21,7 @@ from ..ir.expr import Sym, Term, maximum, minimum
 from ..ir.nodes import Difference, Intersect, Node, Union
 from ..ir.pattern import Pattern, Section
 from ..primitives import REGISTRY
+from ..primitives.base import format_value
 
 BUILTIN_NAMES = {"N": "number of keys", "M": "number of queries", "h": "head index"}
 FUNCTIONS = {"min": minimum, "max": maximum}
@@ -82,11 +85,13 @@ MAX_DEPTH = 100  # nesting levels of the syntax tree: deeper ones would exhaust 
 
 @dataclass
 class _Val:
-    value: object  # Term | Node | tuple | ("range", a, b)
+    value: object  # Term | Node | tuple | ("range", a, b) | float (a decimal)
     span: Span
 
 
 def _describe(v) -> str:
+    if isinstance(v, float):
+        return format_value(v)
     if isinstance(v, Node):
         return "a pattern"
     if isinstance(v, tuple):
@@ -251,6 +256,10 @@ class _Builder:
     def e_number(self, tree, scope):
         return self.integer(tree.children[0])
 
+    def e_decimal(self, tree, scope):
+        tok = tree.children[0]
+        return _Val(float(tok.replace("_", "")), self.span(tok))
+
     def chain(self, tree, scope) -> _Val:
         """A left-deep run of binary operators (`a | b | c ...`), walked without recursion."""
         spine = []
@@ -294,14 +303,20 @@ class _Builder:
     def e_call(self, tree, scope):
         name_tok, args_tree = tree.children
         name, span = str(name_tok), self.span(tree.meta)
+        primitive = REGISTRY.get(name)
         args, kwargs = [], {}
         for a in (args_tree.children if args_tree is not None else []):
             if a is None:
                 continue
             if isinstance(a, Tree) and a.data in ("kwarg", "kwarg_range"):
                 key = a.children[0]
-                value = self.e_range(Tree("range", a.children[1:], a.meta), scope) if a.data == "kwarg_range" \
-                    else self.expr(a.children[1], scope)
+                choice = primitive is not None and primitive.takes_name(str(key)) and _bare_name(a.children[1])
+                if a.data == "kwarg_range":
+                    value = self.e_range(Tree("range", a.children[1:], a.meta), scope)
+                elif choice:  # `shared=group`: the name itself, not looked up
+                    value = _Val(Term.var(str(choice)), self.span(a.meta))
+                else:
+                    value = self.expr(a.children[1], scope)
                 if str(key) in kwargs:
                     raise PatternError(f"{name}() got parameter '{key}' twice", self.span(key))
                 kwargs[str(key)] = (value.value, self.span(a.meta))  # `name=value`: errors point at the name
@@ -335,14 +350,17 @@ class _Builder:
         vals = [self.expr(c, scope) for c in tree.children if c is not None]
         for v in vals:
             if not isinstance(v.value, Term):
-                raise PatternError(f"tuples hold numbers, got {_describe(v.value)}", v.span)
+                raise PatternError(f"tuples hold integers, got {_describe(v.value)}", v.span)
         return _Val(tuple(v.value for v in vals), self.span(tree.meta))
 
     def e_neg(self, tree, scope):
         signs = 0
         while isinstance(tree, Tree) and tree.data == "neg":  # `- - x` without recursion
             signs, span, tree = signs + 1, self.span(tree.meta), tree.children[0]
-        t = self.number(self.expr(tree, scope), "a number after unary -")
+        v = self.expr(tree, scope)
+        if isinstance(v.value, float):  # -0.5: a decimal parameter's range check says more than a type error
+            return _Val(-v.value if signs % 2 else v.value, span)
+        t = self.number(v, "a number after unary -")
         return _Val((-Sym(t)).term if signs % 2 else t, span)
 
     def _binary(self, tree, a: _Val, b: _Val, op: str):
@@ -352,7 +370,8 @@ class _Builder:
             if op not in nodes:
                 raise PatternError(f"'{op}' doesn't combine patterns", span, "patterns combine with |, & and -")
             return _Val(nodes[op](a.value, b.value, span=span), span)
-        if isinstance(a.value, Term) and isinstance(b.value, Term) and op not in ("|", "&"):
+        numbers = (Term, float)  # decimals reach here only to be refused: arithmetic is on integers
+        if isinstance(a.value, numbers) and isinstance(b.value, numbers) and op not in ("|", "&"):
             for v in (a, b):
                 self.number(v, f"a number around '{op}'")
             if op in ("//", "%") and b.value.is_const and b.value.value == 0:
@@ -371,6 +390,13 @@ class _Builder:
                                "use a primitive such as window(w) or causal here")
         raise PatternError(f"can't apply '{op}' to {_describe(a.value)} and {_describe(b.value)}", span,
                            "patterns combine with |, & and -; numbers with + - * // %")
+
+
+def _bare_name(tree) -> Token | None:
+    """The NAME token if the expression is just a name (`group` in `shared=group`)."""
+    if isinstance(tree, Tree) and tree.data == "name":
+        tree = tree.children[0]
+    return tree if isinstance(tree, Token) and tree.type == "NAME" else None
 
 
 _BINARY = {"union": "|", "intersect": "&", "add": "+", "sub": "-", "mul": "*", "floordiv": "//",
@@ -408,7 +434,8 @@ def _syntax_error(e: UnexpectedInput, source: Source, start: str) -> PatternErro
     if isinstance(e, UnexpectedCharacters):
         ch = source.text[e.pos_in_stream] if e.pos_in_stream < len(source.text) else "?"
         return PatternError(f"unexpected character {ch!r}", span,
-                            "names are letters, digits and _; numbers are integers; ranges are written a..b")
+                            "names are letters, digits and _; numbers are integers or decimals such as 0.9; "
+                            "ranges are written a..b")
     if label is not None:
         return PatternError(f"syntax error: {label[0]}", span, label[1])
     if isinstance(e, UnexpectedToken):
@@ -439,8 +466,8 @@ def _check_depth(tree: Tree, source: Source):
 
 
 _TOKEN_NAMES = {"LPAR": "'('", "RPAR": "')'", "COLON": "':'", "COMMA": "','", "EQUAL": "'='", "NAME": "a name",
-                "NUMBER": "a number", "VBAR": "'|'", "AMPERSAND": "'&'", "MINUS": "'-'", "PLUS": "'+'",
-                "STAR": "'*'", "PERCENT": "'%'", "SLASH": "'/'", "__ANON_0": "'//'", "__ANON_1": "'..'"}
+                "NUMBER": "a number", "DECIMAL": "a decimal", "VBAR": "'|'", "AMPERSAND": "'&'", "MINUS": "'-'",
+                "PLUS": "'+'", "STAR": "'*'", "PERCENT": "'%'", "SLASH": "'/'", "__ANON_0": "'//'", "__ANON_1": "'..'"}
 
 
 def _pretty(t: str) -> str:

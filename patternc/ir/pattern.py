@@ -224,17 +224,18 @@ class Pattern:
         N = M if N is None else N
         data = {} if q is None else {"q": _heads_first(q, "q"), "k": _heads_first(k, "k")}
         if self.is_routed and data:  # the chosen blocks, then a plain lookup (traceable by vmap)
-            from ..primitives.topk import select_blocks
-            from ..runtime.routed import static_variants
+            from ..runtime.routed import routed_node, select, static_variants
 
-            chosen, nothing, count, block = static_variants(self)
+            chosen, nothing, _, block = static_variants(self)
             t_chosen, t_other = chosen.predicate_terms(M, N, heads)[0][1], nothing.predicate_terms(M, N, heads)[0][1]
-            selection = select_blocks(data["q"], data["k"], count, block, under_causal(self.expr))
-            n_q, n_k = selection.shape[1:]
+            selection = select(data["q"][None], data["k"][None], self)[0]  # [H, rows, nK]
+            rows, n_k = selection.shape[1:]
+            per_token = routed_node(self).query == "token"
 
             def routed_mask_mod(b, h, q_idx, kv_idx):
                 env = {"q": q_idx, "k": kv_idx, "h": h, "M": M, "N": N}
-                picked = selection[h, (q_idx // block).clamp(max=n_q - 1), (kv_idx // block).clamp(max=n_k - 1)]
+                row = q_idx if per_token else q_idx // block
+                picked = selection[h, row.clamp(max=rows - 1), (kv_idx // block).clamp(max=n_k - 1)]
                 return (q_idx >= 0) & ((picked & evaluate(t_chosen, env)) | (~picked & evaluate(t_other, env)))
 
             return routed_mask_mod

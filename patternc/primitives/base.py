@@ -1,8 +1,8 @@
 """What every primitive is: a frozen IR node with typed parameters and one rule.
 
 A primitive subclass declares its parameters as dataclass fields (each a `Term`, a tuple of
-Terms, or a bool/str), checks them in `check`, and states its meaning once in `rule(p, ctx,
-q, k)`: plain Python arithmetic that `patternc.ir.expr` evaluates as a torch mask, as interval
+Terms, a float, or a bool/str), checks them in `check`, and states its meaning once in
+`rule(p, ctx, q, k)`: plain Python arithmetic that `patternc.ir.expr` evaluates as a torch mask, as interval
 arithmetic over tiles, or symbolically into the Triton predicate. `band` bounds the keys a
 range of queries can see, so that layouts visit only candidate tiles.
 
@@ -24,8 +24,9 @@ from ..ir.nodes import MAX_INTERVALS, Node  # noqa: F401 - MAX_INTERVALS is shar
 
 REGISTRY: dict[str, type[Primitive]] = {}
 
-# parameter kinds: how a field is written and evaluated
-INT, INTS, BOOL, CHOICE, INDICES = "int", "ints", "bool", "choice", "indices"
+# parameter kinds: how a field is written and evaluated. FLOAT: a constant decimal (`0.9`) or
+# integer, stored as a float; CHOICE: a bare name among `choices` (`shared=group`), stored as a str
+INT, INTS, BOOL, CHOICE, INDICES, FLOAT = "int", "ints", "bool", "choice", "indices", "float"
 
 
 def param(default=dataclasses.MISSING, kind=INT, doc="", choices=()):
@@ -72,6 +73,11 @@ class Primitive(Node):
             REGISTRY[cls.name] = cls
 
     # ------------------------------------------------------------------ construction
+
+    @classmethod
+    def takes_name(cls, param_name: str) -> bool:
+        """Is the parameter written as a bare name (a CHOICE such as `shared=group`)?"""
+        return any(f.name == param_name and f.metadata.get("kind") == CHOICE for f in cls.params_spec())
 
     @classmethod
     def params_spec(cls):
@@ -258,6 +264,8 @@ def format_value(v) -> str:
         return f"({inner},)" if len(v) == 1 else f"({inner})"
     if isinstance(v, bool):
         return "true" if v else "false"
+    if isinstance(v, float):  # positional, shortest round-tripping digits: 1e-05 would not parse
+        return np.format_float_positional(v, trim="0")
     return str(v)
 
 
@@ -284,11 +292,20 @@ def _coerce(cls, f, value, span):
         if isinstance(value, Term) and value.is_const and isinstance(value.value, bool):
             return value.value
         raise PatternError(f"{cls.name}(): '{f.name}' must be true or false, got {describe(value)}", span, usage)
+    if kind == FLOAT:
+        if isinstance(value, float):
+            return value
+        if is_int(value) and value.is_const:
+            return float(value.value)
+        got = f"'{value}'" if is_int(value) else describe(value)
+        raise PatternError(f"{cls.name}(): '{f.name}' must be a constant number such as 0.9, got {got}", span, usage)
     if kind == CHOICE:
+        choices = f.metadata["choices"]
         name = value.args[0] if isinstance(value, Term) and value.op == "var" else None
-        if name not in f.metadata["choices"]:
-            raise PatternError(f"{cls.name}(): '{f.name}' must be one of {', '.join(f.metadata['choices'])}, "
-                               f"got {describe(value)}", span, usage)
+        if name not in choices:
+            guess = closest(name, choices) if name else None
+            raise PatternError(f"{cls.name}(): '{f.name}' must be one of {', '.join(choices)}, got {describe(value)}",
+                               span, f"did you mean '{guess}'?" if guess else usage)
         return name
     raise AssertionError(kind)
 
@@ -302,6 +319,8 @@ def _free_vars(value) -> set[str]:
 
 
 def describe(value) -> str:
+    if isinstance(value, float):
+        return format_value(value)
     if isinstance(value, Term):
         if value.is_const and isinstance(value.value, bool):
             return "a boolean"

@@ -1,80 +1,124 @@
-"""`topk(k, block=b)`: routed attention (MoBA, BiFormer): per query block, the `k` key blocks whose
-mean key scores highest against the block's mean query (fp32 dot product). The query's own
-block is always kept and counts toward `k`; under `causal` (the pattern is `causal & ...`)
-blocks in the future are never chosen (MoBA). Ties go to the lower block index. Resolved at run
-time from q and k.
+"""`topk(k, block=b, threshold=x, shared=head|group, query=block|token)`: routed attention (MoBA,
+BiFormer). Per query block, the `k` key blocks whose mean key scores highest against the block's
+mean query (fp32 dot product). The query's own block is always kept and counts toward `k`; under
+`causal` (the pattern is `causal & ...`) blocks in the future are never chosen (MoBA). Ties go
+to the lower block index. Resolved at run time from q and k.
 
 Blocks are `block` tokens from 0 (the last one possibly short; its mean is over its tokens).
 With M != N the own block of query block Q is `Q + ceil(N/b) - ceil(M/b)` (bottom-right, as
 causal). k may have fewer heads than q (GQA/MQA: each key head serves `H // Hkv` query heads).
 
-    causal & topk(2, block=2)
-    #.....
-    ##....
-    ###...   own block + the best earlier block
-    ####..
-    ##..#.
-    ##..##
+The options:
+
+- `threshold=x` (0 < x <= 1): instead of a fixed count, the fewest best blocks whose share of
+  the routing softmax (over the eligible blocks, scores scaled by `head_dim**-0.5`, fp32) reaches
+  `x`, at least one. With `k` too, at most `k - 1` of them. The own block comes on top.
+- `shared=group`: the `H // Hkv` query heads of a GQA group choose together, from the mean of
+  their query representations, and all see the same blocks (`head`, the default: each its own).
+- `query=token`: every query token routes by itself (not by its block's mean). Its own block is
+  `(t + N - M) // b` (none when that is negative); under `causal` it chooses only blocks before
+  it, so tokens of one block may see different blocks.
+
+Eligible blocks: `0 <= j < own` under causal, every `j != own` otherwise.
+
+    causal & topk(2, block=2)   causal & topk(2, block=2, query=token)
+    #.....                      #.....
+    ##....                      ##....
+    ###...                      ###...
+    ####..                      ####..
+    ##..#.                      ##..#.
+    ##..##                      ..####   rows 4 and 5 (one block) chose differently
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-
 from ..errors import PatternError
 from ..ir.expr import Term
-from .base import Primitive, param
+from .base import CHOICE, FLOAT, Primitive, format_value, param
 from .tables import lookup
 
 
-def select_blocks(q, k, count: int, block: int, causal: bool):
-    """bool [H, nQ, nK] block selection from q [H, M, D] and k [Hkv, N, D] (torch, any device)."""
+def select_blocks(q, k, count: int | None, block: int, causal: bool, threshold: float | None = None,
+                  shared: str = "head", query: str = "block"):
+    """The chosen key blocks, from q [H, M, D] and k [Hkv, N, D] (torch, any device): bool
+    [H, ceil(M/b), ceil(N/b)] (`query="block"`) or [H, M, ceil(N/b)] (`query="token"`).
+    `count` (own block included) or `threshold` may be None; see the module docstring."""
     import torch
 
-    H, M, _ = q.shape
+    H, M, D = q.shape
     Hkv, N, _ = k.shape
-    n_q, n_k = -(-M // block), -(-N // block)
+    n_k, group = -(-N // block), H // Hkv
 
-    def pool(x, n):
+    def pool(x, n):  # block means in fp32, the last block possibly short
         padded = torch.zeros(x.shape[0], n * block, x.shape[2], dtype=torch.float32, device=x.device)
         padded[:, : x.shape[1]] = x.float()
         counts = torch.full((n,), float(block), device=x.device)
         counts[-1] = x.shape[1] - (n - 1) * block
         return padded.view(x.shape[0], n, block, -1).sum(2) / counts[None, :, None]
 
-    qbar, kbar = pool(q, n_q), pool(k, n_k)
-    kbar = kbar.repeat_interleave(H // Hkv, dim=0)
-    scores = qbar @ kbar.transpose(1, 2)  # [H, nQ, nK]
-    own = torch.arange(n_q, device=q.device)[:, None] + (n_k - n_q)
+    kbar = pool(k, n_k)
+    if query == "block":
+        n_q = -(-M // block)
+        rows, own = pool(q, n_q), torch.arange(n_q, device=q.device) + (n_k - n_q)
+    else:
+        rows, own = q.float(), torch.div(torch.arange(M, device=q.device) + (N - M), block, rounding_mode="floor")
+    if shared == "group":  # one query representation per KV head: the group's mean
+        rows = rows.reshape(Hkv, group, *rows.shape[1:]).mean(1)
+    else:
+        kbar = kbar.repeat_interleave(group, dim=0)
+    scores = rows @ kbar.transpose(1, 2)  # [choosers, rows, nK]
     K = torch.arange(n_k, device=q.device)[None, :]
+    own = own[:, None]
     eligible = (K < own) if causal else (K != own)
-    scores = scores.masked_fill(~eligible, float("-inf"))
-    order = torch.sort(scores, dim=-1, descending=True, stable=True).indices[..., : max(count - 1, 0)]
-    chosen = torch.zeros(H, n_q, n_k, dtype=torch.bool, device=q.device)
-    chosen.scatter_(-1, order, torch.ones_like(order, dtype=torch.bool))
-    chosen &= eligible.expand_as(chosen)  # fewer eligible blocks than k-1: the -inf picks drop out
-    chosen |= (K == own).expand_as(chosen) & (own >= 0) & (own < n_k)
-    return chosen
+    ranked, order = torch.sort(scores.masked_fill(~eligible, float("-inf")), dim=-1, descending=True, stable=True)
+    rank = torch.arange(n_k, device=q.device).expand_as(order)
+    take = rank < (n_k if count is None else max(count - 1, 0))
+    if threshold is not None:
+        # mass ranked ahead of each block: take it while that is short of the threshold (rows
+        # without eligible blocks get NaN here and take nothing)
+        p = torch.softmax(ranked * D ** -0.5, dim=-1)
+        ahead = torch.nn.functional.pad(p.cumsum(-1)[..., :-1], (1, 0))
+        take &= ahead < threshold
+    chosen = torch.empty_like(take).scatter_(-1, order, take)
+    chosen &= eligible  # fewer eligible blocks than asked: the -inf picks drop out
+    chosen |= (K == own) & (own >= 0) & (own < n_k)
+    return chosen.repeat_interleave(group, dim=0) if shared == "group" else chosen
 
 
 @dataclass(frozen=True)
 class TopK(Primitive):
     name = "topk"
     per_head_tables = True
-    signature = "topk(k, block=b)"
-    head_invariant = ("block", "count")
-    count: Term = param(doc="key blocks per query block, the own block included")
+    signature = "topk(k, block=b, threshold=x, shared=head|group, query=block|token)"
+    head_invariant = ("block", "count", "threshold", "shared", "query")
+    count: Term | None = param(None, doc="key blocks per query block (or token), the own block included")
+    threshold: float | None = param(None, kind=FLOAT, doc="the share of the routing softmax the chosen blocks reach")
+    shared: str = param("head", kind=CHOICE, choices=("head", "group"), doc="choose per query head or per GQA group")
+    query: str = param("block", kind=CHOICE, choices=("block", "token"), doc="route query blocks or query tokens")
 
     @classmethod
-    def make(cls, count, span=None, arg_spans=(), block=None):
+    def make(cls, count=None, span=None, arg_spans=(), block=None, threshold=None, **params):
         if block is None:
             raise PatternError("topk() needs block=b (the routing block size in tokens)", span,
                                "e.g. topk(4, block=512), as MoBA")
-        return cls(count, span=span, arg_spans=arg_spans, block=block)
+        if count is None and threshold is None:
+            raise PatternError("topk() needs k or threshold=...", span,
+                               "e.g. topk(4, block=512) or topk(threshold=0.9, block=512)")
+        return cls(count, span=span, arg_spans=arg_spans, block=block, threshold=threshold, **params)
 
     def check(self, p, ctx):
         super().check(p, ctx)
         self.positive(p, "count")
+        if p.threshold is not None and not 0 < p.threshold <= 1:
+            self.fail("threshold", f"threshold must be in (0, 1], got {format_value(p.threshold)}",
+                      "the share of the routing softmax to keep, e.g. threshold=0.9")
+
+    def visible(self, ctx, q, k):
+        if self.query == "block":
+            return super().visible(ctx, q, k)
+        p = self.params(ctx)
+        return self.rule(p, ctx, q, k // p.block)  # rows are query tokens, columns key blocks
 
     def rule(self, p, ctx, q, k):
         data = ctx.data
@@ -83,6 +127,14 @@ class TopK(Primitive):
                                "pass q= and k= (tensors [heads, length, head_dim]) to mask() or layout()")
         key = ("topk", self)
         if key not in data:
-            data[key] = select_blocks(data["q"], data["k"], int(p.count), int(p.block), data.get("causal", False))
-        chosen = data[key].cpu().numpy()
+            count = None if p.count is None else int(p.count)
+            data[key] = select_blocks(data["q"], data["k"], count, int(p.block), data.get("causal", False),
+                                      threshold=p.threshold, shared=p.shared, query=p.query).cpu().numpy()
+        chosen = data[key]
         return lookup(lambda head: chosen[head], ctx.h, q, k)
+
+    def __str__(self):  # k positionally when given, then the keywords that differ from their defaults
+        args = [] if self.count is None else [format_value(self.count)]
+        args += [f"{f.name}={format_value(getattr(self, f.name))}" for f in self.params_spec()
+                 if f.name != "count" and getattr(self, f.name) != f.default]
+        return f"topk({', '.join(args)})"

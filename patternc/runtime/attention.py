@@ -78,7 +78,7 @@ def _layout(pattern: Pattern, M: int, N: int, H: int, block_m: int, block_n: int
 
 @lru_cache(maxsize=256)
 def _kernel(pattern: Pattern, H: int, M: int, N: int, head_dim: int, block_m: int, block_n: int,
-            num_warps: int, num_stages: int, runs, tma: bool, residue, device_tag: str, routed: bool = False):
+            num_warps: int, num_stages: int, runs, tma: bool, residue, device_tag: str, routed: str = ""):
     from ..codegen.kernel import make_spec, module_source
     from .cache import load_module
 
@@ -136,8 +136,6 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
         return reference_attention(q, k, v, pattern_obj, scale, return_lse)
     pattern, user_pattern = pattern_obj, pattern
     device_tag = _device_tag(q.device)
-    if pattern.is_routed:
-        return _routed_attention(q, k, v, pattern, scale, return_lse, config, interpret, device_tag, return_layout)
     if config is None and not interpret:
         config = _tuned_config(q, k, v, pattern, scale, device_tag)
     cfg = dict(default_config(D, q.dtype, interpret), **(config or {}))
@@ -150,35 +148,35 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
 
 
 def _run(module, layout, q, k, v, scale, return_lse, return_layout):
-    """Launch a generated kernel; (out[, lse][, layout]) as `attention` returns them."""
+    """Launch a generated kernel; (out[, lse][, layout]) as `attention` returns them. A routed
+    pattern's layout is its plan: the blocks are selected first, from q and k."""
     import torch
 
+    from .routed import RoutedPlan
+
+    if isinstance(layout, RoutedPlan):
+        layout = layout.layout(q, k)
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device) if return_lse else None
     out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse)
     result = (out,) + ((lse,) if return_lse else ()) + ((layout,) if return_layout else ())
     return result if len(result) > 1 else out
 
 
-def _routed_attention(q, k, v, pattern, scale, return_lse, config, interpret, device_tag, return_layout):
-    """Routed patterns: select blocks on the device, assemble the layout, run the kernel."""
-    from .routed import routed_plan, routed_layout, select, static_variants
-
-    B, H, M, D = q.shape
-    N = k.shape[2]
-    block = static_variants(pattern)[3]
-    cfg = dict(default_config(D, q.dtype, interpret), **(config or {}))
-    for side in ("block_m", "block_n"):
-        while block % cfg[side] and cfg[side] > 16:
-            cfg[side] //= 2
-    plan = routed_plan(pattern, M, N, H, cfg["block_m"], cfg["block_n"], str(q.device))
-    layout = routed_layout(plan, select(q, k, pattern))
-    module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],
-                     None, cfg.get("memory", "pointers") == "tma", None, device_tag, routed=True)
-    return _run(module, layout, q, k, v, scale, return_lse, return_layout)
-
-
 def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag):
-    """(generated module, layout) for one config; both cached."""
+    """(generated module, layout) for one config; both cached. For routed patterns the layout
+    is a `RoutedPlan`, and tiles that do not divide the routing block are halved until they do."""
+    if pattern.is_routed:
+        from .routed import routed_plan, static_variants
+
+        block = static_variants(pattern)[3]
+        cfg = dict(cfg)
+        for side in ("block_m", "block_n"):
+            while block % cfg[side] and cfg[side] > 16:
+                cfg[side] //= 2
+        plan = routed_plan(pattern, M, N, H, cfg["block_m"], cfg["block_n"], device)
+        module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],
+                         None, cfg.get("memory", "pointers") == "tma", None, device_tag, routed=plan.topk.query)
+        return module, plan
     layout = _layout(pattern, M, N, H, cfg["block_m"], cfg["block_n"], device, cfg.get("order", "auto"))
     runs = layout.runs() if cfg.get("iteration", "auto") != "table" else None
     runs_shape = None if runs is None else (runs[0].shape[2], runs[1].shape[2])
@@ -203,7 +201,7 @@ def _tuned_config(q, k, v, pattern, scale, device_tag) -> dict:
 
     def run(cfg):
         module, layout = _prepare(pattern, B, H, M, N, D, dict(cfg), str(q.device), device_tag)
-        module.launch(q, k, v, layout, scale=scale)
+        _run(module, layout, q, k, v, scale, False, False)
 
     best = autotune.tune(run, autotune.candidates(D, q.dtype, torch.cuda.get_device_capability(q.device)))
     autotune.remember(key, best)

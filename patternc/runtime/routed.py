@@ -3,10 +3,11 @@
 A routed pattern's tiles depend on q and k, but only through one bit per (key block, query
 block): whether topk chose it. With blocks made of whole tiles, every tile's class is one of
 two static layouts, the pattern with topk replaced by `full` (chosen) or by nothing (not
-chosen). Both are built analytically once per shape; per call the selection (pool, score,
-top-k on the device) picks between them with gathers and a row-wise compaction, all on the
-device, without host synchronisation, K/V gathers or N x N buffers. Partial tiles carry the
-choice to the kernel in their index entries (bit 30), where the predicate reads it.
+chosen). Both are built analytically once per shape (`routed_plan`); per call two Triton
+kernels (`routing.py`) pool, score and select on the device and compact each tile row's
+candidates into index tables, without host synchronisation, K/V gathers or N x N buffers.
+Partial tiles carry the choice to the kernel in their index entries (bit 30), where the
+predicate reads it.
 """
 from __future__ import annotations
 
@@ -44,99 +45,173 @@ def _replace(node: Node, target: Node, by: Node) -> Node:
 
 
 def static_variants(pattern: Pattern) -> tuple[Pattern, Pattern, int, int]:
-    """(pattern with topk := every key, pattern with topk := no key, k, routing block size)."""
+    """(pattern with topk := every key, pattern with topk := no key, k or None, routing block)."""
     routed_node(pattern)
     expr = pattern.expr
     target = next(n for n in expr.walk() if isinstance(n, TopK))
-    if not (target.block.is_const and target.count.is_const):
+    if not (target.block.is_const and (target.count is None or target.count.is_const)):
         raise PatternError("topk's k and block must be constants at run time", target.span)
     chosen = Pattern(_replace(expr, target, Full()), grid=pattern.grid)
     nothing = Pattern(_replace(expr, target, Difference(Full(), Full())), grid=pattern.grid)
-    return chosen, nothing, target.count.value, target.block.value
+    count = None if target.count is None else target.count.value
+    return chosen, nothing, count, target.block.value
 
 
 @dataclass(frozen=True, eq=False)
 class RoutedPlan:
-    """Per head, the candidate tiles (union of both static layouts) sorted by (query, key) tile,
-    with their class when chosen / not chosen: int tensors `[H, P]` on the device."""
+    """What a routed pattern needs per shape, built once: the candidate tiles of every tile row
+    (union of the two static layouts) with their class when chosen / not chosen, as int tensors
+    on the device (`row_ptr [Hp, Mt+1]`, `cand_kt [Hp, P]`, `cand_cls [Hp, P]` = chosen class |
+    other class << 2; Hp = 1 when every head has the same candidates), the index tables' width
+    and the row order. `layout(q, k)` runs the selection kernels."""
 
-    block: int
+    topk: TopK
+    causal: bool
     block_m: int
     block_n: int
     M: int
     N: int
-    cand_qt: object
+    heads: int
+    row_ptr: object
     cand_kt: object
-    class_chosen: object
-    class_other: object
-    row_start: object  # index of the first candidate of each candidate's row
-    width: int  # most candidates in one row: the index tables' width
+    cand_cls: object
+    width: int  # most tiles one row can visit: the index tables' width
     row_order: object  # [H, Mt], longest rows first (as static layouts)
+
+    def layout(self, q, k) -> RoutedLayout:
+        """Select on the device (q `[B, H, M, D]`, k `[B, Hkv, N, D]`) and build the index tables."""
+        import torch
+
+        from .routing import pool_keys, select_and_compact, select_tokens_and_compact
+
+        B, H, M, D = q.shape
+        Hkv, N = k.shape[1], k.shape[2]
+        b, node = int(self.topk.block.value), self.topk
+        n_q, n_k, Mt, key_tiles = -(-M // b), -(-N // b), -(-M // self.block_m), -(-N // self.block_n)
+        q = q if q.stride(-1) == 1 else q.contiguous()
+        k = k if k.stride(-1) == 1 else k.contiguous()
+        kbar = torch.empty(B, Hkv, n_k, D, dtype=torch.float32, device=q.device)
+        rows = min(64, triton_pow2(b))
+        pool_keys[(n_k, B * Hkv)](k, k.stride(0), k.stride(1), k.stride(2), kbar, Hkv, N, n_k, b,
+                                  HEAD_DIM=D, ROWS=rows, num_warps=4)
+        tables = [torch.empty(B * H, Mt, self.width, dtype=torch.int32, device=q.device) for _ in range(2)]
+        counts = [torch.empty(B * H, Mt, dtype=torch.int32, device=q.device) for _ in range(2)]
+        unit = H // Hkv if node.shared == "group" else 1
+        plan_args = (self.row_ptr, self.cand_kt, self.cand_cls,
+                     self.cand_kt.stride(0) if self.cand_kt.shape[0] > 1 else 0,
+                     counts[0], tables[0], counts[1], tables[1], counts[0].stride(0), tables[0].stride(0),
+                     tables[0].stride(1))
+        count = n_k if node.count is None else int(node.count.value) - 1
+        options = dict(CAUSAL=self.causal, THRESHOLD=node.threshold is not None, HEAD_DIM=D, CAND_CHUNK=256,
+                       BLOCK_M=self.block_m, BLOCK_N=self.block_n, num_warps=4)
+        after = (count, 2.0 if node.threshold is None else float(node.threshold), D ** -0.5, H // Hkv, unit)
+        grid = (n_q if node.query == "block" else Mt, B * (H // unit))
+        if node.query == "block":
+            nkp = triton_pow2(n_k)
+            choice = torch.empty(B, H, n_q, n_k, dtype=torch.uint8, device=q.device)
+            select_and_compact[grid](q, q.stride(0), q.stride(1), q.stride(2), kbar, choice, *plan_args,
+                                     H, M, N, n_q, n_k, Mt, b, *after, D_CHUNK=max(16, min(D, 4096 // nkp)),
+                                     ROWS=rows, NKP=nkp, **options)
+            return RoutedLayout(counts[1], tables[1], counts[0], tables[0], self.row_order, key_tiles, b, B,
+                                block_choice=choice.view(torch.bool))
+        if n_k > 1024:
+            raise PatternError(f"topk(query=token) routes among at most 1024 key blocks, got {n_k}", node.span,
+                               "use a larger block= or query=block")
+        nkp = max(32, triton_pow2(n_k))
+        words = torch.empty(B * H, M, nkp // 32, dtype=torch.int32, device=q.device)
+        state = torch.empty(B * H, Mt, n_k, dtype=torch.uint8, device=q.device)
+        select_tokens_and_compact[grid](q, q.stride(0), q.stride(1), q.stride(2), kbar, words, state, *plan_args,
+                                        H, M, N, n_k, Mt, b, *after, D_CHUNK=min(D, 32),
+                                        SUB_M=min(self.block_m, max(16, 2048 // nkp)), NKP=nkp,
+                                        WORDS_PER_ROW=nkp // 32, **options)
+        return RoutedLayout(counts[1], tables[1], counts[0], tables[0], self.row_order, key_tiles, b, B,
+                            choice_words=words, key_blocks=n_k)
+
+
+def triton_pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
 
 
 @lru_cache(maxsize=64)
 def routed_plan(pattern: Pattern, M: int, N: int, heads: int, block_m: int, block_n: int, device: str) -> RoutedPlan:
     import torch
 
-    chosen, nothing, _, block = static_variants(pattern)
+    chosen, nothing, count, block = static_variants(pattern)
     if block % block_m or block % block_n:
         raise PatternError(f"topk(block={block}) needs tiles that divide it, got {block_m}x{block_n}", pattern.span,
                            "pick block_m and block_n dividing the routing block")
     a = chosen.layout(M, N, heads=heads, block_m=block_m, block_n=block_n, order="natural")
     b = nothing.layout(M, N, heads=heads, block_m=block_m, block_n=block_n, order="natural")
-    n_kt = -(-N // block_n)
-    per_head = []
+    Mt, Nt = -(-M // block_m), -(-N // block_n)
+    per_head, most_other = [], 0
     for h in range(heads):
         qa, ka, ca = a._tiles[h]
         qb, kb, cb = b._tiles[h]
-        keys = np.union1d(qa * n_kt + ka, qb * n_kt + kb)
-        cls_a = np.zeros(len(keys), np.int8)
-        cls_b = np.zeros(len(keys), np.int8)
-        cls_a[np.searchsorted(keys, qa * n_kt + ka)] = ca
-        cls_b[np.searchsorted(keys, qb * n_kt + kb)] = cb
-        per_head.append((keys // n_kt, keys % n_kt, cls_a, cls_b))
-    P = max(len(t[0]) for t in per_head) or 1
-    Mt = -(-M // block_m)
-    qt = np.full((heads, P), Mt, np.int64)  # padding: a row past the end, never chosen
-    kt = np.zeros((heads, P), np.int64)
-    ca = np.zeros((heads, P), np.int8)
-    cb = np.zeros((heads, P), np.int8)
-    start = np.zeros((heads, P), np.int64)
-    width = 1
-    for h, (q_, k_, a_, b_) in enumerate(per_head):
-        n = len(q_)
-        qt[h, :n], kt[h, :n], ca[h, :n], cb[h, :n] = q_, k_, a_, b_
-        first = np.searchsorted(q_, q_, side="left")
-        start[h, :n] = first
-        start[h, n:] = n
-        if n:
-            width = max(width, int(np.bincount(q_).max()))
-    t = lambda x: torch.as_tensor(x, device=device)  # noqa: E731
-    return RoutedPlan(block, block_m, block_n, M, N, t(qt), t(kt), t(ca), t(cb), t(start), width, a.row_order.to(device))
+        keys = np.union1d(qa * Nt + ka, qb * Nt + kb)
+        cls = np.zeros(len(keys), np.int8)
+        cls[np.searchsorted(keys, qa * Nt + ka)] |= ca.astype(np.int8)
+        cls[np.searchsorted(keys, qb * Nt + kb)] |= cb.astype(np.int8) << 2
+        row_ptr = np.searchsorted(keys // Nt, np.arange(Mt + 1)).astype(np.int32)
+        per_head.append((row_ptr, (keys % Nt).astype(np.int32), cls))
+        most_other = max(most_other, int(np.bincount(qb, minlength=1).max()) if len(qb) else 0)
+    width = max(int(np.diff(r).max()) for r, _, _ in per_head) if Mt else 0
+    node = routed_node(pattern)
+    if count is not None and node.query == "block":  # at most `count` chosen blocks on top of the static part
+        width = min(width, most_other + count * (block // block_n))
+    same = all(np.array_equal(per_head[0][i], t[i]) for t in per_head for i in range(3))
+    per_head = per_head[:1] if same else per_head
+    P = max(len(t[1]) for t in per_head) or 1
+
+    def stack(i, dtype):
+        out = np.zeros((len(per_head), P if i else Mt + 1), dtype)
+        for h, t in enumerate(per_head):
+            out[h, :len(t[i])] = t[i]
+        return torch.as_tensor(out, device=device)
+
+    return RoutedPlan(node, under_causal(pattern.expr), block_m, block_n, M, N, heads, stack(0, np.int32),
+                      stack(1, np.int32), stack(2, np.int8), max(width, 1), a.row_order.to(device))
 
 
 def select(q, k, pattern: Pattern):
-    """The routed choice: bool `[B, H, ceil(M/b), ceil(N/b)]`, key blocks chosen per query block
-    (q `[B, H, M, D]`, k `[B, Hkv, N, D]`), on q's device."""
+    """The routed choice by the reference (torch): bool `[B, H, ceil(M/b), ceil(N/b)]` (per
+    token, `[B, H, M, ceil(N/b)]`, for `query=token`), from q `[B, H, M, D]`, k `[B, Hkv, N, D]`."""
     import torch
 
+    node = routed_node(pattern)
     _, _, count, block = static_variants(pattern)
     causal = under_causal(pattern.expr)
-    return torch.stack([select_blocks(q[b], k[b], count, block, causal) for b in range(q.shape[0])])
+    return torch.stack([select_blocks(q[b], k[b], count, block, causal, node.threshold, node.shared, node.query)
+                        for b in range(q.shape[0])])
 
 
 @dataclass(frozen=True, eq=False)
 class RoutedLayout:
     """Index tables per (batch x head) in the static Layout's format (`[B*H, Mt]`,
-    `[B*H, Mt, W]`), the choice they came from (`selection [B, H, nQ, nK]`) and `row_order`."""
+    `[B*H, Mt, W]`), `row_order`, and the choice they came from: `selection`, bool
+    `[B, H, nQ, nK]` (per token, `[B, H, M, nK]`, for `query=token`, where the kernel reads the
+    packed `choice_words [B*H, M, ceil(nK/32)]` and `block`, the routing block)."""
 
     kv_num_blocks: object
     kv_indices: object
     full_kv_num_blocks: object
     full_kv_indices: object
     row_order: object
-    selection: object
     key_tiles: int
+    block: int
+    batch: int
+    block_choice: object = None  # bool [B, H, nQ, nK] (query=block)
+    choice_words: object = None  # int32 [B*H, M, words] (query=token)
+    key_blocks: int = 0
+
+    @property
+    def selection(self):
+        import torch
+
+        if self.choice_words is None:
+            return self.block_choice
+        BH, M, W = self.choice_words.shape
+        bits = (self.choice_words[..., None] >> torch.arange(32, device=self.choice_words.device)) & 1
+        return bits.view(self.batch, BH // self.batch, M, W * 32)[..., :self.key_blocks].bool()
 
     def block_map(self):
         """int8 `[B*H, Mt, Nt]`: 0 skipped, 1 partial, 2 full (for plots and checks)."""
@@ -150,37 +225,3 @@ class RoutedLayout:
             b, r, c = (torch.arange(table.shape[2]) < counts[..., None]).nonzero(as_tuple=True)
             out[b, r, (table[b, r, c] & (SELECTED_BIT - 1)).long()] = kind
         return out
-
-
-def routed_layout(plan: RoutedPlan, selection) -> RoutedLayout:
-    """Pick each candidate tile's class by the choice and compact the rows (device-side)."""
-    import torch
-
-    B, H = selection.shape[:2]
-    Mt = -(-plan.M // plan.block_m)
-    heads = torch.arange(H, device=selection.device)[:, None]
-    q_block = (plan.cand_qt * plan.block_m // plan.block).clamp(max=selection.shape[2] - 1)
-    k_block = plan.cand_kt * plan.block_n // plan.block
-    bits = selection[:, heads, q_block, k_block]  # [B, H, P]
-    kind = torch.where(bits, plan.class_chosen, plan.class_other)
-    rows = plan.cand_qt.expand(B, H, -1)
-    out = []
-    for want in (PARTIAL, FULL):
-        keep = (kind == want) & (rows < Mt)
-        before = torch.cumsum(keep, dim=2) - keep.long()
-        pos = before - before.gather(2, plan.row_start.expand(B, H, -1).clamp(max=keep.shape[2] - 1))
-        counts = torch.zeros(B, H, Mt + 1, dtype=torch.int32, device=selection.device)
-        counts.scatter_add_(2, rows.clamp(max=Mt), keep.int())
-        value = plan.cand_kt.expand(B, H, -1).to(torch.int32)
-        if want == PARTIAL:
-            value = value | (bits.int() << 30)
-        # dropped candidates land in a spare column (index width) of a spare row (Mt)
-        slot_row = torch.where(keep, rows, Mt)
-        slot_col = torch.where(keep, pos, plan.width)
-        table = torch.zeros(B, H, Mt + 1, plan.width + 1, dtype=torch.int32, device=selection.device)
-        flat = (slot_row * (plan.width + 1) + slot_col).view(B, H, -1)
-        table.view(B, H, -1).scatter_(2, flat, value)
-        out.append((counts[:, :, :Mt].reshape(B * H, Mt).contiguous(),
-                    table[:, :, :Mt, :plan.width].reshape(B * H, Mt, plan.width).contiguous()))
-    (pn, pi), (fn, fi) = out
-    return RoutedLayout(pn, pi, fn, fi, plan.row_order, selection, -(-plan.N // plan.block_n))
