@@ -10,6 +10,8 @@ SUITE = {
     "power": ("causal & (window(5, block=256) | pow2(block=256) | sink(1, block=256))", (8192, 32768)),
     "sinks": ("causal & (window(1024) | sink(4))", (8192, 32768)),
     "moba": ("causal & topk(4, block=512)", (8192, 32768, 131072)),
+    # not in the suite: MoBA's own gate routes every query token by itself
+    "moba_token": ("causal & topk(4, block=512, query=token)", (32768, 131072)),
     "s2": ("causal & (window(512) | columns(16, phase=h % 16, block=64))", (8192, 32768)),
     "natten2d": ("grid(128, 128)\nneighborhood((13, 13))", (16384,)),
     "natten2d_dil": ("grid(128, 128)\nneighborhood((7, 7), dilation=(2, 2))", (16384,)),
