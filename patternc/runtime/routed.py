@@ -59,30 +59,32 @@ def static_variants(pattern: Pattern) -> tuple[Pattern, Pattern, int, int]:
 
 @dataclass(frozen=True, eq=False)
 class RoutedPlan:
-    """What a routed pattern needs per shape, built once: the candidate tiles of every tile row
-    (union of the two static layouts) with their class when chosen / not chosen, as int tensors
-    on the device (`row_ptr [Hp, Mt+1]`, `cand_kt [Hp, P]`, `cand_cls [Hp, P]` = chosen class |
-    other class << 2; Hp = 1 when every head has the same candidates), the index tables' width
-    and the row order. `layout(q, k)` runs the selection kernels."""
+    """What a routed pattern needs per shape, built once from its two static layouts: the
+    candidate tiles of every tile row (the union of both layouts, sorted by key tile) with their
+    class when their key block is chosen / not chosen (`cls` = chosen | other << 2), where each
+    key block's candidates start (`block_ptr [Hp, Mt, nK+1]`), and the static part's candidates
+    (other class not empty: `static_*`). int tensors on the device, Hp = 1 when every head has
+    the same plan. `width`: the index tables' width; `row_order`: longest rows first.
+    `layout(q, k)` runs the selection kernels."""
 
     topk: TopK
     causal: bool
     block_m: int
     block_n: int
-    M: int
-    N: int
-    heads: int
-    row_ptr: object
-    cand_kt: object
+    width: int
+    row_order: object
+    static_ptr: object  # [Hp, Mt+1]
+    static_kt: object  # [Hp, S]
+    static_cls: object
+    block_ptr: object  # [Hp, Mt, nK+1]
+    cand_kt: object  # [Hp, P]
     cand_cls: object
-    width: int  # most tiles one row can visit: the index tables' width
-    row_order: object  # [H, Mt], longest rows first (as static layouts)
 
     def layout(self, q, k) -> RoutedLayout:
         """Select on the device (q `[B, H, M, D]`, k `[B, Hkv, N, D]`) and build the index tables."""
         import torch
 
-        from .routing import pool_keys, select_and_compact, select_tokens_and_compact
+        from .routing import pool_blocks, select_blocks, select_tokens
 
         B, H, M, D = q.shape
         Hkv, N = k.shape[1], k.shape[2]
@@ -90,45 +92,55 @@ class RoutedPlan:
         n_q, n_k, Mt, key_tiles = -(-M // b), -(-N // b), -(-M // self.block_m), -(-N // self.block_n)
         q = q if q.stride(-1) == 1 else q.contiguous()
         k = k if k.stride(-1) == 1 else k.contiguous()
-        kbar = torch.empty(B, Hkv, n_k, D, dtype=torch.float32, device=q.device)
-        rows = min(64, triton_pow2(b))
-        pool_keys[(n_k, B * Hkv)](k, k.stride(0), k.stride(1), k.stride(2), kbar, Hkv, N, n_k, b,
-                                  HEAD_DIM=D, ROWS=rows, num_warps=4)
-        tables = [torch.empty(B * H, Mt, self.width, dtype=torch.int32, device=q.device) for _ in range(2)]
-        counts = [torch.empty(B * H, Mt, dtype=torch.int32, device=q.device) for _ in range(2)]
+        device = q.device
+
+        def means(x, n):
+            out = torch.empty(x.shape[0], x.shape[1], n, D, dtype=torch.float32, device=device)
+            pool_blocks[(n, x.shape[0] * x.shape[1])](x, x.stride(0), x.stride(1), x.stride(2), out, x.shape[1],
+                                                      x.shape[2], n, b, HEAD_DIM=D, ROWS=min(64, pow2(b)),
+                                                      num_warps=4)
+            return out
+
+        kbar = means(k, n_k)
+        tables = [torch.empty(B * H, Mt, self.width, dtype=torch.int32, device=device) for _ in range(2)]
+        counts = [torch.empty(B * H, Mt, dtype=torch.int32, device=device) for _ in range(2)]
         unit = H // Hkv if node.shared == "group" else 1
-        plan_args = (self.row_ptr, self.cand_kt, self.cand_cls,
-                     self.cand_kt.stride(0) if self.cand_kt.shape[0] > 1 else 0,
-                     counts[0], tables[0], counts[1], tables[1], counts[0].stride(0), tables[0].stride(0),
-                     tables[0].stride(1))
+        shared_plan = self.cand_kt.shape[0] == 1
+        plan = (self.static_ptr, self.static_kt, self.static_cls, self.block_ptr, self.cand_kt, self.cand_cls,
+                0 if shared_plan else 1, self.static_ptr.stride(0), self.static_kt.stride(0),
+                self.block_ptr.stride(0), self.block_ptr.stride(1), self.cand_kt.stride(0),
+                counts[0], tables[0], counts[1], tables[1], counts[0].stride(0), tables[0].stride(0),
+                tables[0].stride(1))
         count = n_k if node.count is None else int(node.count.value) - 1
-        options = dict(CAUSAL=self.causal, THRESHOLD=node.threshold is not None, HEAD_DIM=D, CAND_CHUNK=256,
-                       BLOCK_M=self.block_m, BLOCK_N=self.block_n, num_warps=4)
         after = (count, 2.0 if node.threshold is None else float(node.threshold), D ** -0.5, H // Hkv, unit)
-        grid = (n_q if node.query == "block" else Mt, B * (H // unit))
+        options = dict(CAUSAL=self.causal, THRESHOLD=node.threshold is not None, HEAD_DIM=D, STATIC_CHUNK=64,
+                       BLOCK_CHUNK=max(16, pow2(b // self.block_n)), BLOCK_M=self.block_m, BLOCK_N=self.block_n,
+                       num_warps=4)
         if node.query == "block":
-            nkp = triton_pow2(n_k)
-            choice = torch.empty(B, H, n_q, n_k, dtype=torch.uint8, device=q.device)
-            select_and_compact[grid](q, q.stride(0), q.stride(1), q.stride(2), kbar, choice, *plan_args,
-                                     H, M, N, n_q, n_k, Mt, b, *after, D_CHUNK=max(16, min(D, 4096 // nkp)),
-                                     ROWS=rows, NKP=nkp, **options)
+            nkp = pow2(n_k)
+            choice = torch.empty(B, H, n_q, n_k, dtype=torch.uint8, device=device)
+            picked = torch.empty(B * (H // unit), n_q, nkp, dtype=torch.int32, device=device)
+            select_blocks[(n_q, B * (H // unit))](means(q, n_q), kbar, choice, picked, *plan, H, n_q, n_k, Mt, b,
+                                                  *after, D_CHUNK=max(16, min(D, 4096 // nkp)), NKP=nkp, **options)
             return RoutedLayout(counts[1], tables[1], counts[0], tables[0], self.row_order, key_tiles, b, B,
                                 block_choice=choice.view(torch.bool))
         if n_k > 1024:
             raise PatternError(f"topk(query=token) routes among at most 1024 key blocks, got {n_k}", node.span,
                                "use a larger block= or query=block")
-        nkp = max(32, triton_pow2(n_k))
-        words = torch.empty(B * H, M, nkp // 32, dtype=torch.int32, device=q.device)
-        state = torch.empty(B * H, Mt, n_k, dtype=torch.uint8, device=q.device)
-        select_tokens_and_compact[grid](q, q.stride(0), q.stride(1), q.stride(2), kbar, words, state, *plan_args,
-                                        H, M, N, n_k, Mt, b, *after, D_CHUNK=min(D, 32),
-                                        SUB_M=min(self.block_m, max(16, 2048 // nkp)), NKP=nkp,
-                                        WORDS_PER_ROW=nkp // 32, **options)
+        nkp = max(32, pow2(n_k))
+        words = torch.empty(B * H, M, nkp // 32, dtype=torch.int32, device=device)
+        state = torch.empty(B * H, Mt, n_k, dtype=torch.uint8, device=device)
+        picked = torch.empty(B * (H // unit), Mt, nkp, dtype=torch.int32, device=device)
+        select_tokens[(Mt, B * (H // unit))](q, q.stride(0), q.stride(1), q.stride(2), kbar, words, state, picked,
+                                             *plan, H, M, N, n_k, Mt, b, *after, D_CHUNK=min(D, 32),
+                                             SUB_M=min(self.block_m, max(16, 2048 // nkp)), NKP=nkp,
+                                             WORDS_PER_ROW=nkp // 32, **options)
         return RoutedLayout(counts[1], tables[1], counts[0], tables[0], self.row_order, key_tiles, b, B,
                             choice_words=words, key_blocks=n_k)
 
 
-def triton_pow2(n: int) -> int:
+def pow2(n: int) -> int:
+    """The smallest power of two >= n (Triton's block shapes)."""
     return 1 << max(0, (n - 1).bit_length())
 
 
@@ -142,7 +154,10 @@ def routed_plan(pattern: Pattern, M: int, N: int, heads: int, block_m: int, bloc
                            "pick block_m and block_n dividing the routing block")
     a = chosen.layout(M, N, heads=heads, block_m=block_m, block_n=block_n, order="natural")
     b = nothing.layout(M, N, heads=heads, block_m=block_m, block_n=block_n, order="natural")
-    Mt, Nt = -(-M // block_m), -(-N // block_n)
+    Mt, Nt, n_k = -(-M // block_m), -(-N // block_n), -(-N // block)
+    rows = np.arange(Mt + 1)
+    # where key block j's tiles start in each row: key tile j * block / block_n (clamped to the row's end)
+    block_starts = np.arange(Mt)[:, None] * Nt + np.minimum(np.arange(n_k + 1) * (block // block_n), Nt)[None, :]
     per_head, most_other = [], 0
     for h in range(heads):
         qa, ka, ca = a._tiles[h]
@@ -151,25 +166,27 @@ def routed_plan(pattern: Pattern, M: int, N: int, heads: int, block_m: int, bloc
         cls = np.zeros(len(keys), np.int8)
         cls[np.searchsorted(keys, qa * Nt + ka)] |= ca.astype(np.int8)
         cls[np.searchsorted(keys, qb * Nt + kb)] |= cb.astype(np.int8) << 2
-        row_ptr = np.searchsorted(keys // Nt, np.arange(Mt + 1)).astype(np.int32)
-        per_head.append((row_ptr, (keys % Nt).astype(np.int32), cls))
-        most_other = max(most_other, int(np.bincount(qb, minlength=1).max()) if len(qb) else 0)
-    width = max(int(np.diff(r).max()) for r, _, _ in per_head) if Mt else 0
+        static = (cls >> 2) != 0
+        per_head.append((np.searchsorted(keys[static] // Nt, rows), keys[static] % Nt, cls[static],
+                         np.searchsorted(keys, block_starts), keys % Nt, cls, np.searchsorted(keys // Nt, rows)))
+        most_other = max(most_other, int(np.bincount(qb).max()) if len(qb) else 0)
+    width = max(int(np.diff(t[6]).max()) for t in per_head) if Mt else 0
     node = routed_node(pattern)
     if count is not None and node.query == "block":  # at most `count` chosen blocks on top of the static part
         width = min(width, most_other + count * (block // block_n))
-    same = all(np.array_equal(per_head[0][i], t[i]) for t in per_head for i in range(3))
-    per_head = per_head[:1] if same else per_head
-    P = max(len(t[1]) for t in per_head) or 1
+    if all(np.array_equal(per_head[0][i], t[i]) for t in per_head for i in range(6)):
+        per_head = per_head[:1]
 
     def stack(i, dtype):
-        out = np.zeros((len(per_head), P if i else Mt + 1), dtype)
-        for h, t in enumerate(per_head):
-            out[h, :len(t[i])] = t[i]
+        parts = [t[i] for t in per_head]
+        out = np.zeros((len(parts), max(max(p.shape[0] for p in parts), 1)) + parts[0].shape[1:], dtype)
+        for h, part in enumerate(parts):
+            out[h, :len(part)] = part
         return torch.as_tensor(out, device=device)
 
-    return RoutedPlan(node, under_causal(pattern.expr), block_m, block_n, M, N, heads, stack(0, np.int32),
-                      stack(1, np.int32), stack(2, np.int8), max(width, 1), a.row_order.to(device))
+    return RoutedPlan(node, under_causal(pattern.expr), block_m, block_n, max(width, 1), a.row_order.to(device),
+                      stack(0, np.int32), stack(1, np.int32), stack(2, np.int8), stack(3, np.int32),
+                      stack(4, np.int32), stack(5, np.int8))
 
 
 def select(q, k, pattern: Pattern):
