@@ -97,8 +97,8 @@ class RoutedPlan:
         def means(x, n):
             out = torch.empty(x.shape[0], x.shape[1], n, D, dtype=torch.float32, device=device)
             pool_blocks[(n, x.shape[0] * x.shape[1])](x, x.stride(0), x.stride(1), x.stride(2), out, x.shape[1],
-                                                      x.shape[2], n, BLOCK=b, HEAD_DIM=D, ROWS=min(64, pow2(b)),
-                                                      num_warps=8)
+                                                      x.shape[2], n, b, HEAD_DIM=D, ROWS=min(64, pow2(b)),
+                                                      num_warps=4)
             return out
 
         kbar = means(k, n_k)

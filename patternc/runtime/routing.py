@@ -25,19 +25,18 @@ FULL, PARTIAL = tl.constexpr(layout.FULL), tl.constexpr(layout.PARTIAL)  # tile 
 
 
 @triton.jit
-def pool_blocks(X, stride_xb, stride_xh, stride_xn, MEANS, heads, length, n_blocks,
-                BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr, ROWS: tl.constexpr):
-    """MEANS[b, h, j] = mean of x[b, h, j*BLOCK : (j+1)*BLOCK] (fp32, the last block may be short).
-    The loop is unrolled so that all of a block's loads are in flight at once."""
+def pool_blocks(X, stride_xb, stride_xh, stride_xn, MEANS, heads, length, n_blocks, block,
+                HEAD_DIM: tl.constexpr, ROWS: tl.constexpr):
+    """MEANS[b, h, j] = mean of x[b, h, j*block : (j+1)*block] (fp32, the last block may be short)."""
     j = tl.program_id(0)
     bh = tl.program_id(1)
-    lo = j * BLOCK
-    n = tl.minimum(BLOCK, length - lo)
+    lo = j * block
+    n = tl.minimum(block, length - lo)
     offs_d = tl.arange(0, HEAD_DIM)
     base = X + (bh // heads).to(tl.int64) * stride_xb + (bh % heads).to(tl.int64) * stride_xh \
         + lo.to(tl.int64) * stride_xn
     acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
-    for r0 in tl.static_range(0, BLOCK, ROWS):
+    for r0 in range(0, block, ROWS):
         rows = r0 + tl.arange(0, ROWS)
         x = tl.load(base + rows[:, None] * stride_xn + offs_d[None, :], mask=(rows < n)[:, None], other=0.0)
         acc += tl.sum(x.to(tl.float32), axis=0)
