@@ -3,11 +3,12 @@
 A routed pattern's tiles depend on q and k, but only through one bit per (key block, query
 block): whether topk chose it. With blocks made of whole tiles, every tile's class is one of
 two static layouts, the pattern with topk replaced by `full` (chosen) or by nothing (not
-chosen). Both are built analytically once per shape (`routed_plan`); per call two Triton
-kernels (`routing.py`) pool, score and select on the device and compact each tile row's
-candidates into index tables, without host synchronisation, K/V gathers or N x N buffers.
-Partial tiles carry the choice to the kernel in their index entries (bit 30), where the
-predicate reads it.
+chosen). Both are built analytically once per shape (`routed_plan`); per call Triton kernels
+(`routing.py`) pool, score and select on the device and write each tile row's index tables
+from the static part's tiles and the chosen blocks' (no host synchronisation, no K/V gathers,
+no N x N buffers). Partial tiles carry the choice to the attention kernel in their index
+entries (bit 30), where the predicate reads it; with `query=token` each query row reads its
+own choice from a bit per key block.
 """
 from __future__ import annotations
 
@@ -93,6 +94,9 @@ class RoutedPlan:
         q = q if q.stride(-1) == 1 else q.contiguous()
         k = k if k.stride(-1) == 1 else k.contiguous()
         device = q.device
+        if node.query == "token" and n_k > 1024:
+            raise PatternError(f"topk(query=token) routes among at most 1024 key blocks, got {n_k}", node.span,
+                               "use a larger block= or query=block")
 
         def means(x, n):
             out = torch.empty(x.shape[0], x.shape[1], n, D, dtype=torch.float32, device=device)
@@ -124,9 +128,6 @@ class RoutedPlan:
                                                   *after, D_CHUNK=max(16, min(D, 4096 // nkp)), NKP=nkp, **options)
             return RoutedLayout(counts[1], tables[1], counts[0], tables[0], self.row_order, key_tiles, b, B,
                                 block_choice=choice.view(torch.bool))
-        if n_k > 1024:
-            raise PatternError(f"topk(query=token) routes among at most 1024 key blocks, got {n_k}", node.span,
-                               "use a larger block= or query=block")
         nkp = max(32, pow2(n_k))
         words = torch.empty(B * H, M, nkp // 32, dtype=torch.int32, device=device)
         state = torch.empty(B * H, Mt, n_k, dtype=torch.uint8, device=device)
