@@ -113,7 +113,7 @@ def test_layout_reports_residue_order_empty_rows_and_downsamples(capsys, pat):
 
 
 def test_layout_routed_and_png(capsys, pat, tmp_path):
-    code, out, _ = run(capsys, "layout", EXAMPLES / "routed.pat", "-n", 2048, "--block", "128x128")
+    code, out, _ = run(capsys, "layout", EXAMPLES / "routed.pat", "-p", "moba", "-n", 2048, "--block", "128x128")
     assert code == 0 and "(routed: blocks chosen for random q, k)" in out and "not checked (routed" in out
     pytest.importorskip("matplotlib")
     png = tmp_path / "map.png"
@@ -184,7 +184,7 @@ def test_compile_skips_routed_and_reports_random(capsys, pat, tmp_path):
     assert f"{f}:3:23: error: random() can't be compiled into a kernel yet" in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.glob("*.py")) == ["ok.py"]
     routed = EXAMPLES / "routed.pat"
-    code, _, err = run(capsys, "compile", routed, "-n", 1024, "-o", tmp_path)
+    code, _, err = run(capsys, "compile", routed, "-p", "moba", "-n", 1024, "-o", tmp_path)
     assert code == 1 and f"{_where(routed, 'moba', 'topk')}: error: routed patterns (topk)" in err
     code, _, err = run(capsys, "compile", f, "-p", "rnd", "-n", 64, "-o", tmp_path)
     assert code == 1 and err.startswith(f"{f}:3:23: error: random()")
