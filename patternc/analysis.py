@@ -739,14 +739,16 @@ def mask_rows(pattern: Pattern, N: int, rows: range, heads: list[int], M: int | 
     return out
 
 
-def routed_data(pattern: Pattern, M: int, N: int, heads: int, seed: int = 0) -> dict | None:
-    """Random q, k for routed patterns (their blocks depend on the data), else None."""
+def routed_data(pattern: Pattern, M: int, N: int, heads: int, seed: int = 0, dim: int = 16) -> dict | None:
+    """Random q, k (`dim` features) for routed patterns (their blocks depend on the data), else
+    None. How alike the selections of different queries are depends on `dim` (in few dimensions
+    the pooled keys' norms dominate the scores): to stand for real q, k, give their head_dim."""
     if not pattern.is_routed:
         return None
     import torch
 
     g = torch.Generator().manual_seed(seed)
-    return {"q": torch.randn(heads, M, 16, generator=g), "k": torch.randn(heads, N, 16, generator=g)}
+    return {"q": torch.randn(heads, M, dim, generator=g), "k": torch.randn(heads, N, dim, generator=g)}
 
 
 def row_counts(pattern: Pattern, section, heads: list[int], N: int, data=None):

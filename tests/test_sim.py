@@ -44,6 +44,28 @@ def test_shipped_profile_loads_and_round_trips(tmp_path):
     assert again.to_dict() == p.to_dict()
 
 
+def test_profiles_without_a_tma_table_cost_charge_both_paths_alike(tmp_path):
+    """Profiles written before the TMA path's index-table cost was told apart still load: their
+    one table cost stands for both memory paths, so they predict what they did."""
+    data = H100.to_dict()
+    data["kernel"].pop("table_tile_tma_us")
+    path = tmp_path / "old.json"
+    path.write_text(json.dumps(data))
+    old = Profile.load(path)
+    assert old.kernel["table_tile_tma_us"] == old.kernel["table_tile_us"]
+    assert "table_tile_tma_us" in old.to_dict()["kernel"]
+
+
+def test_shipped_h200_profile_says_where_it_comes_from():
+    p = Profile.load("h200")
+    assert p.sm_count == 132 and p.device == "NVIDIA H200" and p.hbm_gbps > H100.hbm_gbps
+    env = p.fit["environment"]
+    assert env["card"] == "NVIDIA H200" and env["driver"] and env["torch"] and env["triton"] and p.fit["date"]
+    assert p.fit["source"] == "patternc calibrate" and "calibrate.txt" in p.fit["refit"]
+    assert p.kernel["table_tile_tma_us"] != p.kernel["table_tile_us"]
+    assert simulate("causal & window(1024)", 8192, heads=4, device="h200").ms > 0
+
+
 @pytest.mark.parametrize("change, field", [
     (lambda d: d.pop("sm_count"), "sm_count"),
     (lambda d: d["kernel"].update(program_us=-1), "kernel.program_us"),
@@ -137,6 +159,35 @@ def test_more_tiles_never_predict_less_time(heads, rows, table, data):
         return longest_first(w.times(H100.kernel, 1.0), slots)
 
     assert span(more_full, more_partial) >= span(full, partial) - 1e-9
+
+
+def test_index_table_cost_follows_the_memory_path():
+    """With table iteration a TMA config pays `table_tile_tma_us` per tile and a pointer config
+    `table_tile_us`; with runs iteration neither is paid."""
+    kernel = {**H100.kernel, "table_tile_us": 0.2, "table_tile_tma_us": 0.7}
+    full, partial = np.array([5, 3]), np.array([0, 0])
+    for memory, table in (("pointers", 0.2), ("tma", 0.7)):
+        w = Workload(full, partial, 4, True, 0, 4096, 3, memory=memory)
+        assert w.table_us(kernel) == table
+        assert w.times(kernel, 1.0) == pytest.approx(kernel["program_us"] + full * (1.0 + table))
+        runs = Workload(full, partial, 4, False, 2, 4096, 3, memory=memory)
+        assert runs.table_us(kernel) == 0
+        assert runs.times(kernel, 1.0) == pytest.approx(kernel["program_us"] + 2 * kernel["run_slot_us"] + full)
+
+
+@pytest.mark.parametrize("config", ["64x64/w4/s3/tma/table", "64x64/w4/s3/pointers/table", TMA64])
+def test_a_dearer_tma_table_slows_only_tma_configs_with_table_iteration(config):
+    import dataclasses
+
+    text = "causal & (window(256) | strided(256))"
+    dearer = dataclasses.replace(H100, kernel={**H100.kernel,
+                                               "table_tile_tma_us": H100.kernel["table_tile_tma_us"] + 1.0})
+    base = simulate(text, 4096, heads=4, config=config)
+    other = simulate(text, 4096, heads=4, config=config, device=dearer)
+    if config.endswith("tma/table") or (config.endswith("tma") and base.chosen.iteration == "table"):
+        assert other.ms > base.ms
+    else:
+        assert other.ms == base.ms
 
 
 PATTERNS = ("causal", "causal & window(300)", "window(700)", "causal & (window(256) | strided(256))",
@@ -255,6 +306,30 @@ def test_routed_patterns_are_predicted_with_their_selection():
     assert any("routed" in n for n in p.notes)
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_routed_layouts_select_on_q_k_of_the_problems_head_dim(head_dim):
+    """Routed blocks are chosen on random q, k with the problem's head_dim features: how alike
+    different queries' choices are (so how many tiles a query tile visits) depends on it."""
+    import patternc
+    from patternc.sim.predict import _layout
+
+    pattern = patternc.compile("causal & topk(2, block=256, query=token)")
+    layout = _layout(pattern, 2048, 2048, 2, 64, 64, "auto", head_dim)
+    assert layout.data["q"].shape[-1] == layout.data["k"].shape[-1] == head_dim
+    assert _layout(pattern, 2048, 2048, 2, 64, 64, "auto", head_dim) is layout
+    p = simulate(pattern, 2048, heads=2, head_dim=head_dim, config=TMA64)
+    assert any(f"{head_dim} features" in n for n in p.notes)
+
+
+def test_routed_kernels_iterate_index_tables():
+    """The selection kernels write index tables at run time, so the kernel never loops over runs,
+    however few runs the chosen blocks make."""
+    for config in (TMA64, "128x128/w8/s3/pointers"):
+        p = simulate("causal & topk(2, block=512)", 4096, heads=2, config=config)
+        assert p.chosen.iteration == "table"
+    assert simulate("causal & window(1024)", 4096, heads=2, config=TMA64).chosen.iteration == "runs"
+
+
 # --------------------------------------------------------------------------- closed forms
 
 
@@ -352,6 +427,15 @@ def test_fit_recovers_the_costs_that_generated_the_times():
         assert again == pytest.approx(m.ms, rel=0.05)
 
 
+def test_a_memory_path_never_measured_with_tables_gets_the_other_paths_table_cost():
+    ms = [Measurement(text, 2048, 2048, 4, 128, "bfloat16", simulate(text, 2048, heads=4, config=cfg).ms,
+                      config=parse_config(cfg))
+          for text in ("causal", "blocked(512)", "causal & window(512)")
+          for cfg in ("64x64/w4/s3/tma", "64x64/w4/s3/pointers", "64x64/w4/s3/pointers/table")]
+    fitted, _ = fit_kernel(ms, skeleton("test", "test GPU", 132, 228, 227, 3350))
+    assert fitted.kernel["table_tile_tma_us"] == fitted.kernel["table_tile_us"]
+
+
 def test_calibrate_pipeline_builds_a_profile_from_its_measurements(tmp_path):
     """`patternc calibrate` minus the GPU: its job list, 'measured' here by the h100 model itself,
     fitted into a profile that predicts patterns it never measured."""
@@ -377,6 +461,55 @@ def test_calibrate_pipeline_builds_a_profile_from_its_measurements(tmp_path):
             assert mine == pytest.approx(simulate(text, S, heads=heads, config=cfg).ms, rel=0.1)
     with pytest.raises(PatternError, match="multiple of 128"):
         calibration_jobs(configs, 1000)
+
+
+def test_calibration_measures_the_table_cost_on_each_memory_path():
+    from patternc.sim.calibrate import calibration_jobs
+
+    configs = [parse_config(c) for c in ("128x128/w8/s3/tma", "64x64/w4/s3/tma", "128x64/w8/s3/pointers",
+                                         "64x64/w4/s3/tma")]
+    table = [cfg for label, _, cfg in calibration_jobs(configs, 4096) if label == "causal-table"]
+    assert [c["memory"] for c in table] == ["tma", "pointers"] and all(c["iteration"] == "table" for c in table)
+    alike = [parse_config(c) for c in ("128x128/w8/s3/pointers", "64x64/w4/s3/pointers")]
+    assert len([j for j in calibration_jobs(alike, 4096) if j[0] == "causal-table"]) == 2
+
+
+def test_refit_from_a_calibrate_log_matches_the_fit_of_its_measurements(tmp_path, capsys):
+    """`patternc calibrate --from-log`: the times a calibrate run printed, read back, fit to the
+    profile the run itself would have fitted (constants and environment from --base)."""
+    from patternc.sim.calibrate import build_profile, calibration_jobs, measurements_from_log, refit_from_log
+
+    S, heads = 4096, 16
+    configs = [parse_config(c) for c in ("128x128/w8/s3/tma", "64x64/w4/s3/pointers")]
+    lines, ms = [], []
+    for label, text, cfg in calibration_jobs(configs, S):
+        t = round(simulate(text, S, heads=heads, config=cfg).ms, 3)
+        lines.append(f"  {label:13s} {config_name(cfg):24s} {t:8.3f} ms")
+        ms.append(Measurement(text, S, S, heads, 128, "bfloat16", t, config=cfg,
+                              label=f"{label} {S} {config_name(cfg)}"))
+    for n in (S // 2, S, 2 * S):
+        t = round(dense_ms(Shape(n, n, heads, 128, "bfloat16"), H100), 3)
+        lines.append(f"  dense {n:6d} (cuDNN SDPA) {t:8.3f} ms")
+        ms.append(Measurement("full", n, n, heads, 128, "bfloat16", t, kind="dense", label="cuDNN SDPA"))
+    log = tmp_path / "calibrate.txt"
+    log.write_text("\n".join(["  natten2d 64x64/w4/s3/tma: skipped (OutOfResources: ...)", *lines, "", "wrote x"]))
+    (tmp_path / "card.txt").write_text("NVIDIA Test GPU, 123.45\ntorch 9.9 triton 8.8\n")
+    read = measurements_from_log(log.read_text())
+    assert [(m.label, m.ms, m.kind) for m in read] == [(m.label, m.ms, m.kind) for m in ms]
+    constants = {"device": H100.device, "sm_count": H100.sm_count, "smem_per_sm_kib": H100.smem_per_sm_kib,
+                 "smem_per_block_kib": H100.smem_per_block_kib, "hbm_gbps": H100.hbm_gbps,
+                 "clock_mhz": H100.clock_mhz}
+    direct, _ = build_profile(ms, constants, (9, 0), "mine")
+    again, _ = refit_from_log(log, "h100", "mine")
+    assert again.kernel == direct.kernel and again.configs == direct.configs and again.dense == direct.dense
+    assert again.fit["environment"]["card"] == "NVIDIA Test GPU" and again.fit["environment"]["driver"] == "123.45"
+    assert again.fit["environment"]["triton"] == "8.8" and again.fit["source"] == "patternc calibrate"
+    out = tmp_path / "mine.json"
+    code, stdout, err = _run(capsys, "calibrate", "--from-log", str(log), "--base", "h100", "--name", "mine",
+                             "-o", str(out))
+    assert code == 0 and Profile.load(out).kernel == direct.kernel
+    code, stdout, err = _run(capsys, "calibrate", "--from-log", str(log))
+    assert code == 2 and "--base" in err
 
 
 def _with_dense(profile):

@@ -8,16 +8,20 @@ dense cuDNN SDPA kernel at three lengths. The profile is then fitted with the sa
 built the shipped H100 profile (`patternc.sim.fit`). FlexAttention is timed only with
 `flex=True` (torch.compile makes that slow); otherwise its costs are the base profile's,
 scaled by this GPU's dense throughput relative to the base device.
+
+`refit_from_log` refits a profile from the times a calibrate run printed (no GPU), for when the
+model changes after the measurement (`patternc calibrate --from-log LOG --base PROFILE`).
 """
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import re
 import time
 
 from ..errors import PatternError
 from .fit import FitResult, Measurement, _Layouts, dense_points, fit_flex, fit_kernel, skeleton
-from .profile import Profile, config_name, dtype_name
+from .profile import Profile, config_name, dtype_name, parse_config
 
 PATTERNS = {
     "causal": "causal",
@@ -37,11 +41,14 @@ def neighborhood_pattern(seq_len: int) -> str:
 
 def calibration_jobs(configs: list[dict], seq_len: int) -> list[tuple[str, str, dict]]:
     """(label, pattern text, config) of every kernel microbenchmark: every config on causal,
-    blocked and a sliding window; the first and last config also on a 2-D neighborhood (the
-    predicate's cost) and on causal with index-table iteration forced (the tables' cost)."""
+    blocked and a sliding window; two configs also on a 2-D neighborhood (the predicate's cost)
+    and on causal with index-table iteration forced (the tables' cost): the first, and the last
+    one that copies tiles another way (TMA vs pointers: each path has its own table cost)."""
     neighborhood = neighborhood_pattern(seq_len)
     jobs = [(label, text, cfg) for cfg in configs for label, text in PATTERNS.items()]
-    for cfg in (configs[0], configs[-1]) if len(configs) > 1 else configs:
+    first = configs[0]
+    other = [c for c in configs[1:] if c.get("memory", "pointers") != first.get("memory", "pointers")]
+    for cfg in (first, (other or configs)[-1]) if len(configs) > 1 else configs:
         jobs.append(("natten2d", neighborhood, cfg))
         jobs.append(("causal-table", "causal", {**cfg, "iteration": "table"}))
     return jobs
@@ -173,6 +180,76 @@ def build_profile(measurements: list[Measurement], constants: dict, capability, 
     return Profile.from_dict(profile.to_dict()), fits
 
 
+LOG_KERNEL = re.compile(r"^\s+(\S+)\s+(\d+x\d+\S*)\s+([\d.]+) ms$")
+LOG_DENSE = re.compile(r"^\s+dense\s+(\d+) \((.+)\)\s+([\d.]+) ms$")
+LOG_FLEX = re.compile(r"^\s+flex (\S+)\s+([\d.]+) ms$")
+
+
+def measurements_from_log(text: str, seq_len: int | None = None, heads: int = 16, head_dim: int = 128,
+                          dtype="bfloat16") -> list[Measurement]:
+    """The measurements a `patternc calibrate` run printed (its progress lines), to refit a
+    profile without the GPU when the model changes. `seq_len` defaults to the middle of the
+    three dense lengths it printed (calibrate measures dense at half, once and twice it)."""
+    dtype = dtype_name(dtype)
+    lines = text.splitlines()
+    dense = [(int(m.group(1)), m.group(2), float(m.group(3))) for m in map(LOG_DENSE.match, lines) if m]
+    if seq_len is None:
+        if not dense:
+            raise PatternError("the calibrate log has no dense lines, so its sequence length is unknown",
+                               None, "pass seq_len")
+        seq_len = sorted(S for S, _, _ in dense)[len(dense) // 2]
+    texts = {**PATTERNS, "causal-table": "causal", "natten2d": neighborhood_pattern(seq_len)}
+    flex_texts = {**PATTERNS, "natten2d": neighborhood_pattern(seq_len)}
+    out = []
+    for line in lines:
+        m = LOG_KERNEL.match(line)
+        if m and m.group(1) in texts:
+            label, name, ms = m.groups()
+            out.append(Measurement(texts[label], seq_len, seq_len, heads, head_dim, dtype, float(ms),
+                                   config=parse_config(name), label=f"{label} {seq_len} {name}"))
+        m = LOG_FLEX.match(line)
+        if m and m.group(1) in flex_texts:
+            out.append(Measurement(flex_texts[m.group(1)], seq_len, seq_len, heads, head_dim, dtype,
+                                   float(m.group(2)), kind="flex", label=f"flex {m.group(1)} {seq_len}"))
+    out += [Measurement("full", S, S, heads, head_dim, dtype, ms, kind="dense", label=kernel)
+            for S, kernel, ms in dense]
+    if not any(m.kind == "patternc" for m in out):
+        raise PatternError("no kernel times in the calibrate log")
+    return out
+
+
+def refit_from_log(log, base, name: str | None = None, seq_len: int | None = None, heads: int = 16,
+                   head_dim: int = 128, dtype="bfloat16") -> tuple[Profile, dict]:
+    """A profile fitted with the current model to the times a `patternc calibrate` run printed
+    (`log`: its output), with the device constants, capability and environment of `base` (the
+    profile that run wrote, or any profile of that GPU). No GPU needed. A `card.txt` beside the
+    log (`benchmarks/gpu_session.sh` writes one: "NAME, DRIVER" then "torch X triton Y") adds
+    the card and driver to the environment it records."""
+    from pathlib import Path
+
+    log = Path(log)
+    base_name = base.name if isinstance(base, Profile) else str(base)
+    base = base if isinstance(base, Profile) else Profile.load(base)
+    ms = measurements_from_log(log.read_text(), seq_len, heads, head_dim, dtype)
+    constants = {"device": base.device, "sm_count": base.sm_count, "smem_per_sm_kib": base.smem_per_sm_kib,
+                 "smem_per_block_kib": base.smem_per_block_kib, "hbm_gbps": base.hbm_gbps,
+                 "clock_mhz": base.clock_mhz}
+    profile, fits = build_profile(ms, constants, base.fit.get("capability", (9, 0)), name or base.name)
+    environment = dict(base.fit.get("environment") or {})
+    card = log.parent / "card.txt"
+    if card.is_file():
+        first, *rest = card.read_text().splitlines() or [""]
+        if "," in first:
+            environment["card"], environment["driver"] = (x.strip() for x in first.split(",", 1))
+        m = re.match(r"torch (\S+) triton (\S+)", rest[0] if rest else "")
+        if m:
+            environment["torch"], environment["triton"] = m.groups()
+    fit = {**profile.fit, "date": base.fit.get("date"), "environment": environment,
+           "refit": f"costs fitted with the current model to the times in {log} (`patternc calibrate --from-log`); "
+                    f"device constants from {base_name}"}
+    return dataclasses.replace(profile, fit=fit), fits
+
+
 def _default_name(device_name: str) -> str:
     import re
 
@@ -217,4 +294,5 @@ def _measure_flex(q, k, v, patterns, which, bench, progress) -> list[Measurement
     return out
 
 
-__all__ = ["FitResult", "build_profile", "calibrate", "calibration_jobs", "device_constants", "require_gpu"]
+__all__ = ["FitResult", "build_profile", "calibrate", "calibration_jobs", "device_constants", "measurements_from_log",
+           "refit_from_log", "require_gpu"]

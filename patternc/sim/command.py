@@ -4,6 +4,7 @@
     patternc simulate examples/llm.pat -p swa -n 32768 --sweep w=256..4096
     patternc simulate - -n 8192 --json < pattern.txt
     patternc calibrate                      # on a GPU: writes <cache>/profiles/<gpu>.json
+    patternc calibrate --from-log LOG --base PROFILE -o OUT.json   # no GPU: refit to a run's printed times
 
 Each is `add_*_arguments(parser)` + `run*(args) -> int`. They report their own errors
 (a pattern error in the compiler format, exit 1; a usage error, exit 2) so they behave the
@@ -224,14 +225,19 @@ def add_calibrate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", metavar="PATH",
                    help="where to write the profile JSON (default: <patternc cache>/profiles/NAME.json, which "
                         "`simulate --device NAME` finds)")
-    p.add_argument("--seq-len", "-n", type=_positive, default=8192, metavar="N",
-                   help="sequence length of the microbenchmarks (default 8192)")
+    p.add_argument("--seq-len", "-n", type=_positive, metavar="N",
+                   help="sequence length of the microbenchmarks (default 8192; with --from-log: read from the log)")
     p.add_argument("--heads", type=_positive, default=16, metavar="H", help="heads (default 16)")
     p.add_argument("--head-dim", type=int, default=128, choices=(16, 32, 64, 128, 256), metavar="D",
                    help="head dimension the profile is measured at (default 128)")
     p.add_argument("--dtype", choices=DTYPES, default="bf16", help="dtype the profile is measured at (default bf16)")
     p.add_argument("--flex", action="store_true",
                    help="also time FlexAttention (torch.compile: adds a minute); else its costs are scaled from h100")
+    p.add_argument("--from-log", metavar="LOG",
+                   help="no GPU: refit a profile to the times an earlier calibrate run printed (LOG: its output), "
+                        "e.g. after the model changed; needs --base")
+    p.add_argument("--base", metavar="NAME|PATH",
+                   help="with --from-log: the profile that run wrote (device constants, capability, environment)")
     p.add_argument("--json", action="store_true", help="print the profile as JSON")
 
 
@@ -240,13 +246,20 @@ def run_calibrate(args) -> int:
     from ..errors import PatternError
 
     try:
-        from .calibrate import calibrate, require_gpu
+        from .calibrate import calibrate, refit_from_log, require_gpu
         from .profile import user_profile_dir
 
-        require_gpu()  # before anything slow, so a CPU machine gets the answer at once
-        say = (lambda *a, **k: None) if args.json else (lambda text: print(text, flush=True))
-        profile, fits = calibrate(args.name, args.seq_len, args.heads, args.head_dim, args.dtype, args.flex,
-                                  progress=say)
+        if args.from_log:
+            if not args.base:
+                print("patternc calibrate: error: --from-log needs --base (the profile of that GPU)", file=sys.stderr)
+                return 2
+            profile, fits = refit_from_log(args.from_log, args.base, args.name, args.seq_len, args.heads,
+                                           args.head_dim, args.dtype)
+        else:
+            require_gpu()  # before anything slow, so a CPU machine gets the answer at once
+            say = (lambda *a, **k: None) if args.json else (lambda text: print(text, flush=True))
+            profile, fits = calibrate(args.name, args.seq_len or 8192, args.heads, args.head_dim, args.dtype,
+                                      args.flex, progress=say)
         from pathlib import Path
 
         path = Path(args.output) if args.output else user_profile_dir() / f"{profile.name}.json"

@@ -92,13 +92,13 @@ class _Layouts:
             self.patterns[text] = compile(text)
         return self.patterns[text]
 
-    def layout(self, text, M, N, heads, bm, bn, order):
-        key = (text, M, N, heads, bm, bn, order)
+    def layout(self, text, M, N, heads, bm, bn, order, head_dim=128):
+        key = (text, M, N, heads, bm, bn, order, head_dim)
         if key not in self.layouts:
             from ..analysis import routed_data
 
             p = self.pattern(text)
-            data = routed_data(p, M, N, heads) or {}
+            data = routed_data(p, M, N, heads, dim=head_dim) or {}
             self.layouts[key] = p.layout(M, N, heads=heads, block_m=bm, block_n=bn, order=order, **data)
         return self.layouts[key]
 
@@ -152,7 +152,8 @@ def fit_kernel(measurements: list[Measurement], profile: Profile,
         cfg = m.config
         shape = m.shape
         k = ctas_per_sm(cfg, shape, profile)
-        layout = layouts.layout(m.pattern, m.M, m.N, m.heads, cfg["block_m"], cfg["block_n"], cfg.get("order", "auto"))
+        layout = layouts.layout(m.pattern, m.M, m.N, m.heads, cfg["block_m"], cfg["block_n"], cfg.get("order", "auto"),
+                                m.head_dim)
         work = kernel_workload(layout, cfg, shape, layouts.op_count(m.pattern, m.heads, m.M, m.N),
                                ConfigCosts(1.0, k), profile)
         problems.append((m, work, f"tile:{config_name({**cfg, 'iteration': 'auto'})}"))
@@ -185,6 +186,12 @@ def fit_kernel(measurements: list[Measurement], profile: Profile,
 
     prior = np.array([_kernel_prior(n, configs, profile, ref) for n in names])
     theta, rms = _iterate(problems, prior, evaluate, rows_for, prior)
+    # a memory path no measurement ran with index tables gets the other path's table cost
+    paths = {w.table_key for _, w, _ in problems if w.table}
+    if len(paths) == 1:
+        (measured,) = paths
+        for other in ("table_tile_us", "table_tile_tma_us"):
+            theta[col[other]] = theta[col[measured]]
     kernel, tiles = unpack(theta)
     entries = []
     for name, cfg in configs.items():
@@ -204,7 +211,7 @@ def _kernel_prior(name: str, configs: dict, profile: Profile, ref: dict) -> floa
         k = ctas_per_sm(cfg, Shape(1, 1, 1, ref["head_dim"], ref["dtype"]), profile)
         flops = 4 * cfg["block_m"] * cfg["block_n"] * ref["head_dim"]
         return flops / (500e6 / profile.sm_count) * k  # ~500 TF/s over the device, in us per slot
-    return {"launch_us": 5.0, "program_us": 1.0, "run_slot_us": 1.0, "table_tile_us": 0.5,
+    return {"launch_us": 5.0, "program_us": 1.0, "run_slot_us": 1.0, "table_tile_us": 0.5, "table_tile_tma_us": 0.5,
             "mask_ns_per_element": 0.03, "op_ns_per_element": 0.003}[name]
 
 
@@ -219,7 +226,7 @@ def fit_flex(measurements: list[Measurement], profile: Profile,
     names = ["launch_us", "program_us", "full_tile_us", "mask_us", "op_us"]
     problems = []
     for m in ms:
-        layout = layouts.layout(m.pattern, m.M, m.N, m.heads, block, block, "natural")
+        layout = layouts.layout(m.pattern, m.M, m.N, m.heads, block, block, "natural", m.head_dim)
         problems.append((m, flex_workload(layout, m.shape, layouts.op_count(m.pattern, m.heads, m.M, m.N), profile)))
 
     def as_dict(theta):

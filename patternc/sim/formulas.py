@@ -60,7 +60,7 @@ def _fluid_sum_us(pattern, n: int, heads: int, head_dim: int, dtype: str, config
     """(sum of program times in us for one batch element at length n, slots)."""
     shape = Shape(n, n, heads, head_dim, dtype, 1)
     costs = resolve_costs(config, shape, profile)
-    layout = _layout(pattern, n, n, heads, config["block_m"], config["block_n"], config.get("order", "auto"))
+    layout = _layout(pattern, n, n, heads, config["block_m"], config["block_n"], config.get("order", "auto"), head_dim)
     work = kernel_workload(layout, config, shape, ops, costs, profile)
     return float(work.times(profile.kernel, costs.tile_us).sum()), work.slots
 

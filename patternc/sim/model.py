@@ -3,7 +3,7 @@
 Per program (batch, head, query tile), in slot time (see `profile.py`):
 
     runs iteration:   program_us + run_slots x run_slot_us + F x tile + P x partial
-    table iteration:  program_us + F x (tile + table_tile_us) + P x max(partial, tile + table_tile_us)
+    table iteration:  program_us + F x (tile + table) + P x max(partial, tile + table)
 
     tile    = the config's full-tile cost (scaled to head_dim and dtype)
     partial = tile + elements x ctas_per_sm x (mask_ns + ops x op_ns)
@@ -12,9 +12,12 @@ F and P are the row's full and partial key tiles, `run_slots` the ranges the ker
 over per row (`Layout.runs()`: its static count, empty or not), `elements` = BLOCK_M x
 BLOCK_N, `ops` the predicate's weighted operation count (`patternc.sim.ops`). Table
 iteration's index loads put a latency under every tile that only a long enough partial
-tile hides, hence the max. Programs are then list-scheduled longest first onto
-`sm_count x ctas_per_sm` slots (`schedule.py`); the kernel time is the makespan plus launch_us,
-and never less than the memory floor (Q, K, V read and O written once at HBM bandwidth).
+tile hides, hence the max; how much of it the pipeline hides depends on how the tile is
+copied once its index is known, so `table` is the profile's `table_tile_us` for pointer loads
+and `table_tile_tma_us` for TMA copies (measured on an H200: ~0.2 and ~0.6 us). Programs are
+then list-scheduled longest first onto `sm_count x ctas_per_sm` slots (`schedule.py`); the
+kernel time is the makespan plus launch_us, and never less than the memory floor (Q, K, V
+read and O written once at HBM bandwidth).
 
 FlexAttention is modelled the same way with its own costs: 128 x 128 tiles, natural order,
 query tiles fastest, index tables, one CTA per SM. The dense (cuDNN-class) time comes from
@@ -125,19 +128,29 @@ class Workload:
     ops: float  # predicate weighted op count
     tile_scale: float = 1.0  # multiplies the config's tile cost (shape extrapolation)
     notes: list = field(default_factory=list)
+    memory: str = "pointers"  # how key tiles are copied: "pointers" or "tma" (the index-table cost)
+
+    @property
+    def table_key(self) -> str:
+        """The profile's kernel key for the index-table cost of this memory path."""
+        return "table_tile_tma_us" if self.memory == "tma" else "table_tile_us"
+
+    def table_us(self, kernel: dict) -> float:
+        """The index-table cost per tile (0 with runs iteration)."""
+        return kernel.get(self.table_key, kernel["table_tile_us"]) if self.table else 0.0
 
     def features(self, names: list[str], tile_name: str, table_branch: bool = False) -> np.ndarray:
         """[programs, len(names)]: each program's time is `features @ params` (the kernel model
         is linear in its costs; `names` are the profile's kernel keys and `tile_name` the
         config's tile cost). `table_branch`: with table iteration, whether partial tiles cost
-        tile + table_tile_us (their latency floor, True) or their own cost (False)."""
+        tile + the table cost (their latency floor, True) or their own cost (False)."""
         X = np.zeros((len(self.full), len(names)))
         col = {n: i for i, n in enumerate(names)}
         X[:, col["program_us"]] = 1.0
         X[:, col[tile_name]] = (self.full + self.partial) * self.tile_scale
         pred = self.partial * self.elements_k / 1000.0
         if self.table:
-            X[:, col["table_tile_us"]] = self.full + (self.partial if table_branch else 0)
+            X[:, col[self.table_key]] = self.full + (self.partial if table_branch else 0)
             if not table_branch:
                 X[:, col["mask_ns_per_element"]] = pred
                 X[:, col["op_ns_per_element"]] = pred * self.ops
@@ -156,7 +169,7 @@ class Workload:
         tile = tile_us * self.tile_scale
         partial = tile + self.predicate_us(kernel)
         if self.table:
-            floor = tile + kernel["table_tile_us"]
+            floor = tile + self.table_us(kernel)
             return kernel["program_us"] + self.full * floor + self.partial * max(partial, floor)
         return kernel["program_us"] + self.run_slots * kernel["run_slot_us"] + self.full * tile + self.partial * partial
 
@@ -164,18 +177,21 @@ class Workload:
         """Whether, with table iteration, the latency floor is what partial tiles cost."""
         tile = tile_us * self.tile_scale
         partial = tile + self.predicate_us(kernel)
-        return self.table and tile + kernel["table_tile_us"] >= partial
+        return self.table and tile + self.table_us(kernel) >= partial
 
 
 def kernel_workload(layout, config: dict, shape: Shape, ops: float, costs: ConfigCosts, profile: Profile) -> Workload:
     """The generated kernel's programs for `layout` under `config` (in no particular order:
-    they are scheduled longest first)."""
+    they are scheduled longest first). Routed patterns always iterate index tables: their
+    selection kernels write the tables at run time."""
     full = np.tile(layout.full_kv_num_blocks.cpu().numpy().astype(np.int64), (shape.batch, 1)).reshape(-1)
     partial = np.tile(layout.kv_num_blocks.cpu().numpy().astype(np.int64), (shape.batch, 1)).reshape(-1)
-    runs = layout.runs() if config.get("iteration", "auto") != "table" else None
+    routed = getattr(layout.pattern, "is_routed", False)
+    runs = layout.runs() if config.get("iteration", "auto") != "table" and not routed else None
     run_slots = 0 if runs is None else int(runs[0].shape[2] + runs[1].shape[2])
     return Workload(full, partial, profile.sm_count * costs.ctas_per_sm, runs is None, run_slots,
-                    config["block_m"] * config["block_n"] * costs.ctas_per_sm, ops, 1.0, list(costs.notes))
+                    config["block_m"] * config["block_n"] * costs.ctas_per_sm, ops, 1.0, list(costs.notes),
+                    config.get("memory", "pointers"))
 
 
 def flex_workload(layout, shape: Shape, ops: float, profile: Profile) -> Workload:

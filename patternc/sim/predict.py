@@ -196,15 +196,17 @@ _LAYOUTS: OrderedDict = OrderedDict()
 _LAYOUT_CACHE_SIZE = 32
 
 
-def _layout(pattern, M, N, heads, bm, bn, order):
-    key = (pattern, M, N, heads, bm, bn, order)
+def _layout(pattern, M, N, heads, bm, bn, order, head_dim=128):
+    """The layout the kernel would get; routed patterns select on random q, k with `head_dim`
+    features (as real ones have: how alike the queries' choices are depends on it)."""
+    key = (pattern, M, N, heads, bm, bn, order, head_dim if pattern.is_routed else None)
     hit = _LAYOUTS.get(key)
     if hit is not None:
         _LAYOUTS.move_to_end(key)
         return hit
     from ..analysis import routed_data
 
-    data = routed_data(pattern, M, N, heads) or {}
+    data = routed_data(pattern, M, N, heads, dim=head_dim) or {}
     layout = pattern.layout(M, N, heads=heads, block_m=bm, block_n=bn, order=order, **data)
     _LAYOUTS[key] = layout
     if len(_LAYOUTS) > _LAYOUT_CACHE_SIZE:
@@ -219,7 +221,7 @@ def predict_config(pattern, shape: Shape, config: dict, profile: Profile, ops: f
     """One config's prediction (see `patternc.sim.model` for the formulas)."""
     costs = resolve_costs(config, shape, profile)
     layout = _layout(pattern, shape.M, shape.N, shape.heads, config["block_m"], config["block_n"],
-                     config.get("order", "auto"))
+                     config.get("order", "auto"), shape.head_dim)
     work = kernel_workload(layout, config, shape, ops, costs, profile)
     kernel = profile.kernel
     times = work.times(kernel, costs.tile_us)
@@ -229,7 +231,7 @@ def predict_config(pattern, shape: Shape, config: dict, profile: Profile, ops: f
     slots = work.slots
     tile = costs.tile_us
     partial_cost = work.times({**kernel, "program_us": 0.0, "run_slot_us": 0.0}, tile) - work.full * (
-        tile + (kernel["table_tile_us"] if work.table else 0.0))
+        tile + work.table_us(kernel))
     full_ms = float((work.full * tile).sum()) / slots / 1e3
     partial_ms = float(partial_cost.sum()) / slots / 1e3
     total = float(times.sum()) / slots / 1e3
@@ -253,7 +255,7 @@ def predict_flex(pattern, shape: Shape, profile: Profile, ops: float) -> float |
     if flex["full_tile_us"] <= 0:
         return None
     block = int(flex["block"])
-    layout = _layout(pattern, shape.M, shape.N, shape.heads, block, block, "natural")
+    layout = _layout(pattern, shape.M, shape.N, shape.heads, block, block, "natural", shape.head_dim)
     work = flex_workload(layout, shape, ops, profile)
     makespan = list_schedule(flex_times(work, flex), work.slots)
     return (max(makespan, memory_floor_us(shape, profile)) + flex["launch_us"]) / 1e3
@@ -318,8 +320,8 @@ def simulate(pattern, M: int, N: int | None = None, heads: int | None = None, he
     routed = 0.0
     if pattern.is_routed:
         routed = routed_selection_ms(pattern, shape, profile)
-        notes.append("routed: blocks chosen for random q, k; the selection kernel is modelled, not measured, "
-                     "and patternc.attention does not run routed patterns yet")
+        notes.append(f"routed: blocks chosen for random q, k ({shape.head_dim} features); the selection kernels' "
+                     "time is a bandwidth-and-launch estimate, not fitted to measurements")
     if best.programs < profile.sm_count:
         notes.append(f"{best.programs} programs for {profile.sm_count} SMs: the profile's costs assume busy SMs, "
                      "so this small problem is predicted pessimistically")

@@ -2,10 +2,11 @@
 
 A profile holds the device's constants (SM count, clocks, memory), the fitted costs of the
 generated kernels (per tile configuration: the time of one full key tile in a program slot,
-and the CTAs an SM holds; shared: launch, per-program, per-run-slot, index-table, masking and
-predicate-operation costs), FlexAttention's costs, and the dense (cuDNN-class) kernel's
-measured times. Shipped profiles live in `patternc/sim/profiles/<name>.json`; `patternc
-calibrate` writes new ones into the user's profile directory (`<cache>/profiles/`).
+and the CTAs an SM holds; shared: launch, per-program, per-run-slot, index-table (one per
+memory path: pointer loads and TMA copies), masking and predicate-operation costs),
+FlexAttention's costs, and the dense (cuDNN-class) kernel's measured times. Shipped profiles
+live in `patternc/sim/profiles/<name>.json`; `patternc calibrate` writes new ones into the
+user's profile directory (`<cache>/profiles/`).
 
 Costs are *slot times*: an SM holding k CTAs of a config runs k programs at once, each at
 1/k of the SM, so a config's tile costs are the time one program spends on a tile while
@@ -23,8 +24,11 @@ from ..errors import PatternError, closest
 SCHEMA = 1
 PACKAGE_DIR = Path(__file__).resolve().parent / "profiles"
 
-KERNEL_KEYS = ("launch_us", "program_us", "run_slot_us", "table_tile_us", "mask_ns_per_element",
-               "op_ns_per_element")
+KERNEL_KEYS = ("launch_us", "program_us", "run_slot_us", "table_tile_us", "table_tile_tma_us",
+               "mask_ns_per_element", "op_ns_per_element")
+# kernel keys a profile may leave out, and the key whose value stands in for them (profiles
+# written before the TMA path's index-table cost was told apart charge both paths alike)
+KERNEL_DEFAULTS = {"table_tile_tma_us": "table_tile_us"}
 FLEX_KEYS = ("block", "launch_us", "program_us", "full_tile_us", "mask_us", "op_us")
 DEVICE_KEYS = ("sm_count", "smem_per_sm_kib", "smem_per_block_kib", "hbm_gbps")
 
@@ -110,7 +114,12 @@ class Profile:
         if not isinstance(reference, dict) or reference.get("dtype") not in DTYPE_BYTES:
             fail("reference must be {\"head_dim\": int, \"dtype\": one of " + ", ".join(DTYPE_BYTES) + "}")
         reference = {"head_dim": number(reference, "head_dim", "reference.", 1, True), "dtype": reference["dtype"]}
-        kernel = {k: number(data.get("kernel"), k, "kernel.") for k in KERNEL_KEYS}
+        given = data.get("kernel") if isinstance(data.get("kernel"), dict) else {}
+        kernel = {k: number(data.get("kernel"), k, "kernel.") for k in KERNEL_KEYS
+                  if k not in KERNEL_DEFAULTS or k in given}
+        for k, stand_in in KERNEL_DEFAULTS.items():
+            kernel.setdefault(k, kernel[stand_in])
+        kernel = {k: kernel[k] for k in KERNEL_KEYS}
         configs = data.get("configs")
         if not isinstance(configs, list) or not configs:
             fail("configs must be a non-empty list of tile configurations")
