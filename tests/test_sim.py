@@ -597,3 +597,14 @@ def test_cli_calibrate_without_a_gpu_says_so(capsys):
         pytest.skip("a GPU is present: calibrate would measure it")
     code, out, err = _run(capsys, "calibrate", "--seq-len", "4096")
     assert code == 1 and "no CUDA GPU" in err and "hint:" in err
+
+
+def test_routed_selection_grows_with_length_and_costs_more_per_token():
+    from patternc.sim.model import Shape
+    from patternc.sim.predict import as_profile, routed_selection_ms
+
+    profile = as_profile("h100")
+    block, token = (patternc.compile(f"causal & topk(4, block=512{q})") for q in ("", ", query=token"))
+    times = [routed_selection_ms(block, Shape(S, S, 16, 128, "bfloat16"), profile) for S in (8192, 32768, 131072)]
+    assert times == sorted(times) and times[0] > 0
+    assert routed_selection_ms(token, Shape(32768, 32768, 16, 128, "bfloat16"), profile) > times[1]

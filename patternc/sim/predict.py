@@ -261,11 +261,36 @@ def predict_flex(pattern, shape: Shape, profile: Profile, ops: float) -> float |
     return (max(makespan, memory_floor_us(shape, profile)) + flex["launch_us"]) / 1e3
 
 
+# The routing kernels' costs, measured on an H200 (benchmarks/results/2026-11-28-h200-routed2,
+# moba at 8k-128k, torch.profiler): pooling reads q and k at about this share of the HBM
+# bandwidth, plus a fixed cost per pooling launch; a select program (score, pick, write its
+# tile rows) takes about SELECT_PROGRAM_US with SELECT_PER_SM of them resident per SM; with
+# query=token a program (128 query rows) takes TOKEN_US_PER_KEY_BLOCK per key block it scores.
+POOL_BANDWIDTH_SHARE = 0.63
+POOL_LAUNCH_US = 13.0
+SELECT_PROGRAM_US = 36.0
+SELECT_PER_SM = 8
+TOKEN_US_PER_KEY_BLOCK = 3.5
+
+
 def routed_selection_ms(pattern, shape: Shape, profile: Profile) -> float:
-    """Run-time block selection of routed patterns: pooling q and k (one read of each at HBM
-    bandwidth) and the pooled scores, two launches. A model, not yet measured."""
-    b = shape.element_bytes * shape.head_dim * shape.batch * shape.heads
-    return ((shape.M + shape.N) * b / (profile.hbm_gbps * 1e3) + 2 * profile.kernel["launch_us"]) / 1e3
+    """Run-time block selection of routed patterns (`patternc/runtime/routing.py`): pooling q and k
+    (one read of each; keys only with query=token), then one select program per (query block or
+    query tile, batch, head)."""
+    from ..runtime.routed import routed_node
+
+    node = routed_node(pattern)
+    block = int(node.block.value)
+    per_token = shape.element_bytes * shape.head_dim * shape.batch * shape.heads
+    pooled = shape.N + (shape.M if node.query == "block" else 0)
+    launches = 1 + (node.query == "block")
+    pool_us = pooled * per_token / (POOL_BANDWIDTH_SHARE * profile.hbm_gbps * 1e3) + launches * POOL_LAUNCH_US
+    if node.query == "block":
+        programs, program_us = -(-shape.M // block) * shape.batch * shape.heads, SELECT_PROGRAM_US
+    else:
+        programs, program_us = -(-shape.M // 128) * shape.batch * shape.heads, TOKEN_US_PER_KEY_BLOCK * -(-shape.N // block)
+    select_us = programs / (SELECT_PER_SM * profile.sm_count) * program_us + profile.kernel["launch_us"]
+    return (pool_us + select_us) / 1e3
 
 
 # ------------------------------------------------------------------------------ simulate
@@ -321,7 +346,7 @@ def simulate(pattern, M: int, N: int | None = None, heads: int | None = None, he
     if pattern.is_routed:
         routed = routed_selection_ms(pattern, shape, profile)
         notes.append(f"routed: blocks chosen for random q, k ({shape.head_dim} features); the selection kernels' "
-                     "time is a bandwidth-and-launch estimate, not fitted to measurements")
+                     "costs were measured on an H200 (moba), not by calibrate")
     if best.programs < profile.sm_count:
         notes.append(f"{best.programs} programs for {profile.sm_count} SMs: the profile's costs assume busy SMs, "
                      "so this small problem is predicted pessimistically")
