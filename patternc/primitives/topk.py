@@ -67,22 +67,28 @@ def select_blocks(q, k, count: int | None, block: int, causal: bool, threshold: 
         rows = rows.reshape(Hkv, group, *rows.shape[1:]).mean(1)
     else:
         kbar = kbar.repeat_interleave(group, dim=0)
-    scores = rows @ kbar.transpose(1, 2)  # [choosers, rows, nK]
     K = torch.arange(n_k, device=q.device)[None, :]
-    own = own[:, None]
-    eligible = (K < own) if causal else (K != own)
-    ranked, order = torch.sort(scores.masked_fill(~eligible, float("-inf")), dim=-1, descending=True, stable=True)
-    rank = torch.arange(n_k, device=q.device).expand_as(order)
-    take = rank < (n_k if count is None else max(count - 1, 0))
-    if threshold is not None:
-        # mass ranked ahead of each block: take it while that is short of the threshold (rows
-        # without eligible blocks get NaN here and take nothing)
-        p = torch.softmax(ranked * D ** -0.5, dim=-1)
-        ahead = torch.nn.functional.pad(p.cumsum(-1)[..., :-1], (1, 0))
-        take &= ahead < threshold
-    chosen = torch.empty_like(take).scatter_(-1, order, take)
-    chosen &= eligible  # fewer eligible blocks than asked: the -inf picks drop out
-    chosen |= (K == own) & (own >= 0) & (own < n_k)
+
+    def choose(rows, own):  # rows [choosers, r, D], own [r] -> bool [choosers, r, nK]
+        own = own[:, None]
+        eligible = (K < own) if causal else (K != own)
+        scores = (rows @ kbar.transpose(1, 2)).masked_fill(~eligible, float("-inf"))
+        ranked, order = torch.sort(scores, dim=-1, descending=True, stable=True)
+        rank = torch.arange(n_k, device=q.device).expand_as(order)
+        take = rank < (n_k if count is None else max(count - 1, 0))
+        if threshold is not None:
+            # mass ranked ahead of each block: take it while that is short of the threshold (rows
+            # without eligible blocks get NaN here and take nothing)
+            p = torch.softmax(ranked * D ** -0.5, dim=-1)
+            ahead = torch.nn.functional.pad(p.cumsum(-1)[..., :-1], (1, 0))
+            take &= ahead < threshold
+        chosen = torch.empty_like(take).scatter_(-1, order, take)
+        chosen &= eligible  # fewer eligible blocks than asked: the -inf picks drop out
+        return chosen | ((K == own) & (own >= 0) & (own < n_k))
+
+    # in slices of rows, so that per-token scores of long sequences stay small
+    step = max(1, (1 << 24) // max(1, rows.shape[0] * n_k))
+    chosen = torch.cat([choose(rows[:, i:i + step], own[i:i + step]) for i in range(0, rows.shape[1], step)], dim=1)
     return chosen.repeat_interleave(group, dim=0) if shared == "group" else chosen
 
 
