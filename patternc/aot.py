@@ -50,7 +50,8 @@ def config_text(cfg: dict) -> str:
 
 
 def dtype_name(dtype) -> str:
-    """'bfloat16', 'float16' or 'float32' from a short name (bf16, fp16, fp32) or a torch dtype."""
+    """'bfloat16', 'float16' or 'float32' from a short name (bf16, fp16, fp32, half, float), a long
+    name or a torch dtype."""
     text = str(dtype).removeprefix("torch.")
     if text not in _DTYPE_ALIASES:
         raise PatternError(f"dtype must be one of bf16, fp16, fp32, got {dtype!r}")

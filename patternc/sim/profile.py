@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..aot import dtype_name  # noqa: F401 - the simulator names dtypes as the compiler does
 from ..errors import PatternError, closest
 
 SCHEMA = 1
@@ -180,18 +181,6 @@ class Profile:
 
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
-DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "half": "float16", "fp32": "float32", "float": "float32",
-                 **{v: v for v in DTYPE_BYTES}}
-
-
-def dtype_name(dtype) -> str:
-    """'bfloat16', 'float16' or 'float32' from a short name, a long name or a torch dtype."""
-    text = str(dtype).removeprefix("torch.")
-    if text not in DTYPE_ALIASES:
-        raise PatternError(f"dtype must be one of bf16, fp16, fp32, got {dtype!r}")
-    return DTYPE_ALIASES[text]
-
-
 def config_name(config: dict) -> str:
     """`128x64/w8/s3/tma` (and `/table` when table iteration is forced)."""
     text = f"{config['block_m']}x{config['block_n']}/w{config['num_warps']}/s{config['num_stages']}"
