@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from ..errors import PatternError
 from ..ir.pattern import Pattern
+from .routed import RoutedPlan
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
 
@@ -151,8 +152,6 @@ def _run(module, layout, q, k, v, scale, return_lse, return_layout):
     """Launch a generated kernel; (out[, lse][, layout]) as `attention` returns them. A routed
     pattern's layout is its plan: the blocks are selected first, from q and k."""
     import torch
-
-    from .routed import RoutedPlan
 
     if isinstance(layout, RoutedPlan):
         layout = layout.layout(q, k)

@@ -84,6 +84,7 @@ class RoutedPlan:
     def layout(self, q, k) -> RoutedLayout:
         """Select on the device (q `[B, H, M, D]`, k `[B, Hkv, N, D]`) and build the index tables."""
         import torch
+        from triton import next_power_of_2 as pow2
 
         from .routing import pool_blocks, select_blocks, select_tokens
 
@@ -138,11 +139,6 @@ class RoutedPlan:
                                              WORDS_PER_ROW=nkp // 32, **options)
         return RoutedLayout(counts[1], tables[1], counts[0], tables[0], self.row_order, key_tiles, b, B,
                             choice_words=words, key_blocks=n_k)
-
-
-def pow2(n: int) -> int:
-    """The smallest power of two >= n (Triton's block shapes)."""
-    return 1 << max(0, (n - 1).bit_length())
 
 
 @lru_cache(maxsize=64)
