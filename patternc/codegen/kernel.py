@@ -380,7 +380,7 @@ ROUTED = {  # the partial-tile entries say whether topk chose the tile's key blo
 
 def module_source(spec: KernelSpec, summary: str = "") -> str:
     """The whole generated module as formatted Python source."""
-    from .. import __version__
+    from ..version import __version__
 
     memory = TMA if spec.tma else POINTERS
     iteration = dict(RUNS if spec.runs is not None else TABLES)

@@ -28,7 +28,7 @@ import sysconfig
 
 from ..errors import PatternError, Source, Span
 from ..ir.expr import COMPARISONS, Sym, Term, TraceError
-from ..ir.pattern import Pattern
+from ..ir.pattern import Pattern, delegate
 from .predicate import Predicate
 from .recognize import recognize
 
@@ -57,9 +57,7 @@ class JitPattern:
         functools.update_wrapper(self, fn)
 
     def __call__(self, q, k, v, **kw):
-        from ..runtime import attention
-
-        return attention(q, k, v, self.pattern, **kw)
+        return delegate("attention")(q, k, v, self.pattern, **kw)
 
     def mask(self, *args, **kw):
         """`Pattern.mask`: bool [heads, M, N]."""

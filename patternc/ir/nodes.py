@@ -51,6 +51,10 @@ class Node:
         """Key-index intervals [lo, hi) that may be visible from queries [q0, q1) (numpy)."""
         raise NotImplementedError
 
+    def bounds_causally(self) -> bool:
+        """Does `self & x` keep every query off future keys? (a primitive's hook; see `under_causal`)"""
+        return False
+
 
 @dataclass(frozen=True)
 class Combinator(Node):

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Callable
 
 from ..errors import PatternError, Source, Span, closest
-from .expr import Term, evaluate
-from .nodes import Intersect, Node
+from .context import Context
+from .expr import Sym, Term, evaluate
+from .nodes import Difference, Intersect, Node, Union
+
+# What `Pattern.layout`, `Pattern.mask_mod` and calling a `@jit` predicate delegate to: the
+# stages that define them register them here when imported (`import patternc` imports them
+# all), so that the IR and the front ends import no stage above them.
+DELEGATES: dict[str, Callable] = {}
 
 
 @dataclass(frozen=True)
@@ -45,11 +52,9 @@ def substitute(node: Node, mapping: dict[str, Term]) -> Node:
 
 def under_causal(node: Node) -> bool:
     """Is the expression `causal & ...` (so routed blocks must not look ahead)?"""
-    from ..primitives.causal import Causal
-
-    if isinstance(node, Causal):
-        return node.block is None
-    return isinstance(node, Intersect) and (under_causal(node.a) or under_causal(node.b))
+    if isinstance(node, Intersect):
+        return under_causal(node.a) or under_causal(node.b)
+    return not node.children() and node.bounds_causally()
 
 
 @dataclass(frozen=True)
@@ -133,16 +138,30 @@ class Pattern:
             out.append(v)
         return tuple(out)
 
-    def primitives(self):
-        """Every primitive in the pattern (all sections)."""
-        from ..primitives import Primitive
+    def rule_grid(self, M: int, N: int) -> tuple[int, ...] | None:
+        """The grid rules read: `grid_shape`, or `(N,)` when a primitive needs one and the
+        pattern declares none (kernels and traced predicates need it spelled out)."""
+        grid = self.grid_shape(M, N)
+        if grid is None and any(p.needs_grid for p in self.primitives()):
+            grid = (N,)
+        return grid
 
+    def context(self, section: Section, M, N, h, data=None, lengths=None) -> Context:
+        """Where `section`'s rule is evaluated: lengths `M`, `N` and heads `h` in any domain of
+        `ir.expr`, run-time `data` (q, k and the caches of routed primitives), whether the section
+        is `causal & ...`, and the declared grid; symbolic lengths (a traced rule) pass the int
+        `lengths` the grid is for, and get `rule_grid`'s, spelled out."""
+        grid = self.grid_shape(M, N) if lengths is None else self.rule_grid(*lengths)
+        return Context(M, N, h, grid, dict(data or {}, causal=under_causal(section.expr)))
+
+    def primitives(self):
+        """Every primitive (leaf of the expression) in the pattern (all sections)."""
         bodies = [s.expr for s in self.body] if isinstance(self.body, tuple) else [self.body]
-        return [n for b in bodies for n in b.walk() if isinstance(n, Primitive)]
+        return [n for b in bodies for n in b.walk() if not n.children()]
 
     @property
     def is_routed(self) -> bool:
-        return any(p.name == "topk" for p in self.primitives())
+        return any(p.routed for p in self.primitives())
 
     # ------------------------------------------------------------------ semantics
 
@@ -154,8 +173,6 @@ class Pattern:
         accepted).
         """
         import torch
-
-        from ..primitives import Context
 
         N = M if N is None else N
         _check_lengths(M, N, self.span)
@@ -174,12 +191,11 @@ class Pattern:
                                f"pass q with {H} heads, or heads={data['q'].shape[0]}")
         qi = torch.arange(M, device=device).view(1, M, 1)
         ki = torch.arange(N, device=device).view(1, 1, N)
-        grid = self.grid_shape(M, N)
         out = torch.empty(H, M, N, dtype=torch.bool, device=device)
         for s in sections:
             h = torch.arange(s.lo, s.hi + 1, device=device).view(-1, 1, 1)
-            ctx = Context(M, N, h, grid, dict(data, causal=under_causal(s.expr)))
-            out[s.lo: s.hi + 1] = torch.as_tensor(s.expr.visible(ctx, qi, ki), device=device)
+            out[s.lo: s.hi + 1] = torch.as_tensor(s.expr.visible(self.context(s, M, N, h, data), qi, ki),
+                                                  device=device)
         return out
 
     def layout(self, M: int, N: int | None = None, heads: int | None = None, block_m: int = 128,
@@ -189,23 +205,15 @@ class Pattern:
         `order="auto"` lays residue-closed patterns (dilated windows, strided) out class by
         class (`Layout.permutation`), so tiles hold only tokens that can see each other;
         `order="natural"` keeps token order (as FlexAttention needs)."""
-        from ..layout import build_layout
-
-        return build_layout(self, M, M if N is None else N, heads, block_m, block_n, q=q, k=k, device=device,
-                            order=order)
+        return delegate("layout")(self, M, M if N is None else N, heads, block_m, block_n, q=q, k=k,
+                                   device=device, order=order)
 
     def predicate_terms(self, M: int, N: int, heads: int | None = None) -> list[tuple[Section, Term | None]]:
         """Per section, the rule traced into one `Term` over q, k, h, M, N (None where a
         primitive reads run-time tables and can't be traced)."""
-        from ..primitives import Context
-        from .expr import Sym
-
-        grid = self.grid_shape(M, N)
-        if grid is None and any(p.name == "neighborhood" for p in self.primitives()):
-            grid = (N,)
         out = []
         for s in self.sections(heads):
-            ctx = Context(Sym("M"), Sym("N"), Sym("h"), grid, {"causal": under_causal(s.expr)})
+            ctx = self.context(s, Sym("M"), Sym("N"), Sym("h"), lengths=(M, N))
             try:
                 value = s.expr.visible(ctx, Sym("q"), Sym("k"))
             except NotImplementedError:
@@ -216,47 +224,8 @@ class Pattern:
 
     def mask_mod(self, M: int, N: int | None = None, heads: int | None = None, q=None, k=None):
         """A FlexAttention `mask_mod(b, h, q_idx, kv_idx) -> bool` with this pattern's semantics
-        at lengths M, N (for `create_block_mask`, `flex_attention` and A/B comparisons). It
-        evaluates the traced rule with plain torch ops, so `torch.compile` fuses it. Routed
-        patterns need the `q` and `k` their blocks are chosen from (as `mask`)."""
-        from ..primitives import Context
-
-        N = M if N is None else N
-        data = {} if q is None else {"q": _heads_first(q, "q"), "k": _heads_first(k, "k")}
-        if self.is_routed and data:  # the chosen blocks, then a plain lookup (traceable by vmap)
-            from ..runtime.routed import routed_node, select, static_variants
-
-            chosen, nothing, _, block = static_variants(self)
-            t_chosen, t_other = chosen.predicate_terms(M, N, heads)[0][1], nothing.predicate_terms(M, N, heads)[0][1]
-            selection = select(data["q"][None], data["k"][None], self)[0]  # [H, rows, nK]
-            rows, n_k = selection.shape[1:]
-            per_token = routed_node(self).query == "token"
-
-            def routed_mask_mod(b, h, q_idx, kv_idx):
-                env = {"q": q_idx, "k": kv_idx, "h": h, "M": M, "N": N}
-                row = q_idx if per_token else q_idx // block
-                picked = selection[h, row.clamp(max=rows - 1), (kv_idx // block).clamp(max=n_k - 1)]
-                return (q_idx >= 0) & ((picked & evaluate(t_chosen, env)) | (~picked & evaluate(t_other, env)))
-
-            return routed_mask_mod
-
-        terms = self.predicate_terms(M, N, heads)
-        grid = self.grid_shape(M, N)
-
-        def section_mask(s, term, h, q_idx, kv_idx):
-            if term is None:  # tables: evaluate the primitives directly
-                ctx = Context(M, N, h, grid, dict(data, causal=under_causal(s.expr)))
-                return (q_idx >= 0) & s.expr.visible(ctx, q_idx, kv_idx)
-            return (q_idx >= 0) & evaluate(term, {"q": q_idx, "k": kv_idx, "h": h, "M": M, "N": N})
-
-        def mask_mod(b, h, q_idx, kv_idx):
-            out = None
-            for s, term in reversed(terms):
-                v = section_mask(s, term, h, q_idx, kv_idx)
-                out = v if out is None else (h <= s.hi) & v | (h > s.hi) & out
-            return out
-
-        return mask_mod
+        at lengths M, N (see `patternc.layout.flex.mask_mod`)."""
+        return delegate("mask_mod")(self, M, N, heads, q=q, k=k)
 
     # ------------------------------------------------------------------ composition and printing
 
@@ -268,16 +237,12 @@ class Pattern:
         return Pattern(cls(self.expr, other.expr), grid=self.grid or other.grid)
 
     def __or__(self, other):
-        from .nodes import Union
-
         return self._combine(other, Union)
 
     def __and__(self, other):
         return self._combine(other, Intersect)
 
     def __sub__(self, other):
-        from .nodes import Difference
-
         return self._combine(other, Difference)
 
     def __str__(self):
@@ -296,6 +261,14 @@ class Pattern:
 
     def __repr__(self):
         return f"Pattern({str(self)!r})"
+
+
+def delegate(name: str) -> Callable:
+    """The registered implementation of `name` (see `DELEGATES`)."""
+    if name not in DELEGATES:
+        raise PatternError(f"'{name}' is defined by a stage of patternc that is not loaded", None,
+                           "import patternc first")
+    return DELEGATES[name]
 
 
 def _to_term(value, name) -> Term:

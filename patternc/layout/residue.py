@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..ir.expr import Interval, Term
+from ..ir.expr import Interval
 from ..ir.nodes import Difference, Intersect, Node, Union
 from ..primitives import Primitive
 
@@ -22,15 +22,7 @@ from ..primitives import Primitive
 def residue_modulus(node: Node, grid=None) -> int:
     """The largest r known to keep every visible pair inside one residue class (1: none)."""
     if isinstance(node, Primitive):
-        if getattr(node, "block", None) is not None:
-            return 1
-        if node.name == "neighborhood" and grid is not None and len(grid) > 1:
-            return 1  # dilation groups of a multi-dimensional grid are not token residues
-        step = {"window": "dilation", "strided": "stride", "neighborhood": "dilation"}.get(node.name)
-        value = getattr(node, step, None) if step else None
-        if isinstance(value, Term) and value.is_const and value.value > 1:
-            return value.value
-        return 1
+        return node.residue_modulus(grid)
     if isinstance(node, Intersect):
         a, b = residue_modulus(node.a, grid), residue_modulus(node.b, grid)
         return math.lcm(a, b) if a > 1 and b > 1 else max(a, b)

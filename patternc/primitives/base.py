@@ -19,6 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from ..errors import PatternError, Span, closest
+from ..ir.context import Context
 from ..ir.expr import Term, evaluate
 from ..ir.nodes import MAX_INTERVALS, Node  # noqa: F401 - MAX_INTERVALS is shared with primitives
 
@@ -34,26 +35,6 @@ def param(default=dataclasses.MISSING, kind=INT, doc="", choices=()):
 
 
 @dataclass(frozen=True)
-class Context:
-    """Where a rule is evaluated: lengths, the head index, the token grid and run-time data.
-
-    `M`, `N` and `h` are values of the evaluation domain (ints, tensors, intervals or symbols).
-    """
-
-    M: object
-    N: object
-    h: object = 0
-    grid: tuple[int, ...] | None = None
-    data: dict = field(default_factory=dict)
-
-    def blocked(self, b) -> Context:
-        return dataclasses.replace(self, M=(self.M + b - 1) // b, N=(self.N + b - 1) // b)
-
-    def env(self) -> dict:
-        return {"M": self.M, "N": self.N, "h": self.h}
-
-
-@dataclass(frozen=True)
 class Primitive(Node):
     """Base of all primitives; subclasses register under `name`."""
 
@@ -62,6 +43,12 @@ class Primitive(Node):
     per_head_tables: ClassVar[bool] = False  # rule reads a per-head table (random, topk)
     # one line per form, for hints: "window(w) | window(left, right, dilation=1, block=None)"
     signature: ClassVar[str] = ""
+    textual: ClassVar[bool] = True  # has a pattern-text form that round-trips (not jit's predicate)
+    needs_grid: ClassVar[bool] = False  # the rule reads ctx.grid; without grid(...) it is (N,)
+    # resolved at run time from q and k (topk): kernels read a tile's choice, the runtime selects
+    routed: ClassVar[bool] = False
+    # pattern texts using this primitive, for the registry-wide contract tests (`strategy`)
+    examples: ClassVar[tuple[str, ...]] = ()
     # parameters that must be equal on every head: they size block tables, tiles or the grid
     head_invariant: ClassVar[tuple[str, ...]] = ("block",)
     block: Term | None = field(default=None, kw_only=True, metadata={"kind": INT, "doc": "apply to blocks of b tokens"})
@@ -218,6 +205,53 @@ class Primitive(Node):
         if b is None or b == 1:
             return self.rule_band(p, ctx, q0, q1)
         return [(lo * b, hi * b) for lo, hi in self.rule_band(p, ctx.blocked(b), q0 // b, (q1 - 1) // b + 1)]
+
+    # ------------------------------------------------------------------ hooks the stages ask
+    # Stages reach a primitive only through the registry and these hooks, never by its name.
+    # The defaults describe a plain token rule; a primitive overrides what differs.
+
+    def bounds_causally(self) -> bool:
+        """Does `self & x` keep every query off future keys (routed blocks ahead are then never chosen)?"""
+        return False
+
+    def residue_modulus(self, grid) -> int:
+        """An r > 1 such that `visible(q, k)` implies `q % r == k % r` (tokens can be laid out
+        class by class, see layout/residue.py); 1 when there is none."""
+        return 1
+
+    def standalone_error(self) -> str | None:
+        """Why this primitive's kernel can't be written out as a standalone module (None: it can)."""
+        return None
+
+    def routed_variants(self) -> tuple[Node, Node]:
+        """A routed primitive's two static stand-ins: (every key: the block was chosen, no key)."""
+        raise self.missing_hook("routed_variants", "the routed runtime")
+
+    def select(self, q, k, causal: bool):
+        """A routed primitive's choice from q [H, M, D] and k [Hkv, N, D] (the reference selection)."""
+        raise self.missing_hook("select", "the routed runtime")
+
+    @classmethod
+    def strategy(cls):
+        """A hypothesis strategy of pattern texts using this primitive (for the contract tests)."""
+        if not cls.examples:
+            raise cls.missing_hook("examples", "the registry-wide contract tests")
+        from hypothesis import strategies as st
+
+        return st.sampled_from(cls.examples)
+
+    def constant_step(self, name: str) -> int:
+        """Parameter `name` when it is a constant above 1 on token indices (no `block=`), else 1:
+        the residue modulus of rules that keep `d % step == 0`."""
+        value = getattr(self, name)
+        if getattr(self, "block", None) is not None or not (isinstance(value, Term) and value.is_const):
+            return 1
+        return max(int(value.value), 1)
+
+    @classmethod
+    def missing_hook(cls, hook: str, stage: str) -> PatternError:
+        return PatternError(f"primitive '{cls.name}' ({cls.__module__}) has no '{hook}', which {stage} needs",
+                            None, f"define {cls.__name__}.{hook} in its module (see Primitive's hooks)")
 
     # ------------------------------------------------------------------ printing
 

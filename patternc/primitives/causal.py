@@ -24,3 +24,6 @@ class Causal(Primitive):
 
     def rule_band(self, p, ctx, q0, q1):
         return [(q0 * 0, q1 + (ctx.N - ctx.M))]
+
+    def bounds_causally(self):
+        return self.block is None

@@ -41,6 +41,7 @@ def _per_dim(value, ndim):
 class Neighborhood(Primitive):
     name = "neighborhood"
     blockable = False
+    needs_grid = True
     signature = "neighborhood(size, stride=1, dilation=1, causal=false); tuples over grid(...) dimensions"
     head_invariant = ("size", "stride", "dilation")
     size: Term = param(kind=INTS, doc="window size (per dimension)")
@@ -100,6 +101,11 @@ class Neighborhood(Primitive):
 
     def exact_on_strided(self):
         return False  # its rule divides token indices
+
+    def residue_modulus(self, grid):
+        if grid is not None and len(grid) > 1:
+            return 1  # dilation groups of a multi-dimensional grid are not token residues
+        return self.constant_step("dilation")
 
     def exact_tiles(self, ctx, block_m, block_n):
         # tight when every tile of flattened tokens is a box of the grid (see _tile_truth)

@@ -46,6 +46,9 @@ class Random(Primitive):
         self.positive(p, "count")
         self.positive(p, "seed", allow_zero=True)
 
+    def standalone_error(self):
+        return "random() can't be compiled into a kernel yet: its block tables are not emitted into generated code"
+
     def rule(self, p, ctx, q, k):
         if not isinstance(ctx.M, (int, np.integer)):
             raise NotImplementedError("random() block tables are not emitted into kernels yet")

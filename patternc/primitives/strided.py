@@ -27,6 +27,9 @@ class Strided(Primitive):
     def rule(self, p, ctx, q, k):
         return (q - k) % p.stride == 0
 
+    def residue_modulus(self, grid):
+        return self.constant_step("stride")
+
     def rule_band(self, p, ctx, q0, q1):
         # keys at distances j * stride: one interval per j, or a plain band when there are many
         s = int(p.stride)

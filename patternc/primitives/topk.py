@@ -35,7 +35,9 @@ from dataclasses import dataclass
 
 from ..errors import PatternError
 from ..ir.expr import Term
+from ..ir.nodes import Difference
 from .base import CHOICE, FLOAT, Primitive, format_value, param
+from .full import Full
 from .tables import lookup
 
 
@@ -96,6 +98,7 @@ def select_blocks(q, k, count: int | None, block: int, causal: bool, threshold: 
 class TopK(Primitive):
     name = "topk"
     per_head_tables = True
+    routed = True
     signature = "topk(k, block=b, threshold=x, shared=head|group, query=block|token)"
     head_invariant = ("block", "count", "threshold", "shared", "query")
     count: Term | None = param(None, doc="key blocks per query block (or token), the own block included")
@@ -119,6 +122,17 @@ class TopK(Primitive):
         if p.threshold is not None and not 0 < p.threshold <= 1:
             self.fail("threshold", f"threshold must be in (0, 1], got {format_value(p.threshold)}",
                       "the share of the routing softmax to keep, e.g. threshold=0.9")
+
+    def standalone_error(self):
+        return ("routed patterns (topk) can't be compiled to a standalone module: their block selection runs in "
+                "patternc's routing kernels")
+
+    def routed_variants(self):
+        return Full(), Difference(Full(), Full())
+
+    def select(self, q, k, causal: bool):
+        count = None if self.count is None else int(self.count.value)
+        return select_blocks(q, k, count, int(self.block.value), causal, self.threshold, self.shared, self.query)
 
     def visible(self, ctx, q, k):
         if self.query == "block":

@@ -55,6 +55,9 @@ class Window(Primitive):
     def rule_band(self, p, ctx, q0, q1):
         return [(q0 - p.left * p.dilation, q1 + p.right * p.dilation)]
 
+    def residue_modulus(self, grid):
+        return self.constant_step("dilation")
+
     def __str__(self):
         args = [str((Sym(self.left) + 1).term)] if self.left == self.right else [str(self.left), str(self.right)]
         if self.dilation != Term.const(1):

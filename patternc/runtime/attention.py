@@ -10,6 +10,7 @@ from ..ir.pattern import Pattern
 from .routed import RoutedPlan
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # short name -> torch dtype name
 
 
 _ready: dict = {}  # (id(pattern), shapes, dtypes, device, config) -> (pattern, module, layout)
@@ -17,7 +18,7 @@ _ready: dict = {}  # (id(pattern), shapes, dtypes, device, config) -> (pattern, 
 
 @lru_cache(maxsize=256)
 def _compile_text(text: str) -> Pattern:
-    from .. import compile
+    from ..grammar import compile
 
     return compile(text)
 
@@ -165,7 +166,8 @@ def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag):
     """(generated module, layout) for one config; both cached. For routed patterns the layout
     is a `RoutedPlan`, and tiles that do not divide the routing block are halved until they do."""
     if pattern.is_routed:
-        from .routed import routed_plan, static_variants
+        from ..layout.routed import static_variants
+        from .routed import routed_plan
 
         block = static_variants(pattern)[3]
         cfg = dict(cfg)

@@ -12,50 +12,18 @@ own choice from a bit per key block.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
 
 from ..errors import PatternError
-from ..ir.nodes import Difference, Node
 from ..ir.pattern import Pattern, under_causal
 from ..layout import FULL, PARTIAL
-from ..primitives.full import Full
-from ..primitives.topk import TopK, select_blocks
+from ..layout.routed import routed_node, static_variants
+from ..primitives import Primitive
 
 SELECTED_BIT = 1 << 30
-
-
-def routed_node(pattern: Pattern) -> TopK:
-    """The pattern's one topk primitive (several are not supported yet: a clear error)."""
-    nodes = [p for p in pattern.primitives() if isinstance(p, TopK)]
-    if len(nodes) != 1 or isinstance(pattern.body, tuple):
-        raise PatternError("routed patterns with more than one topk, or with per-head sections, are not supported yet",
-                           pattern.span)
-    return nodes[0]
-
-
-def _replace(node: Node, target: Node, by: Node) -> Node:
-    if node is target:
-        return by
-    changes = {f.name: _replace(getattr(node, f.name), target, by) for f in dataclasses.fields(node)
-               if isinstance(getattr(node, f.name), Node)}
-    return dataclasses.replace(node, **changes) if changes else node
-
-
-def static_variants(pattern: Pattern) -> tuple[Pattern, Pattern, int, int]:
-    """(pattern with topk := every key, pattern with topk := no key, k or None, routing block)."""
-    routed_node(pattern)
-    expr = pattern.expr
-    target = next(n for n in expr.walk() if isinstance(n, TopK))
-    if not (target.block.is_const and (target.count is None or target.count.is_const)):
-        raise PatternError("topk's k and block must be constants at run time", target.span)
-    chosen = Pattern(_replace(expr, target, Full()), grid=pattern.grid)
-    nothing = Pattern(_replace(expr, target, Difference(Full(), Full())), grid=pattern.grid)
-    count = None if target.count is None else target.count.value
-    return chosen, nothing, count, target.block.value
 
 
 @dataclass(frozen=True, eq=False)
@@ -68,7 +36,7 @@ class RoutedPlan:
     the same plan. `width`: the index tables' width; `row_order`: longest rows first.
     `layout(q, k)` runs the selection kernels."""
 
-    topk: TopK
+    topk: Primitive
     causal: bool
     block_m: int
     block_n: int
@@ -192,10 +160,9 @@ def select(q, k, pattern: Pattern):
     import torch
 
     node = routed_node(pattern)
-    _, _, count, block = static_variants(pattern)
+    static_variants(pattern)  # checks that k and block are constants
     causal = under_causal(pattern.expr)
-    return torch.stack([select_blocks(q[b], k[b], count, block, causal, node.threshold, node.shared, node.query)
-                        for b in range(q.shape[0])])
+    return torch.stack([node.select(q[b], k[b], causal) for b in range(q.shape[0])])
 
 
 @dataclass(frozen=True, eq=False)

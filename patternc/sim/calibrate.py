@@ -91,7 +91,8 @@ def calibrate(name: str | None = None, seq_len: int = 8192, heads: int = 16, hea
     import torch
     import triton
 
-    from .. import attention, compile
+    from ..grammar import compile
+    from ..runtime import attention
     from ..runtime.autotune import candidates
 
     started = time.perf_counter()
@@ -275,7 +276,7 @@ def _measure_flex(q, k, v, patterns, which, bench, progress) -> list[Measurement
     import torch
     from torch.nn.attention.flex_attention import flex_attention
 
-    from .. import compile
+    from ..grammar import compile
 
     run = torch.compile(flex_attention, dynamic=False)
     out = []

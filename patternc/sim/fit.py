@@ -87,7 +87,7 @@ class _Layouts:
 
     def pattern(self, text):
         if text not in self.patterns:
-            from .. import compile
+            from ..grammar import compile
 
             self.patterns[text] = compile(text)
         return self.patterns[text]

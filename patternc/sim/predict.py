@@ -277,7 +277,7 @@ def routed_selection_ms(pattern, shape: Shape, profile: Profile) -> float:
     """Run-time block selection of routed patterns (`patternc/runtime/routing.py`): pooling q and k
     (one read of each; keys only with query=token), then one select program per (query block or
     query tile, batch, head)."""
-    from ..runtime.routed import routed_node
+    from ..layout.routed import routed_node
 
     node = routed_node(pattern)
     block = int(node.block.value)
