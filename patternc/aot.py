@@ -27,8 +27,8 @@ from pathlib import Path
 
 from .errors import PatternError
 from .ir import Pattern
+from .runtime.attention import DTYPES
 
-DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 _DTYPE_ALIASES = {**{v: v for v in DTYPES.values()}, **DTYPES, "half": "float16", "float": "float32"}
 MODULE_MARK = '"""patternc generated'  # how a module we wrote begins (the kernel header)
 REPORT_MARK = "<!-- written by patternc compile -->"

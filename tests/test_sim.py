@@ -5,7 +5,6 @@ compares predictions with measured runs.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -15,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import patternc
+from patternc.cli import main
 from patternc.errors import PatternError
 from patternc.sim import Profile, parse_sweep, simulate, sweep
-from patternc.sim import command
 from patternc.sim.fit import Measurement, fit_kernel, nnls, skeleton
 from patternc.sim.model import Shape, Workload, dense_ms, memory_floor_us
 from patternc.sim.ops import predicate_ops
@@ -521,21 +520,8 @@ def _with_dense(profile):
 # --------------------------------------------------------------------------- the command line
 
 
-def _parser():
-    ap = argparse.ArgumentParser(prog="patternc")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("simulate")
-    command.add_arguments(s)
-    s.set_defaults(run=command.run)
-    c = sub.add_parser("calibrate")
-    command.add_calibrate_arguments(c)
-    c.set_defaults(run=command.run_calibrate)
-    return ap
-
-
 def _run(capsys, *argv):
-    args = _parser().parse_args(list(argv))
-    code = args.run(args)
+    code = main(list(argv))
     out, err = capsys.readouterr()
     assert "Traceback" not in out + err
     return code, out, err

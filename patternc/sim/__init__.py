@@ -8,9 +8,9 @@
 (time and speedup as sympy expressions in N, and the break-even length, where they exist), `Profile`
 (device profiles: `patternc/sim/profiles/*.json`, or measured by `patternc calibrate`).
 Modules: `predict` (simulate), `model` (the formulas per program), `schedule`, `ops` (predicate
-cost), `profile`, `fit`, `calibrate`, `sweeps`, `formulas` (closed forms); the command line in
-`command` (which imports nothing heavy, so the CLI starts fast: the names below load on
-first use).
+cost), `profile`, `fit`, `calibrate`, `sweeps`, `formulas` (closed forms). The names below load
+on first use, so importing the package stays cheap; the command line (`patternc simulate`,
+`patternc calibrate`) is in `patternc.cli`.
 """
 from __future__ import annotations
 
