@@ -424,8 +424,9 @@ def _bounds_nodes(unit, items, strides):
             w.update(left=(Sym(w["left"]) // r).term, right=(Sym(w["right"]) // r).term, dilation=s)
         else:
             front.append(_prim("strided", stride=s, block=unit))
-    front = [n for n in front if n.name == "causal"] + [_prim("window", block=unit, **w) for w in windows] + \
-        [n for n in front if n.name != "causal"]
+    # causal first, then windows, then the rest: the order the pattern text is canonically written in
+    front = [n for n in front if n.bounds_causally()] + [_prim("window", block=unit, **w) for w in windows] + \
+        [n for n in front if not n.bounds_causally()]
     for v in _tighten(k_hi, min):
         if _const(v) is not None and _const(v) < 0:
             return None  # k <= -1: nothing is visible
