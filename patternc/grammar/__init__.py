@@ -7,7 +7,7 @@ from ..errors import PatternError, closest
 from ..ir.pattern import Pattern
 from .parser import parse_text
 
-__all__ = ["compile", "load", "parse_text"]
+__all__ = ["Patterns", "UnknownPattern", "compile", "load", "parse_text"]
 
 
 def compile(text: str, name: str | None = None, **params) -> Pattern:  # noqa: A001 - the product's verb
@@ -34,14 +34,38 @@ def compile(text: str, name: str | None = None, **params) -> Pattern:  # noqa: A
     return pattern.bind(**params) if params else pattern
 
 
-def load(path: str | Path) -> dict[str, Pattern]:
+class Patterns(dict):
+    """The named patterns of a file, by name (a dict); a name it lacks is an error with a
+    did-you-mean, which is also a `KeyError`."""
+
+    def __init__(self, patterns: dict[str, Pattern], path: Path):
+        super().__init__(patterns)
+        self.path = path
+
+    def __missing__(self, name):
+        guess = closest(str(name), self)
+        raise UnknownPattern(f"{self.path} has no pattern named {name!r}", None,
+                             f"did you mean '{guess}'?" if guess else f"its patterns: {', '.join(self) or 'none'}")
+
+
+class UnknownPattern(PatternError, KeyError):
+    __str__ = PatternError.__str__
+
+
+def load(path: str | Path) -> Patterns:
     """The named patterns of a `.pat` file, by name."""
     path = Path(path)
     try:
-        text = path.read_text()
+        data = path.read_bytes()
     except OSError as e:
         raise PatternError(f"can't read {path}: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PatternError(f"{path} is not a text file: byte {e.start} is not UTF-8 ({data[e.start]:#04x})", None,
+                           "pattern files are UTF-8 text") from None
+    if "\0" in text:
+        raise PatternError(f"{path} is not a text file: it holds NUL bytes (byte {text.index(chr(0))})", None,
+                           "pattern files are UTF-8 text")
     named, bare = parse_text(text, str(path))
-    if bare is not None:
-        return {path.stem: bare}
-    return named
+    return Patterns({path.stem: bare} if bare is not None else named, path)

@@ -101,6 +101,8 @@ def _syntax_error(e: UnexpectedInput, source: Source, start: str) -> PatternErro
         label = None
     if isinstance(e, UnexpectedCharacters):
         ch = source.text[e.pos_in_stream] if e.pos_in_stream < len(source.text) else "?"
+        if ch == "/":
+            return PatternError("unexpected character '/'", span, "integer division is written //, as in N // 8")
         return PatternError(f"unexpected character {ch!r}", span,
                             "names are letters, digits and _; numbers are integers or decimals such as 0.9; "
                             "ranges are written a..b")

@@ -11,6 +11,8 @@ from .context import Context
 from .expr import Sym, Term, evaluate
 from .nodes import Difference, Intersect, Node, Union
 
+MAX_MASK_ELEMENTS = 2**31  # Pattern.mask's limit (2 GiB of bools, and more while computing it)
+
 # What `Pattern.layout`, `Pattern.mask_mod` and calling a `@jit` predicate delegate to: the
 # stages that define them register them here when imported (`import patternc` imports them
 # all), so that the IR and the front ends import no stage above them.
@@ -189,6 +191,10 @@ class Pattern:
         if data and data["q"].shape[0] != H:
             raise PatternError(f"q has {data['q'].shape[0]} heads but the mask has {H}", self.span,
                                f"pass q with {H} heads, or heads={data['q'].shape[0]}")
+        if H * M * N > MAX_MASK_ELEMENTS:
+            raise PatternError(f"the brute-force mask would be {H} x {M} x {N} = {H * M * N:,} booleans "
+                               f"({H * M * N / 2**30:.1f} GiB), more than the {MAX_MASK_ELEMENTS:,} it builds",
+                               self.span, "Pattern.layout(...) describes long sequences analytically, in tiles")
         qi = torch.arange(M, device=device).view(1, M, 1)
         ki = torch.arange(N, device=device).view(1, 1, N)
         out = torch.empty(H, M, N, dtype=torch.bool, device=device)

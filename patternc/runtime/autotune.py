@@ -33,23 +33,30 @@ def _path():
     return cache_dir().parent / "autotune.json"
 
 
+def _on_disk() -> dict:
+    """The saved choices; a missing, corrupt or truncated file counts as none (it is rewritten)."""
+    try:
+        saved = json.loads(_path().read_bytes())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(saved, dict):
+        return {}
+    shape = ("block_m", "block_n", "num_warps", "num_stages")
+    return {k: v for k, v in saved.items()
+            if isinstance(v, dict) and all(isinstance(v.get(n), int) and v[n] > 0 for n in shape)}
+
+
 def lookup(key: str) -> dict | None:
     global _loaded
     if not _loaded:
         _loaded = True
-        try:
-            _choices.update(json.loads(_path().read_text()))
-        except (OSError, ValueError):
-            pass
+        _choices.update(_on_disk())
     return _choices.get(key)
 
 
 def remember(key: str, config: dict) -> None:
     _choices[key] = config
-    try:
-        on_disk = json.loads(_path().read_text())
-    except (OSError, ValueError):
-        on_disk = {}
+    on_disk = _on_disk()
     on_disk[key] = config
     atomic_write(_path(), json.dumps(on_disk, indent=1, sort_keys=True))
 

@@ -31,7 +31,7 @@ def cache_dir() -> Path:
 def atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
@@ -55,7 +55,11 @@ def load_module(source: str, device_tag: str):
     if key in _modules:
         return _modules[key]
     path = cache_dir() / f"pc_{key}.py"
-    if not path.exists() or path.read_text() != source:
+    try:  # bytes: a corrupt entry (truncated, not UTF-8) is just different, and rewritten
+        current = path.read_bytes()
+    except OSError:
+        current = None
+    if current != source.encode():
         atomic_write(path, source)
     name = f"patternc_kernels.pc_{key}"
     spec = importlib.util.spec_from_file_location(name, path)
