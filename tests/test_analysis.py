@@ -137,8 +137,8 @@ def test_derivation_matches_brute_force_counts(text):
     p = patternc.compile(text)
     [section] = p.sections()
     try:
-        found = analysis._derive(section.expr, [0])
-    except analysis._NoClosedForm:
+        found = analysis.derive(section.expr, [0])
+    except analysis.NoClosedForm:
         return
     P, n0 = found.period, found.n0
     first = max(-(-n0 // P) * P, P)

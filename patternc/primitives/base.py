@@ -253,6 +253,36 @@ class Primitive(Node):
         return PatternError(f"primitive '{cls.name}' ({cls.__module__}) has no '{hook}', which {stage} needs",
                             None, f"define {cls.__name__}.{hook} in its module (see Primitive's hooks)")
 
+    # ------------------------------------------------------------------ analysis hooks
+    # How patternc.analysis counts visible keys in closed form. `p`: the parameters as ints on one
+    # head (M = N), `linear_params` possibly `g*N + c`; `atoms`: the vocabulary of
+    # patternc/analysis/atoms.py, handed in because primitives sit below the analysis. None (the
+    # defaults): no closed form, so the analysis measures the mask instead.
+
+    # parameters that may grow linearly with N (`window(M - 1, 0)`), each with its least valid value
+    linear_params: ClassVar[dict[str, int]] = {}
+
+    def depends_on_head(self) -> bool:
+        """Can the rule differ between heads (per-head tables, `h` in a parameter)?"""
+        return self.per_head_tables or any("h" in _free_vars(getattr(self, f.name)) for f in self.params_spec())
+
+    def min_length(self, p) -> int:
+        """The least N at which the parameters `p` are valid (besides `linear_params`)."""
+        return 1
+
+    def count_atoms(self, p, b: int, atoms) -> dict | None:
+        """The rule on blocks of `b` tokens as a signed sum of conjunctions of atoms
+        (`{frozenset(atoms): coefficient}`), or raise `atoms.NoClosedForm` for unsupported `p`."""
+        return None
+
+    def count_alone(self, p, atoms):
+        """Mean keys per query of this primitive alone, `atoms.closed(...)`, where only that has one."""
+        return None
+
+    def count_under_causal(self, p, atoms):
+        """The same for `causal & self` (any primitive that `bounds_causally` in causal's place)."""
+        return None
+
     # ------------------------------------------------------------------ printing
 
     def __str__(self):

@@ -31,3 +31,7 @@ class Blocked(Primitive):
 
     def rule_band(self, p, ctx, q0, q1):
         return [(q0 // p.size * p.size, ((q1 - 1) // p.size + 1) * p.size)]
+
+    def count_atoms(self, p, b, atoms):
+        s = p.size * b
+        return atoms.one(atoms.key(atoms.End(s, s, 0, 0), atoms.End(s, s, 0, s - 1)))

@@ -49,6 +49,11 @@ class Columns(Primitive):
             return super().rule_band(p, ctx, q0, q1)
         return [(np.full_like(q0, c), np.full_like(q0, c + 1)) for c in starts]
 
+    def count_atoms(self, p, b, atoms):
+        if not 0 <= p.phase < p.period:
+            return {}
+        return atoms.one(atoms.residue(b, p.period, None, p.phase))
+
     def __str__(self):
         default = (Sym(self.period) - 1).term
         phase = "" if self.phase == default else f", phase={self.phase}"

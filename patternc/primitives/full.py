@@ -18,3 +18,6 @@ class Full(Primitive):
 
     def rule(self, p, ctx, q, k):
         return True
+
+    def count_atoms(self, p, b, atoms):
+        return {atoms.FULL: 1}

@@ -93,6 +93,16 @@ class Global(Primitive):
         bands.append((np.zeros_like(q0), np.where(rows_global, ctx.N, 0)))
         return bands
 
+    def count_atoms(self, p, b, atoms):  # global rows or global keys, item by item
+        out: dict = {}
+        for item in p.tokens:
+            lo, hi = (item[1], item[2]) if isinstance(item, tuple) else (item, item)
+            ends = (atoms.End(0, 1, 0, lo * b), atoms.End(0, 1, 0, hi * b + b - 1))
+            rows, keys = atoms.row(*ends), atoms.key(*ends)
+            one = atoms.add((atoms.one(rows), 1), (atoms.one(keys), 1), (atoms.one(rows, keys), -1))
+            out = atoms.add((out, 1), (one, 1), (atoms.mul(out, one), -1)) if out else one
+        return out
+
     def __str__(self):
         items = [format_value(i) if not isinstance(i, tuple) else f"{i[1]}..{i[2]}" for i in self.tokens]
         if self.block is not None:

@@ -111,6 +111,32 @@ class Neighborhood(Primitive):
         # tight when every tile of flattened tokens is a box of the grid (see _tile_truth)
         return all(_tiles_are_boxes(self.grid(ctx), b) for b in (block_m, block_n))
 
+    def min_length(self, p):
+        return math.prod(p.size) if isinstance(p.size, tuple) else p.size
+
+    def count_atoms(self, p, b, atoms):
+        size, stride, dil = (v[0] if isinstance(v, tuple) and len(v) == 1 else v
+                             for v in (p.size, p.stride, p.dilation))
+        if any(isinstance(v, tuple) for v in (size, stride, dil)) or stride != 1 or dil != 1:
+            raise atoms.NoClosedForm("neighborhood with stride, dilation or several dimensions")
+        K, End, key, row = size, atoms.End, atoms.key, atoms.row
+        if p.causal:  # the K keys up to the query
+            return atoms.one(key(End(1, 1, 0, 1 - K), End(1, 1, 0, 0)))
+        half = K // 2
+        # the window shifts inward at both borders: three disjoint row ranges, summed
+        first = atoms.one(row(None, End(0, 1, 0, half - 1)), key(None, End(0, 1, 0, K - 1)))
+        middle = atoms.one(row(End(0, 1, 0, half), End(0, 1, 1, half - K)),
+                           key(End(1, 1, 0, -half), End(1, 1, 0, K - 1 - half)))
+        last = atoms.one(row(End(0, 1, 1, half - K + 1), None), key(End(0, 1, 1, -K), None))
+        return atoms.add((first, 1), (middle, 1), (last, 1))
+
+    def count_alone(self, p, atoms):
+        if p.causal:
+            return None
+        keys = math.prod(p.size if isinstance(p.size, tuple) else (p.size,))
+        return atoms.closed(keys, period=1, n0=keys, cost="O(N*w)",
+                            note="exactly the window per query, NATTEN semantics")
+
     def _dimension_sums(self, p, ctx, i, L):
         """Prefix sums of dimension i's visibility table [L, L] (query coordinate, key coordinate)."""
         key = (i, L, *(_per_dim(getattr(p, n), len(self.grid(ctx)))[i] for n in ("size", "stride", "dilation")))

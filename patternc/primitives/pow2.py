@@ -33,3 +33,12 @@ class Pow2(Primitive):
             bands.append((q0 - step, q1 - step))
             step *= 2
         return bands
+
+    def count_alone(self, p, atoms):
+        # per query block: distances 0, 1, 2, 4, ... back to block 0; over N = b * 2^m the row sum
+        # is b^2 * ((N/b) * log2(N/b) + 1)
+        import sympy as sp
+
+        b, N = p.block or 1, atoms.N
+        return atoms.closed(b * sp.log(N / b, 2) + sp.Rational(b * b) / N, period=b, n0=b, cost="O(N log N)",
+                            note="N / block a power of two")

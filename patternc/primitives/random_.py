@@ -54,3 +54,7 @@ class Random(Primitive):
             raise NotImplementedError("random() block tables are not emitted into kernels yet")
         n_q, n_k = int(ctx.M), int(ctx.N)
         return lookup(lambda head: random_table(int(p.count), int(p.seed), head, n_q, n_k), ctx.h, q, k)
+
+    def count_alone(self, p, atoms):
+        b = p.block or 1
+        return atoms.closed(p.count * b, period=b, n0=p.count * b, cost="O(N*w)", note=f"seed {p.seed}")

@@ -19,6 +19,7 @@ class Sink(Primitive):
     name = "sink"
     signature = "sink(n, block=b)"
     count: Term = param(doc="number of leading keys every query sees")
+    linear_params = {"count": 1}
 
     def check(self, p, ctx):
         super().check(p, ctx)
@@ -29,3 +30,6 @@ class Sink(Primitive):
 
     def rule_band(self, p, ctx, q0, q1):
         return [(np.zeros_like(q0), np.full_like(q0, p.count))]
+
+    def count_atoms(self, p, b, atoms):
+        return atoms.one(atoms.key(None, atoms.end(0, 1, p.count * b - 1)))

@@ -30,6 +30,9 @@ class Strided(Primitive):
     def residue_modulus(self, grid):
         return self.constant_step("stride")
 
+    def count_atoms(self, p, b, atoms):
+        return atoms.one(atoms.residue(b, p.stride, b, 0))
+
     def rule_band(self, p, ctx, q0, q1):
         # keys at distances j * stride: one interval per j, or a plain band when there are many
         s = int(p.stride)

@@ -153,6 +153,25 @@ class TopK(Primitive):
         chosen = data[key]
         return lookup(lambda head: chosen[head], ctx.h, q, k)
 
+    def count_alone(self, p, atoms):
+        if p.threshold is not None:
+            return None  # as many blocks as the routing softmax needs: no count without the data
+        return atoms.closed(p.count * p.block, period=p.block, n0=p.count * p.block, cost="O(N*w)",
+                            note="routed: any q, k")
+
+    def count_under_causal(self, p, atoms):
+        """MoBA: whatever q and k are, a query in block Qb sees its own block up to itself and
+        min(k - 1, Qb) whole earlier blocks. Over N = b * nb, nb >= k - 1:
+        S = nb * b(b+1)/2 + b^2 * ((k-1)(k-2)/2 + (k-1)(nb - k + 1))."""
+        if p.threshold is not None:
+            return None
+        import sympy as sp
+
+        k, b, N = p.count, p.block, atoms.N
+        nb = N / b
+        S = nb * sp.Rational(b * (b + 1), 2) + b * b * (sp.Rational((k - 1) * (k - 2), 2) + (k - 1) * (nb - k + 1))
+        return atoms.closed(sp.expand(S / N), period=b, n0=max(1, k - 1) * b, cost="O(N*w)", note="routed: any q, k")
+
     def __str__(self):  # k positionally when given, then the keywords that differ from their defaults
         args = [] if self.count is None else [format_value(self.count)]
         args += [f"{f.name}={format_value(getattr(self, f.name))}" for f in self.params_spec()

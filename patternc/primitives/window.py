@@ -27,6 +27,7 @@ class Window(Primitive):
     left: Term = param(doc="keys before the query (or the window size w when right is omitted)")
     right: Term | None = param(None, doc="keys after the query")
     dilation: Term = param(Term.const(1), doc="keep every r-th key only")
+    linear_params = {"left": 0, "right": 0}  # window(M - 1, 0) is what @jit makes of q >= k
 
     @classmethod
     def make(cls, left, right=None, span=None, arg_spans=(), **params):
@@ -57,6 +58,11 @@ class Window(Primitive):
 
     def residue_modulus(self, grid):
         return self.constant_step("dilation")
+
+    def count_atoms(self, p, b, atoms):
+        r = p.dilation
+        lo, hi = atoms.end(b, b, -p.left * r * b), atoms.end(b, b, p.right * r * b + b - 1)
+        return atoms.one(atoms.key(lo, hi), *([atoms.residue(b, r, b, 0)] if r > 1 else []))
 
     def __str__(self):
         args = [str((Sym(self.left) + 1).term)] if self.left == self.right else [str(self.left), str(self.right)]
