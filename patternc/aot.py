@@ -5,7 +5,7 @@
     # kernels/swa.py:  from swa import attention;  out = attention(q, k, v)
     # kernels/swa.md:  density, ideal speedup, tile config, tile counts
 
-The module is the generated kernel source (`patternc.codegen.kernel.module_source`, the layout
+The module is the generated kernel source (`patternc.codegen.module_source`, the layout
 summary in its header) followed by a short section holding the problem it was compiled for and
 the layout's int32 tables (or runs), zlib-compressed and base64-encoded in the file itself, and
 `attention(q, k, v, scale=None, return_lse=False)`, which checks the inputs against that problem
@@ -102,13 +102,11 @@ def resolve_config(head_dim: int, dtype: str, config) -> dict:
 def check_compilable(pattern: Pattern) -> None:
     """Refuse patterns whose kernels need data the generated code can't hold yet."""
     for p in pattern.primitives():
-        if p.name == "topk":
-            raise PatternError("routed patterns (topk) can't be compiled to a standalone module: their block "
-                               "selection runs in patternc's routing kernels", p.span,
-                               "run them with patternc.attention(q, k, v, pattern)")
-        if p.name == "random":
-            raise PatternError("random() can't be compiled into a kernel yet: its block tables are not emitted "
-                               "into generated code", p.span, "patternc.reference_attention computes it densely")
+        reason = p.standalone_error()
+        if reason is not None:  # a routed primitive runs in patternc.attention, any other in the reference
+            hint = ("run them with patternc.attention(q, k, v, pattern)" if p.routed
+                    else "patternc.reference_attention computes it densely")
+            raise PatternError(reason, p.span, hint)
 
 
 # --------------------------------------------------------------------------- the written module
@@ -281,7 +279,7 @@ class CompiledModule:
 def build_module(pattern: Pattern, seq_len: int, kv_len: int | None = None, heads: int | None = None,
                  head_dim: int = 128, dtype="bf16", config=None, name: str | None = None) -> CompiledModule:
     """The module and report of `compile_module`, in memory."""
-    from .codegen.kernel import make_spec, module_source
+    from .codegen import make_spec, module_source
     from .runtime.attention import SUPPORTED_HEAD_DIMS
 
     check_compilable(pattern)
@@ -297,9 +295,10 @@ def build_module(pattern: Pattern, seq_len: int, kv_len: int | None = None, head
                             order=cfg.get("order", "auto"))
     runs = layout.runs() if cfg.get("iteration", "auto") != "table" else None
     residue = layout.permutation.modulus if layout.permutation is not None else None
-    spec = make_spec(pattern, layout.heads, M, N, head_dim, cfg["block_m"], cfg["block_n"], cfg["num_warps"],
-                     cfg["num_stages"], None if runs is None else (runs[0].shape[2], runs[1].shape[2]),
-                     cfg.get("memory", "pointers") == "tma", residue)
+    spec = make_spec(pattern, heads=layout.heads, M=M, N=N, head_dim=head_dim, block_m=cfg["block_m"],
+                     block_n=cfg["block_n"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+                     runs=None if runs is None else (runs[0].shape[2], runs[1].shape[2]),
+                     tma=cfg.get("memory", "pointers") == "tma", residue=residue)
     kernel = module_source(spec, summary=summary_text(layout))
     data = layout_data(layout, layout_reads(kernel))
     source = kernel + TAIL.format(name=name, M=M, N=N, H=layout.heads, dtype=dtype,

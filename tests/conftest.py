@@ -32,3 +32,8 @@ _SCALE = {"dev": 1.0, "ci": 4.0, "quick": 0.15}.get(os.environ.get("HYPOTHESIS_P
 def examples(n: int) -> int:
     """`n` examples under the dev profile, scaled for the others."""
     return max(5, int(n * _SCALE))
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-golden", action="store_true", default=False,
+                     help="rewrite tests/golden/ from the current code generator instead of comparing")

@@ -1,4 +1,4 @@
-"""Layout + pattern -> Triton source."""
-from .kernel import KernelSpec, make_spec, module_source
+"""Layout + pattern -> Triton source: kernel families composed from one emitter per axis."""
+from .forward import GENERATOR_VERSION, KernelSpec, make_spec, module_source
 
-__all__ = ["KernelSpec", "make_spec", "module_source"]
+__all__ = ["GENERATOR_VERSION", "KernelSpec", "make_spec", "module_source"]

@@ -1,11 +1,15 @@
-"""A pattern's rule as Triton source: one line per primitive, then their combination.
+"""A pattern's rule as the kernel evaluates it: one binding per primitive, then their combination.
 
-Each primitive's `visible()` is traced with symbolic indices (`Sym`) into a `Term` and
-printed with Triton names. Integer `//` and `%` whose dividend may be negative go through
-floor helpers, because Triton (like C) truncates toward zero while the pattern semantics
-floor (as Python and torch do).
+`trace` turns each primitive's `visible()`, traced with symbolic indices (`Sym`), into a
+`Term`, and the `| & -` of the expression and the per-head sections into a `Term` over the
+bindings' names: a `Predicate`, which `predicate_lines` prints with Triton names and which the
+simulator weighs (`patternc.sim.ops`). Integer `//` and `%` whose dividend may be negative go
+through floor helpers, because Triton (like C) truncates toward zero while the pattern
+semantics floor (as Python and torch do).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from ..errors import PatternError
 from ..ir.expr import Interval, Sym, Term, evaluate, to_text
@@ -13,7 +17,8 @@ from ..ir.nodes import Difference, Intersect, Node, Union
 from ..primitives import Context, Primitive
 
 NAMES = {"q": "q_idx", "k": "kv_idx", "h": "off_h", "M": "Q_LEN", "N": "KV_LEN"}
-FUNCTIONS = {"min": "tl.minimum", "max": "tl.maximum", "where": "tl.where", "abs": "tl.abs"}
+FUNCTIONS = {"min": "tl.minimum", "max": "tl.maximum", "where": "tl.where", "abs": "tl.abs",
+             "floor_div": "floor_div", "floor_mod": "floor_mod"}
 # index ranges the kernel can meet (int32 offsets), to decide where floor helpers are needed
 _RANGES = {"q": (0, 2**31 - 1), "k": (0, 2**31 - 1), "h": (0, 2**16), "M": (1, 2**31 - 1), "N": (1, 2**31 - 1)}
 
@@ -29,6 +34,27 @@ def floor_div(a, b):
     """Python's a // b for b > 0."""
     return (a - floor_mod(a, b)) // b
 '''
+
+
+@dataclass(frozen=True)
+class Binding:
+    """`name = term`, with a comment naming the primitive and where it was written."""
+
+    name: str
+    term: Term  # over q, k, h, M, N; `selected` for a routed primitive
+    comment: str
+
+
+@dataclass(frozen=True)
+class Predicate:
+    """The body of `visible(q_idx, kv_idx, off_h, Q_LEN, KV_LEN[, selected])`."""
+
+    bindings: tuple[Binding, ...]
+    result: Term  # over the bindings' names (and q, k, h)
+    # `result` was a constant or a tile's choice, and reads q and k only to have the tile's shape
+    shaped: bool
+    uses_floor: bool
+    routed: bool  # reads the tile's run-time choice `selected`
 
 
 def _may_be_negative(term: Term) -> bool:
@@ -54,63 +80,85 @@ def _floorize(term: Term) -> tuple[Term, bool]:
     return Term(term.op, tuple(args)), used
 
 
-def term_source(term: Term) -> tuple[str, bool]:
-    """(Triton expression, whether it needs the floor helpers)."""
-    term, used = _floorize(term)
-    fns = dict(FUNCTIONS, floor_div="floor_div", floor_mod="floor_mod")
-    return to_text(term, NAMES, fns, bool_words=("True", "False")), used
+_SHAPE = Term("&", (Term(">=", (Term.var("q"), Term.const(0))), Term(">=", (Term.var("k"), Term.const(0)))))
+_NOWHERE = Term("&", (Term("<", (Term.var("q"), Term.const(0))), Term("<", (Term.var("k"), Term.const(0)))))
 
 
-def predicate_source(sections, grid) -> tuple[str, bool]:
-    """The body of `visible(q_idx, kv_idx, off_h, Q_LEN, KV_LEN[, selected])`: one assignment
-    per primitive with a comment naming it and where it was written, then the combination.
-    Sections for different heads are selected with `off_h`. A routed primitive (topk) is the
-    tile's `selected` flag: its blocks are whole tiles, chosen or not at run time."""
-    lines: list[str] = []
-    uses_floor = False
-    counter = [0]
+def trace(sections, grid) -> Predicate:
+    """The predicate of `sections` (a pattern's, with parameters substituted) on `grid`:
+    one binding per primitive, sections for different heads selected with `h`. A routed
+    primitive is the tile's `selected` flag: its blocks are whole tiles, chosen or not at run
+    time."""
+    bindings: list[Binding] = []
+    uses_floor, count = False, 0
 
-    def emit(node: Node, ctx: Context) -> str:
-        nonlocal uses_floor
-        if isinstance(node, Primitive) and node.per_head_tables and node.name == "topk":
-            where = f" @ {node.span}" if node.span is not None else ""
-            lines.append(f"# {node}{where}: was this tile's key block chosen?")
-            lines.append("routed = selected != 0")
-            return "routed"
-        if isinstance(node, Primitive):
-            try:
-                value = node.visible(ctx, Sym("q"), Sym("k"))
-            except NotImplementedError as e:
-                raise PatternError(f"{node.name} can't be evaluated inside a kernel tile yet: {e}", node.span) from None
-            term = value.term if isinstance(value, Sym) else Term.const(bool(value))
-            if term.is_const:
-                return "True" if term.value else "False"
-            text, used = term_source(term)
-            uses_floor |= used
-            name = f"vis_{counter[0]}"
-            counter[0] += 1
-            where = f" @ {node.span}" if node.span is not None else ""
-            lines.append(f"# {node}{where}")
-            lines.append(f"{name} = {text}")
-            return name
-        a, b = emit(node.a, ctx), emit(node.b, ctx)
-        if isinstance(node, Union):
-            return f"({a} | {b})"
-        if isinstance(node, Intersect):
-            return f"({a} & {b})"
-        if isinstance(node, Difference):
-            return f"({a} & ~{b})"
-        raise TypeError(type(node).__name__)
+    def combine(node: Node, ctx: Context) -> Term:
+        nonlocal uses_floor, count
+        if not isinstance(node, Primitive):
+            a, b = combine(node.a, ctx), combine(node.b, ctx)
+            if isinstance(node, Union):
+                return Term("|", (a, b))
+            if isinstance(node, Intersect):
+                return Term("&", (a, b))
+            if isinstance(node, Difference):
+                return Term("&", (a, Term("~", (b,))))
+            raise TypeError(type(node).__name__)
+        where = f" @ {node.span}" if node.span is not None else ""
+        if node.routed:
+            chosen = Term("!=", (Term.var("selected"), Term.const(0)))
+            bindings.append(Binding("routed", chosen, f"{node}{where}: was this tile's key block chosen?"))
+            return Term.var("routed")
+        try:
+            value = node.visible(ctx, Sym("q"), Sym("k"))
+        except NotImplementedError as e:
+            raise PatternError(f"{node.name} can't be evaluated inside a kernel tile yet: {e}", node.span) from None
+        term = value.term if isinstance(value, Sym) else Term.const(bool(value))
+        if term.is_const:
+            return term
+        term, used = _floorize(term)
+        uses_floor |= used
+        name, count = f"vis_{count}", count + 1
+        bindings.append(Binding(name, term, f"{node}{where}"))
+        return Term.var(name)
 
-    ctx = Context(Sym("M"), Sym("N"), Sym("h"), grid)
-    results = []
-    for s in sections:
-        results.append((s, emit(s.expr, Context(ctx.M, ctx.N, ctx.h, grid, {"causal": False}))))
-    expr = results[-1][1]
+    results = [(s, combine(s.expr, Context(Sym("M"), Sym("N"), Sym("h"), grid, {"causal": False})))
+               for s in sections]
+    result = results[-1][1]
     for s, r in reversed(results[:-1]):
-        expr = f"tl.where(off_h <= {s.hi}, {r}, {expr})"
-    if expr in ("True", "False", "routed"):  # keep the result a tensor of the tile's shape
-        expr = {"True": "(q_idx >= 0) & (kv_idx >= 0)", "False": "(q_idx < 0) & (kv_idx < 0)",
-                "routed": "(q_idx >= 0) & (kv_idx >= 0) & routed"}[expr]
-    lines.append(f"return {expr}")
-    return "\n".join(lines), uses_floor
+        result = Term("where", (Term("<=", (Term.var("h"), Term.const(s.hi))), r, result))
+    shaped = result.is_const or result == Term.var("routed")
+    if shaped:  # keep the result a tensor of the tile's shape
+        result = (_NOWHERE if result == Term.const(False) else _SHAPE if result.is_const
+                  else Term("&", (_SHAPE, result)))
+    routed = any(b.name == "routed" for b in bindings)
+    return Predicate(tuple(bindings), result, shaped, uses_floor, routed)
+
+
+def term_source(term: Term) -> str:
+    """A (floorized) term as a Triton expression."""
+    return to_text(term, NAMES, FUNCTIONS, bool_words=("True", "False"))
+
+
+def _combination(term: Term) -> str:
+    """The bindings' combination, every `|` and `&` in its own parentheses."""
+    if term.op == "var":
+        return NAMES.get(term.args[0], term.args[0])
+    if term.op == "const":
+        return "True" if term.value else "False"
+    if term.op in ("|", "&"):
+        return f"({_combination(term.args[0])} {term.op} {_combination(term.args[1])})"
+    if term.op == "~":
+        return f"~{_combination(term.args[0])}"
+    if term.op == "where":
+        cond, a, b = term.args
+        return f"tl.where({term_source(cond)}, {_combination(a)}, {_combination(b)})"
+    raise TypeError(f"'{term.op}' can't combine primitives")
+
+
+def predicate_lines(predicate: Predicate) -> list[str]:
+    """The body of `visible()`: each binding under its comment, then the combination."""
+    lines = []
+    for b in predicate.bindings:
+        lines += [f"# {b.comment}", f"{b.name} = {term_source(b.term)}"]
+    result = term_source(predicate.result) if predicate.shaped else _combination(predicate.result)
+    return lines + [f"return {result}"]

@@ -81,10 +81,11 @@ def _layout(pattern: Pattern, M: int, N: int, H: int, block_m: int, block_n: int
 @lru_cache(maxsize=256)
 def _kernel(pattern: Pattern, H: int, M: int, N: int, head_dim: int, block_m: int, block_n: int,
             num_warps: int, num_stages: int, runs, tma: bool, residue, device_tag: str, routed: str = ""):
-    from ..codegen.kernel import make_spec, module_source
+    from ..codegen import make_spec, module_source
     from .cache import load_module
 
-    spec = make_spec(pattern, H, M, N, head_dim, block_m, block_n, num_warps, num_stages, runs, tma, residue, routed)
+    spec = make_spec(pattern, heads=H, M=M, N=N, head_dim=head_dim, block_m=block_m, block_n=block_n,
+                     num_warps=num_warps, num_stages=num_stages, runs=runs, tma=tma, residue=residue, routed=routed)
     return load_module(module_source(spec), device_tag)
 
 

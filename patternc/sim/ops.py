@@ -1,15 +1,16 @@
-"""The cost of a pattern's predicate: weighted operations of the generated `visible()` body.
+"""The cost of a pattern's predicate: weighted operations of the kernel's `visible()`.
 
-The simulator charges partial tiles for the predicate the kernel evaluates there. It reads the
-source that `patternc.codegen.predicate.predicate_source` emits (Python syntax), finds every
-operation that reads `q_idx` or `kv_idx` (directly or through an earlier `vis_i`), counts each
-distinct subexpression once (the compiler shares them), and weighs it by a rough instruction
-count:
+The simulator charges partial tiles for the predicate the kernel evaluates there. It walks
+the `Term` trees of that predicate (`patternc.codegen.predicate.trace`: one binding per
+primitive, then their combination, floor helpers where the kernel has them), finds every
+operation that reads the query or key index (directly or through an earlier binding), counts
+each distinct subexpression once (the compiler shares them), and weighs it by a rough
+instruction count:
 
 | operation | weight |
 |---|---|
-| comparison, `+ - *`, `min`/`max`, `where`, `~` | 1 |
-| `&`, `|`, `^` | 0 (fused into the comparisons as predicate logic) |
+| comparison, `+ - *`, negation, `min`/`max`, `where`, `abs` | 1 |
+| `&`, `|`, `^`, `~` | 0 (fused into the comparisons as predicate logic) |
 | `//`, `%` by a power of two | 2 |
 | `//`, `%` by anything else | 5 |
 | `floor_mod(a, b)` = `(a % b + b) % b` | 2 x (`%`) + 1 |
@@ -17,93 +18,117 @@ count:
 
 Operations on query indices only or key indices only are counted like element-wise ones: the
 measured partial-tile costs (FlexAttention's especially) follow that count much better than a
-count of element-wise operations alone. Operations on scalars only (`off_h % 16`) are free.
+count of element-wise operations alone. Operations on scalars only (`h % 16`) are free.
 """
 from __future__ import annotations
 
 import ast
 
+from ..codegen.predicate import FUNCTIONS, NAMES, trace
+from ..errors import PatternError
+from ..ir.expr import COMPARISONS, Term
+
 WEIGHTS = {"compare": 1, "arith": 1, "logic": 0, "call": 1, "div_pow2": 2, "div": 5}
-INDEX_NAMES = ("q_idx", "kv_idx")
+INDEX_NAMES = ("q", "k")
 
 
-def _is_pow2(node: ast.AST) -> bool:
-    return isinstance(node, ast.Constant) and isinstance(node.value, int) and node.value > 0 \
-        and node.value & (node.value - 1) == 0
+def _divide(divisor: Term) -> int:
+    v = divisor.value if divisor.is_const else None
+    return WEIGHTS["div_pow2"] if isinstance(v, int) and v > 0 and v & (v - 1) == 0 else WEIGHTS["div"]
 
 
-def _divide(divisor: ast.AST) -> int:
-    return WEIGHTS["div_pow2"] if _is_pow2(divisor) else WEIGHTS["div"]
-
-
-def _own_weight(node: ast.AST) -> int:
+def _own_weight(term: Term) -> int:
     """The weight of one operation, not counting its operands."""
-    if isinstance(node, ast.Compare):
-        return WEIGHTS["compare"] * len(node.ops)
-    if isinstance(node, ast.BinOp):
-        if isinstance(node.op, (ast.FloorDiv, ast.Mod)):
-            return _divide(node.right)
-        if isinstance(node.op, (ast.BitAnd, ast.BitOr, ast.BitXor)):
-            return WEIGHTS["logic"]
+    op = term.op
+    if op in COMPARISONS:
+        return WEIGHTS["compare"]
+    if op in ("//", "%"):
+        return _divide(term.args[1])
+    if op in ("&", "|", "^", "~"):
+        return WEIGHTS["logic"]
+    if op in ("+", "-", "*", "neg"):
         return WEIGHTS["arith"]
-    if isinstance(node, ast.UnaryOp):
-        return WEIGHTS["arith"] if not isinstance(node.op, ast.Invert) else WEIGHTS["logic"]
-    if isinstance(node, ast.BoolOp):
-        return WEIGHTS["logic"] * (len(node.values) - 1)
-    if isinstance(node, ast.Call):
-        name = ast.unparse(node.func)
-        if name == "floor_mod" and len(node.args) == 2:
-            return 2 * _divide(node.args[1]) + 1
-        if name == "floor_div" and len(node.args) == 2:
-            return 2 * _divide(node.args[1]) + 2 + _divide(node.args[1])
-        return WEIGHTS["call"]
-    return 0
+    if op == "floor_mod":
+        return 2 * _divide(term.args[1]) + 1
+    if op == "floor_div":
+        return 2 * _divide(term.args[1]) + 2 + _divide(term.args[1])
+    if op in ("const", "var"):
+        return 0
+    return WEIGHTS["call"]
 
 
-def predicate_ops(source: str) -> int:
-    """Weighted operation count of a predicate body (see the module docstring)."""
-    tree = ast.parse(source)
-    reads_index = {name: True for name in INDEX_NAMES}
-    seen: set[str] = set()
+def term_ops(bindings, result: Term) -> int:
+    """Weighted operation count of `name = term` bindings, in order, then `result` (see the
+    module docstring)."""
+    reads = set(INDEX_NAMES)
+    seen: set[Term] = set()
 
-    def depends(node: ast.AST) -> bool:
-        if isinstance(node, ast.Name):
-            return reads_index.get(node.id, False)
-        return any(depends(c) for c in ast.iter_child_nodes(node))
-
-    def cost(node: ast.AST) -> int:
-        key = ast.dump(node)
-        if key in seen:
+    def cost(term: Term) -> int:
+        if term in seen:
             return 0
-        seen.add(key)
-        total = sum(cost(c) for c in ast.iter_child_nodes(node) if not isinstance(c, ast.expr_context))
-        if depends(node):
-            total += _own_weight(node)
+        seen.add(term)
+        total = sum(cost(a) for a in term.args if isinstance(a, Term))
+        if term.free_vars() & reads:
+            total += _own_weight(term)
         return total
 
     count = 0
-    for statement in tree.body:
-        if isinstance(statement, ast.Assign):
-            count += cost(statement.value)
-            for target in statement.targets:
-                if isinstance(target, ast.Name):
-                    reads_index[target.id] = depends(statement.value)
-        elif isinstance(statement, (ast.Return, ast.Expr)) and statement.value is not None:
-            count += cost(statement.value)
-    return count
+    for name, term in bindings:
+        count += cost(term)
+        if term.free_vars() & reads:
+            reads.add(name)
+        else:
+            reads.discard(name)
+    return count + cost(result)
 
 
 def pattern_ops(pattern, heads: int, M: int, N: int) -> int | None:
     """Weighted operation count of the predicate the kernel would evaluate for `pattern`;
     None where no predicate can be emitted (primitives that read run-time tables)."""
-    from ..codegen.predicate import predicate_source
-    from ..errors import PatternError
-
-    grid = pattern.grid_shape(M, N)
-    if grid is None and any(p.name == "neighborhood" for p in pattern.primitives()):
-        grid = (N,)
+    grid = pattern.rule_grid(M, N)
     try:
-        source, _ = predicate_source(pattern.sections(heads), grid)
+        predicate = trace(pattern.sections(heads), grid)
     except (PatternError, NotImplementedError, TypeError):
         return None
-    return predicate_ops(source)
+    return term_ops(((b.name, b.term) for b in predicate.bindings), predicate.result)
+
+
+# --------------------------------------------------------------------------- predicates as text
+
+_OPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.FloorDiv: "//", ast.Mod: "%", ast.BitAnd: "&",
+        ast.BitOr: "|", ast.BitXor: "^", ast.Lt: "<", ast.LtE: "<=", ast.Eq: "==", ast.NotEq: "!=",
+        ast.Gt: ">", ast.GtE: ">=", ast.USub: "neg", ast.Invert: "~"}
+_VARIABLES = {v: k for k, v in NAMES.items()}
+_CALLS = {v: k for k, v in FUNCTIONS.items()}
+
+
+def _term(node: ast.AST) -> Term:
+    """A Python expression of the kernel's names as a Term over the pattern's."""
+    if isinstance(node, ast.Name):
+        return Term.var(_VARIABLES.get(node.id, node.id))
+    if isinstance(node, ast.Constant) and isinstance(node.value, int):
+        return Term.const(node.value)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+        return Term(_OPS[type(node.op)], (_term(node.left), _term(node.right)))
+    if isinstance(node, ast.UnaryOp) and type(node.op) in _OPS:
+        return Term(_OPS[type(node.op)], (_term(node.operand),))
+    if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _OPS:
+        return Term(_OPS[type(node.ops[0])], (_term(node.left), _term(node.comparators[0])))
+    if isinstance(node, ast.Call) and ast.unparse(node.func) in _CALLS:
+        return Term(_CALLS[ast.unparse(node.func)], tuple(_term(a) for a in node.args))
+    raise ValueError(f"not a predicate expression: {ast.unparse(node)}")
+
+
+def predicate_ops(source: str) -> int:
+    """`term_ops` of a predicate body written as Triton source (`name = expr` lines, then
+    `return expr`), for predicates written by hand."""
+    bindings, result = [], Term.const(True)
+    for statement in ast.parse(source).body:
+        if isinstance(statement, ast.Assign) and len(statement.targets) == 1 \
+                and isinstance(statement.targets[0], ast.Name):
+            bindings.append((statement.targets[0].id, _term(statement.value)))
+        elif isinstance(statement, ast.Return) and statement.value is not None:
+            result = _term(statement.value)
+        else:
+            raise ValueError(f"a predicate body holds assignments and a return, not: {ast.unparse(statement)}")
+    return term_ops(bindings, result)
