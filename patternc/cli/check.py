@@ -20,6 +20,8 @@ def cmd_check(args) -> int:
             for p in patterns.values():
                 if all(d is not None for _, d in p.params):
                     p.sections()  # substitutes parameters: the errors that need values
+                    if p.fixed_length is not None:  # a grid fixes the length: check every parameter at it
+                        p.check(p.fixed_length)
         except PatternError as e:
             print(e.format(), file=sys.stderr)  # report it and go on with the other files
             status = 1

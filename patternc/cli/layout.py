@@ -39,6 +39,7 @@ def cmd_layout(args) -> int:
         out = {"file": args.file, "pattern": name, "text": str(pattern), "M": M, "N": N, "heads": H,
                "block": [bm, bn], "tiles_per_head": [Mt, Nt], "routed": pattern.is_routed,
                "residue": None if perm is None else {"modulus": perm.modulus, "class_len": perm.class_len},
+               "natural_order_reason": _natural_reason(pattern, layout),
                "counts": layout.counts, "density": layout.density,
                "ideal_speedup": None if layout.density == 0 else layout.ideal_speedup,
                "partial_share": layout.summary()["partial_share"], "refined_tiles": layout.refined_tiles,
@@ -85,9 +86,7 @@ def _print_layout(name, pattern, layout, empty, blocks, head):
         ["partial tiles", f"{c['partial']}  ({100 * c['partial'] / visited if visited else 0:.1f}% of visited)"],
         ["empty tiles", c["empty"]],
         ["refined tiles", f"{layout.refined_tiles}  (undecided by interval arithmetic, split until decided)"],
-        ["token order", "natural" if perm is None else
-         f"residue classes mod {perm.modulus} ({perm.modulus} classes of {perm.class_len} tokens; "
-         f"a tile reads rows {perm.modulus} apart)"],
+        ["token order", _order_text(pattern, layout)],
     ]
     if empty is None:
         rows.append(["empty rows", "not checked" + (" (routed: depends on q, k)" if pattern.is_routed else
@@ -109,6 +108,23 @@ def _print_layout(name, pattern, layout, empty, blocks, head):
           f"{order}{scale}):")
     for line in block_text(downsample(blocks, cell)):
         print(line)
+
+
+def _natural_reason(pattern, layout) -> str | None:
+    from ..layout.residue import natural_order_reason
+
+    if layout.permutation is not None:
+        return None
+    return natural_order_reason(pattern, layout.M, layout.N, layout.heads, layout.block_m, layout.block_n)
+
+
+def _order_text(pattern, layout) -> str:
+    perm = layout.permutation
+    if perm is not None:
+        return (f"residue classes mod {perm.modulus} ({perm.modulus} classes of {perm.class_len} tokens; "
+                f"a tile reads rows {perm.modulus} apart)")
+    reason = _natural_reason(pattern, layout)
+    return "natural" + (f" ({reason})" if reason else "")
 
 
 def _group_heads(values: list) -> list[tuple[str, object]]:

@@ -3,6 +3,7 @@ optional per-head sections, and its reference semantics `mask()`."""
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -139,6 +140,27 @@ class Pattern:
                 raise PatternError(f"grid dimensions must be integers >= 1, got {v}", self.span)
             out.append(v)
         return tuple(out)
+
+    def check(self, M: int, N: int | None = None, heads: int | None = None) -> None:
+        """Evaluate every parameter at lengths M, N on every head, raising the located
+        `PatternError` that `mask` or `layout` would (a window larger than its grid, a phase out
+        of range on some head, ...) without computing either."""
+        import numpy as np
+
+        N = M if N is None else N
+        _check_lengths(M, N, self.span)
+        for s in self.sections(heads):
+            ctx = self.context(s, M, N, np.arange(s.lo, s.hi + 1))
+            for leaf in s.expr.walk():
+                if not leaf.children():
+                    leaf.params(ctx)
+
+    @property
+    def fixed_length(self) -> int | None:
+        """The token count of a grid that names no length (`grid(16, 48, 48)`), else None."""
+        if self.grid is None or any(t.subs(dict(self._mapping())).free_vars() for t in self.grid):
+            return None
+        return math.prod(self.grid_shape(1, 1))
 
     def rule_grid(self, M: int, N: int) -> tuple[int, ...] | None:
         """The grid rules read: `grid_shape`, or `(N,)` when a primitive needs one and the

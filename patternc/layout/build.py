@@ -164,14 +164,4 @@ def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: i
 
 def depends_on_head(node: Node) -> bool:
     """Does the expression vary with the head index (an `h` parameter, per-head tables)?"""
-    from ..ir.expr import Term
-
-    for n in node.walk():
-        if isinstance(n, Primitive):
-            if n.per_head_tables:
-                return True
-            for v in vars(n).values():
-                terms = v if isinstance(v, tuple) else (v,)
-                if any(isinstance(t, Term) and "h" in t.free_vars() for t in terms):
-                    return True
-    return False
+    return any(n.depends_on_head() for n in node.walk() if isinstance(n, Primitive))

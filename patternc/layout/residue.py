@@ -84,3 +84,28 @@ def residue_order(node: Node, M: int, N: int, block_m: int, block_n: int, grid=N
     if length % block_m or length % block_n:
         return None
     return ResidueOrder(r, length)
+
+
+def natural_order_reason(pattern, M: int, N: int, heads: int | None, block_m: int, block_n: int) -> str | None:
+    """Why `order="auto"` keeps tokens in natural order although some section is r-closed (a
+    residue order would visit about r times fewer tiles); None when no section is."""
+    sections = pattern.sections(heads)
+    grid = pattern.grid_shape(M, N)
+    closed = [(s, residue_modulus(s.expr, grid)) for s in sections]
+    closed = [(s, r) for s, r in closed if r > 1]
+    if not closed:
+        return None
+    s, r = closed[0]
+    if len(sections) > 1:
+        heads_text = f"heads {s.lo}..{s.hi}" if s.hi > s.lo else f"head {s.lo}"
+        return (f"{heads_text} pair only tokens of one residue class mod {r}, but a layout has one token order "
+                f"for all heads and the other sections need natural order: lay such heads out as a pattern of "
+                f"their own to visit about {r}x fewer tiles")
+    if pattern.is_routed:
+        return "routed patterns are laid out in natural order"
+    if M != N:
+        return f"residue classes mod {r} need M == N (got M={M}, N={N})"
+    if N % r or (N // r) % block_m or (N // r) % block_n:
+        return (f"residue classes mod {r} need N / {r} to be a multiple of both tile sides "
+                f"({block_m} x {block_n}); N = {N}")
+    return None
