@@ -80,13 +80,14 @@ def _layout(pattern: Pattern, M: int, N: int, H: int, block_m: int, block_n: int
 
 @lru_cache(maxsize=256)
 def _kernel(pattern: Pattern, H: int, M: int, N: int, head_dim: int, block_m: int, block_n: int,
-            num_warps: int, num_stages: int, runs, tma: bool, residue, device_tag: str, routed: str = ""):
+            num_warps: int, num_stages: int, runs, tma: bool, residue, device_tag: str, routed: str = "",
+            backward: bool = False):
     from ..codegen import make_spec, module_source
     from .cache import load_module
 
     spec = make_spec(pattern, heads=H, M=M, N=N, head_dim=head_dim, block_m=block_m, block_n=block_n,
                      num_warps=num_warps, num_stages=num_stages, runs=runs, tma=tma, residue=residue, routed=routed)
-    return load_module(module_source(spec), device_tag)
+    return load_module(module_source(spec, backward=backward), device_tag)
 
 
 def _device_tag(device) -> str:
@@ -122,7 +123,36 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
     default, "auto"), "table" always reads index tables; `"memory"`: "pointers" (default) or
     "tma" (Hopper tensor descriptors); `"order"`: "auto" (residue order for dilated/strided
     patterns) or "natural".
+
+    Training: when q, k or v require grad (or under `torch.compile`) the call goes through the
+    `patternc::attention` custom op, whose backward runs generated backward kernels (see
+    `runtime/autograd.py`); the LSE output is differentiable too. Under autocast, q, k and v are
+    cast to the autocast dtype. `return_layout=True` is for inspection and takes no gradients.
     """
+    import torch
+
+    if torch.is_autocast_enabled(q.device.type):
+        dtype = torch.get_autocast_dtype(q.device.type)
+        q, k, v = (x.to(dtype) for x in (q, k, v))
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad
+                                                                      or v.requires_grad)):
+        if return_layout:
+            raise PatternError("return_layout=True takes no gradients (and can't be compiled)", None,
+                               "call it under torch.no_grad() to inspect the layout")
+        from .autograd import attention_op, problem_key
+
+        out, lse = attention_op(q, k, v, problem_key(pattern, None if config is None else
+                                                     tuple(sorted(config.items()))), scale)
+        return (out, lse) if return_lse else out
+    return _attention(q, k, v, pattern, scale, return_lse, config, return_layout)
+
+
+def forward(q, k, v, pattern, scale, config):
+    """(out, lse): the custom op's forward."""
+    return _attention(q, k, v, pattern, scale, True, config, False)
+
+
+def _attention(q, k, v, pattern, scale, return_lse, config, return_layout):
     key = (id(pattern), q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device,
            None if config is None else tuple(sorted(config.items())))
     hit = _ready.get(key)
@@ -139,15 +169,36 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
         return reference_attention(q, k, v, pattern_obj, scale, return_lse)
     pattern, user_pattern = pattern_obj, pattern
     device_tag = _device_tag(q.device)
-    if config is None and not interpret:
-        config = _tuned_config(q, k, v, pattern, scale, device_tag)
-    cfg = dict(default_config(D, q.dtype, interpret), **(config or {}))
+    cfg = _config(q, k, v, pattern, scale, config, device_tag)
     module, layout = _prepare(pattern, B, H, M, N, D, cfg, str(q.device), device_tag)
     if not return_layout:
         if len(_ready) > 4096:
             _ready.clear()
         _ready[key] = (user_pattern, module, layout)  # holding the object keeps its id unique
     return _run(module, layout, q, k, v, scale, return_lse, return_layout)
+
+
+def backward(do, q, k, v, out, lse, dlse, pattern, scale, config):
+    """(dq, dk, dv): the custom op's backward, through the generated backward kernels with the
+    forward's config and layout (on a CPU without the interpreter: the dense formula)."""
+    pattern = as_pattern(pattern)
+    if q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return reference_backward(do, q, k, v, out, lse, dlse, pattern, scale)
+    B, H, M, D = q.shape
+    device_tag = _device_tag(q.device)
+    cfg = _config(q, k, v, pattern, scale, config, device_tag)
+    module, layout = _prepare(pattern, B, H, M, k.shape[2], D, cfg, str(q.device), device_tag, backward=True)
+    if isinstance(layout, RoutedPlan):
+        layout = layout.layout(q, k)  # the forward's choice again: the selection is deterministic
+    return module.launch_backward(q, k, v, out, lse, do, layout, scale=scale, dlse=dlse)
+
+
+def _config(q, k, v, pattern, scale, config, device_tag) -> dict:
+    """The kernel config: defaults, the autotuned choice (GPU) and the caller's overrides."""
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if config is None and not interpret:
+        config = _tuned_config(q, k, v, pattern, scale, device_tag)
+    return dict(default_config(q.shape[3], q.dtype, interpret), **(config or {}))
 
 
 def _run(module, layout, q, k, v, scale, return_lse, return_layout):
@@ -163,9 +214,10 @@ def _run(module, layout, q, k, v, scale, return_lse, return_layout):
     return result if len(result) > 1 else out
 
 
-def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag):
+def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag, backward=False):
     """(generated module, layout) for one config; both cached. For routed patterns the layout
-    is a `RoutedPlan`, and tiles that do not divide the routing block are halved until they do."""
+    is a `RoutedPlan`, and tiles that do not divide the routing block are halved until they do.
+    `backward`: the module also holds the backward kernels."""
     if pattern.is_routed:
         from ..layout.routed import static_variants
         from .routed import routed_plan
@@ -177,14 +229,16 @@ def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag):
                 cfg[side] //= 2
         plan = routed_plan(pattern, M, N, H, cfg["block_m"], cfg["block_n"], device)
         module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],
-                         None, cfg.get("memory", "pointers") == "tma", None, device_tag, routed=plan.topk.query)
+                         None, cfg.get("memory", "pointers") == "tma", None, device_tag, routed=plan.topk.query,
+                         backward=backward)
         return module, plan
     layout = _layout(pattern, M, N, H, cfg["block_m"], cfg["block_n"], device, cfg.get("order", "auto"))
     runs = layout.runs() if cfg.get("iteration", "auto") != "table" else None
     runs_shape = None if runs is None else (runs[0].shape[2], runs[1].shape[2])
     module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],
                      runs_shape, cfg.get("memory", "pointers") == "tma",
-                     layout.permutation.modulus if layout.permutation is not None else None, device_tag)
+                     layout.permutation.modulus if layout.permutation is not None else None, device_tag,
+                     backward=backward)
     return module, layout
 
 
@@ -223,8 +277,33 @@ def _warn_cpu_once():
 
 def reference_attention(q, k, v, pattern, scale=None, return_lse=False):
     """Dense masked attention over `Pattern.mask` (float32 math, float64 for float64 inputs; any
-    device). Same contract as
-    `attention`: rows with no visible key give 0 and LSE = -inf."""
+    device). Same contract as `attention`: rows with no visible key give 0 and LSE = -inf."""
+    scores, kf, vf = _dense_scores(q, k, v, pattern, scale)
+    lse = scores.logsumexp(dim=-1)
+    out = (_probabilities(scores, lse) @ vf).to(q.dtype)
+    return (out, lse) if return_lse else out
+
+
+def reference_backward(do, q, k, v, out, lse, dlse, pattern, scale=None):
+    """(dq, dk, dv) of `reference_attention` from its output and LSE, by the formula the
+    backward kernels implement (dk, dv summed over a GQA group; LSE's gradient `dlse` enters as
+    `delta - dlse`); empty rows get zero gradients."""
+    scores, kf, vf = _dense_scores(q, k, v, pattern, scale)
+    compute, group = scores.dtype, q.shape[1] // k.shape[1]
+    scale = q.shape[3] ** -0.5 if scale is None else scale
+    p = _probabilities(scores, lse.to(compute))
+    dof = do.to(compute)
+    delta = (dof * out.to(compute)).sum(-1) - dlse.to(compute)
+    ds = p * (dof @ vf.transpose(-1, -2) - delta[..., None])
+    dq = ds @ kf * scale
+    dk = (ds.transpose(-1, -2) @ q.to(compute) * scale).unflatten(1, (-1, group)).sum(2)
+    dv = (p.transpose(-1, -2) @ dof).unflatten(1, (-1, group)).sum(2)
+    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+
+
+def _dense_scores(q, k, v, pattern, scale):
+    """Masked scores [B, H, M, N] (-inf where the pattern hides a key) and k, v repeated over
+    each GQA group, in float32 (float64 for float64 inputs)."""
     import torch
 
     pattern = as_pattern(pattern)
@@ -241,9 +320,12 @@ def reference_attention(q, k, v, pattern, scale=None, return_lse=False):
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     kf = k.to(compute).repeat_interleave(group, dim=1)
     vf = v.to(compute).repeat_interleave(group, dim=1)
-    s = (q.to(compute) @ kf.transpose(-1, -2)) * scale
-    s = s.masked_fill(~mask[None], float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)
-    p = torch.exp(s - torch.where(torch.isinf(lse), 0.0, lse)[..., None])
-    out = (p @ vf).to(q.dtype)
-    return (out, lse) if return_lse else out
+    scores = (q.to(compute) @ kf.transpose(-1, -2)) * scale
+    return scores.masked_fill(~mask[None], float("-inf")), kf, vf
+
+
+def _probabilities(scores, lse):
+    """softmax(scores) from its LSE; rows with no visible key (LSE = -inf) are 0, not NaN."""
+    import torch
+
+    return torch.exp(scores - torch.where(torch.isinf(lse), 0.0, lse)[..., None])

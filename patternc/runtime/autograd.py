@@ -1,0 +1,82 @@
+"""Training: `patternc.attention` as a `torch.library` custom op with autograd.
+
+`patternc::attention(q, k, v, problem, scale) -> (out, lse)` and
+`patternc::attention_backward(do, q, k, v, out, lse, dlse, problem, scale) -> (dq, dk, dv)` are
+opaque to `torch.compile` (a fake implementation gives their shapes), so a compiled model traces
+through them with no graph break and no recompilation per call; the backward is registered with
+`register_autograd`, so `loss.backward()`, `torch.utils.checkpoint` and compiled training steps
+all reach the generated backward kernels. A pattern is not a tensor: ops receive a `problem` key,
+a string naming the (pattern, config) registered once per pair by `problem_key` (a constant to
+`torch.compile`).
+
+Gradients: dq, dk, dv (dk, dv summed over a GQA group); the LSE output is differentiable too
+(its gradient enters as `delta - dlse`). Rows that see no key have zero gradients. Routed
+patterns select their blocks again from q and k in the backward (the same, deterministic
+choice); no gradient flows through the selection, as in MoBA.
+"""
+from __future__ import annotations
+
+import torch
+
+_PROBLEMS: dict[str, tuple] = {}  # key -> (Pattern, config dict or None)
+_KEYS: dict[tuple, str] = {}
+
+
+@torch.compiler.assume_constant_result
+def problem_key(pattern, config_items: tuple | None) -> str:
+    """The op's name for (pattern, config); registered on first use."""
+    key = _KEYS.get((pattern, config_items))
+    if key is None:
+        key = _KEYS[(pattern, config_items)] = f"p{len(_KEYS)}"
+        _PROBLEMS[key] = (pattern, None if config_items is None else dict(config_items))
+    return key
+
+
+@torch.library.custom_op("patternc::attention", mutates_args=())
+def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, problem: str,
+                 scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    from .attention import forward
+
+    pattern, config = _PROBLEMS[problem]
+    return forward(q, k, v, pattern, scale, config)
+
+
+@attention_op.register_fake
+def _(q, k, v, problem, scale):
+    from .attention import _check_inputs
+
+    _check_inputs(q, k, v)
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@torch.library.custom_op("patternc::attention_backward", mutates_args=())
+def attention_backward_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                          lse: torch.Tensor, dlse: torch.Tensor, problem: str,
+                          scale: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from .attention import backward
+
+    pattern, config = _PROBLEMS[problem]
+    return backward(do, q, k, v, out, lse, dlse, pattern, scale, config)
+
+
+@attention_backward_op.register_fake
+def _(do, q, k, v, out, lse, dlse, problem, scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, problem, scale = inputs
+    out, lse = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.problem, ctx.scale = problem, scale
+
+
+def _backward(ctx, dout, dlse):
+    q, k, v, out, lse = ctx.saved_tensors
+    dout = torch.zeros_like(out) if dout is None else dout
+    dlse = torch.zeros_like(lse) if dlse is None else dlse
+    dq, dk, dv = attention_backward_op(dout, q, k, v, out, lse, dlse, ctx.problem, ctx.scale)
+    return dq, dk, dv, None, None
+
+
+attention_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,152 @@
+"""Training through `patternc.attention`: gradients, the custom op under torch.compile,
+checkpointing and autocast.
+
+Gradients are compared with torch.autograd of the fp64 dense reference
+(`reference_attention` on float64 copies) on fresh random inputs. On a CPU without
+`TRITON_INTERPRET=1` the op's forward and backward are dense; the generated backward kernels
+are tested under the interpreter in test_backward_kernels.py and, through this same op, below.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import examples
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import patternc
+from patternc.errors import PatternError
+
+pytestmark = pytest.mark.filterwarnings("ignore:patternc.attention on CPU tensors")
+
+PATTERNS = [
+    "causal & window(5)",
+    "causal & (window(4, dilation=2) | sink(2))",
+    "window(3) - window(2)",  # every row empty: zero gradients
+    "heads 0: causal & window(3)\nheads 1..3: causal & strided(3)",
+    "grid(4, 6)\nneighborhood((3, 3))",
+]
+
+
+def inputs(B, H, Hkv, M, N, D, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(B, h, n, D, generator=g, dtype=dtype).requires_grad_()
+            for h, n in ((H, M), (Hkv, N), (Hkv, N))]
+
+
+def reference_grads(q, k, v, pattern, dout, dlse=None, scale=None):
+    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
+    out, lse = patternc.reference_attention(qd, kd, vd, pattern, scale=scale, return_lse=True)
+    loss = (out * dout.double()).sum()
+    if dlse is not None:
+        loss = loss + (torch.where(torch.isinf(lse), 0.0, lse) * dlse.double()).sum()
+    grads = torch.autograd.grad(loss, (qd, kd, vd), allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, (qd, kd, vd))]
+
+
+def assert_close(got, want, tol, what):
+    assert not torch.isnan(got).any(), f"{what}: NaN in the gradient"
+    err = (got.double() - want).norm() / want.norm().clamp_min(1e-30)
+    assert err <= tol or want.norm() == 0 and got.abs().max() == 0, f"{what}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("text", PATTERNS)
+def test_gradients_match_the_dense_reference(text):
+    pattern = patternc.compile(text)
+    q, k, v = inputs(1, 4, 2, 24, 24, 16, seed=len(text))
+    out = patternc.attention(q, k, v, pattern)
+    assert out.grad_fn is not None
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    for got, want, name in zip((q.grad, k.grad, v.grad), reference_grads(q, k, v, pattern, dout), "qkv"):
+        assert_close(got, want, 1e-5, f"{text!r} d{name}")
+
+
+@settings(max_examples=examples(15))
+@given(M=st.integers(1, 40), extra=st.integers(0, 24), group=st.sampled_from([1, 2, 4]), seed=st.integers(0, 99),
+       text=st.sampled_from(["causal & window(7)", "window(4, 2) | sink(3)", "causal & strided(4)"]))
+def test_gradients_with_gqa_and_more_keys_than_queries(M, extra, group, seed, text):
+    q, k, v = inputs(2, 4, 4 // group, M, M + extra, 16, seed)
+    out, lse = patternc.attention(q, k, v, text, scale=0.3, return_lse=True)
+    dout, dlse = torch.randn_like(out), torch.randn_like(lse)
+    (out * dout).sum().backward(retain_graph=True)
+    (torch.where(torch.isinf(lse), 0.0, lse) * dlse).sum().backward()  # the LSE is differentiable too
+    want = reference_grads(q, k, v, text, dout, dlse, scale=0.3)
+    for got, ref, name in zip((q.grad, k.grad, v.grad), want, "qkv"):
+        assert_close(got, ref, 1e-5, f"{text!r} M={M} extra={extra} group={group} d{name}")
+
+
+def test_routed_gradients_reuse_the_selection():
+    pattern = patternc.compile("causal & topk(2, block=4)")
+    q, k, v = inputs(1, 2, 2, 32, 32, 16, seed=3)
+    out = patternc.attention(q, k, v, pattern)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    for got, want, name in zip((q.grad, k.grad, v.grad), reference_grads(q, k, v, pattern, dout), "qkv"):
+        assert_close(got, want, 1e-5, f"topk d{name}")  # the selection itself carries no gradient
+
+
+def test_compiled_fullgraph_no_graph_breaks_no_recompiles():
+    import torch._dynamo
+
+    pattern = patternc.compile("causal & window(6)")
+
+    def step(q, k, v):
+        return patternc.attention(q, k, v, pattern).square().sum()
+
+    q, k, v = inputs(1, 2, 2, 20, 20, 16, seed=0)
+    explained = torch._dynamo.explain(step)(q, k, v)
+    assert explained.graph_break_count == 0, explained.break_reasons
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for seed in range(3):
+            q, k, v = inputs(1, 2, 2, 20, 20, 16, seed=seed)
+            compiled(q, k, v).backward()
+            got = q.grad
+            q.grad = None
+            step(q, k, v).backward()
+            assert torch.allclose(got, q.grad, atol=1e-6)
+
+
+def test_compiled_jit_predicates_and_pattern_text():
+    @patternc.jit
+    def local(q, k, h):
+        return (q >= k) & (q - k < 4)
+
+    q, k, v = inputs(1, 2, 1, 12, 12, 16, seed=1)
+    for fn in (lambda q, k, v: local(q, k, v), lambda q, k, v: patternc.attention(q, k, v, "causal & window(4)")):
+        torch.compile(lambda q, k, v: fn(q, k, v).sum(), fullgraph=True, backend="aot_eager")(q, k, v).backward()
+        assert q.grad is not None and not torch.isnan(q.grad).any()
+        q.grad = None
+
+
+def test_checkpoint_and_autocast():
+    from torch.utils.checkpoint import checkpoint
+
+    pattern = patternc.compile("causal & window(5)")
+    q, k, v = inputs(1, 2, 2, 16, 16, 16, seed=2)
+    out = checkpoint(lambda a, b, c: patternc.attention(a, b, c, pattern), q, k, v, use_reentrant=False)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    for got, want, name in zip((q.grad, k.grad, v.grad), reference_grads(q, k, v, pattern, dout), "qkv"):
+        assert_close(got, want, 1e-5, f"checkpointed d{name}")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = patternc.attention(q, k, v, pattern)
+    assert out.dtype == torch.bfloat16
+    out.float().sum().backward()
+    assert q.grad.dtype == torch.float32
+
+
+def test_inference_stays_off_the_autograd_path():
+    q, k, v = (x.detach() for x in inputs(1, 2, 2, 8, 8, 16, seed=4))
+    assert patternc.attention(q, k, v, "causal").grad_fn is None
+    q.requires_grad_()
+    with torch.no_grad():
+        assert patternc.attention(q, k, v, "causal").grad_fn is None
+
+
+def test_return_layout_takes_no_gradients():
+    q, k, v = inputs(1, 2, 2, 8, 8, 16, seed=5)
+    with pytest.raises(PatternError, match="return_layout=True takes no gradients"):
+        patternc.attention(q, k, v, "causal", return_layout=True)
