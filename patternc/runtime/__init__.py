@@ -1,6 +1,7 @@
 """Running patterns: `attention`, the kernel cache, the dense reference."""
 from ..ir.pattern import DELEGATES
-from .attention import attention, reference_attention
+from .api import attention
+from .attention import reference_attention
 
 
 def _call_jit(q, k, v, pattern, **kw):

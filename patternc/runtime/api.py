@@ -1,0 +1,51 @@
+"""`patternc.attention`: the public entry. Inference calls the cached kernel path directly;
+training (inputs that need grad) and `torch.compile` go through the custom op with autograd."""
+from __future__ import annotations
+
+from ..errors import PatternError
+from .attention import _attention
+from .autograd import attention_op, problem_key
+
+
+def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = False, config: dict | None = None,
+              return_layout: bool = False):
+    """Sparse attention: `softmax(q k^T * scale, masked by pattern) v`.
+
+    q `[B, H, M, D]`, k and v `[B, Hkv, N, D]` (PyTorch SDPA layout; H a multiple of Hkv for
+    GQA/MQA); float16, bfloat16 or float32; D in 16, 32, 64, 128, 256. `pattern` is a `Pattern`,
+    pattern text, or a `@patternc.jit` object; `scale` defaults to `D ** -0.5`. Returns the
+    output `[B, H, M, D]` (q's dtype), and with `return_lse=True` also the log-sum-exp
+    `[B, H, M]` (float32, natural log). Queries that see no key get 0 and LSE = -inf.
+
+    On CUDA the generated Triton kernel runs. On the CPU it runs under `TRITON_INTERPRET=1`
+    (slow; for tests), else a dense masked reference does, with a one-time warning.
+    Routed patterns (`topk`) select their key blocks from q and k on every call, on the device;
+    `return_layout=True` also returns the layout used (for routed patterns a `RoutedLayout` whose
+    `selection [B, H, nQ, nK]` holds the chosen blocks).
+
+    The first call for a problem shape autotunes the kernel config on this device (cached on
+    disk); `config` overrides it: `{"block_m", "block_n", "num_warps", "num_stages"}`, and
+    `"iteration"`: "runs" loops over ranges of key tiles where every row has few runs (the
+    default, "auto"), "table" always reads index tables; `"memory"`: "pointers" (default) or
+    "tma" (Hopper tensor descriptors); `"order"`: "auto" (residue order for dilated/strided
+    patterns) or "natural".
+
+    Training: when q, k or v require grad (or under `torch.compile`) the call goes through the
+    `patternc::attention` custom op, whose backward runs generated backward kernels (see
+    `runtime/autograd.py`); the LSE output is differentiable too. Under autocast, q, k and v are
+    cast to the autocast dtype. `return_layout=True` is for inspection and takes no gradients.
+    """
+    import torch
+
+    if torch.is_autocast_enabled(q.device.type):
+        dtype = torch.get_autocast_dtype(q.device.type)
+        q, k, v = (x.to(dtype) for x in (q, k, v))
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (q.requires_grad or k.requires_grad
+                                                                      or v.requires_grad)):
+        if return_layout:
+            raise PatternError("return_layout=True takes no gradients (and can't be compiled)", None,
+                               "call it under torch.no_grad() to inspect the layout")
+        out, lse = attention_op(q, k, v, problem_key(pattern, None if config is None else
+                                                     tuple(sorted(config.items()))), scale)
+        return (out, lse) if return_lse else out
+    return _attention(q, k, v, pattern, scale, return_lse, config, return_layout)
