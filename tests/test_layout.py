@@ -1,10 +1,11 @@
 """Layouts against the reference mask: the layout issue's contract.
 
-For random pattern text (every textual primitive of the registry, alone and combined with
-`| & -`, per-head sections, grids), random lengths (ragged M != N where the primitives allow
-it), 1-3 heads and tile shapes from 16 to 128 (block_m and block_n drawn independently),
-`Layout.block_map()` is compared with the brute-force classification of `Pattern.mask()`
-(reordered by `Layout.permutation` when the layout uses residue order):
+For random pattern text (every textual primitive of the registry, drawn from its own
+`strategy`, alone and combined with `| & -`, per-head sections, grids), random lengths (ragged
+M != N where the primitives allow it), 1-3 heads and tile shapes from 16 to 128 (block_m and
+block_n drawn independently), `Layout.block_map()` is compared with the brute-force
+classification of `Pattern.mask()` (reordered by `Layout.permutation` when the layout uses
+residue order):
 
 (a) no tile holding a visible element is skipped;
 (b) no tile is marked full unless every element in it is visible;
@@ -34,8 +35,13 @@ from patternc.primitives import REGISTRY
 
 MAXLEN = 256
 TILE = st.one_of(st.sampled_from([16, 32, 64, 128]), st.integers(16, 128))
-COVERED = {"full", "causal", "window", "blocked", "strided", "columns", "pow2", "sink", "global", "random",
-           "topk", "neighborhood"}
+
+# The kinds the scenes draw, from the registry by the primitives' hooks (texts come from each
+# primitive's `strategy`): a new primitive module is drawn here without an edit.
+TEXTUAL = sorted(name for name, cls in REGISTRY.items() if cls.textual)  # not jit's predicate
+ROUTED = [n for n in TEXTUAL if REGISTRY[n].routed]  # need q and k
+GRIDDED = [n for n in TEXTUAL if REGISTRY[n].needs_grid]  # on a grid: M == N == its size
+PLAIN = [n for n in TEXTUAL if n not in ROUTED and n not in GRIDDED]  # any lengths
 
 
 # --------------------------------------------------------------------------- pattern text
@@ -50,105 +56,28 @@ def _with_block(draw, text, chance=4):
 
 
 @st.composite
-def window_text(draw):
-    r = draw(st.sampled_from([1, 1, 1, 2, 3, 4, 8]))
-    dil = f", dilation={r}" if r != 1 else ""
-    if draw(st.booleans()):
-        return f"window({draw(st.integers(1, 96))}{dil})"
-    return f"window({draw(st.integers(0, 96))}, {draw(st.integers(0, 96))}{dil})"
-
-
-@st.composite
-def columns_text(draw):
-    s = draw(st.integers(1, 40))
-    phase = draw(st.sampled_from(["", f", phase={draw(st.integers(0, s - 1))}", f", phase=h % {s}"]))
-    return f"columns({s}{phase})"
-
-
-@st.composite
-def global_text(draw):
-    items = draw(st.lists(st.one_of(st.integers(0, 300).map(str),
-                                    st.tuples(st.integers(0, 300), st.integers(0, 40)).map(
-                                        lambda t: f"{t[0]}..{t[0] + t[1]}")), min_size=1, max_size=3))
-    return f"global({', '.join(items)})"
-
-
-ONE_D = {  # name -> strategy of text (before an optional block=)
-    "full": st.just("full"),
-    "causal": st.just("causal"),
-    "window": window_text(),
-    "blocked": st.integers(1, 128).map(lambda b: f"blocked({b})"),
-    "strided": st.integers(1, 40).map(lambda s: f"strided({s})"),
-    "columns": columns_text(),
-    "pow2": st.just("pow2"),
-    "sink": st.integers(1, 300).map(lambda n: f"sink({n})"),
-    "global": global_text(),
-}
-
-
-@st.composite
-def random_text(draw):
-    count, seed = draw(st.integers(1, 4)), draw(st.integers(0, 9))
-    if draw(st.integers(0, 3)) == 0:  # on tokens: `count` random keys per query
-        return f"random({count}, seed={seed})"
-    return f"random({count}, block={draw(st.integers(4, 64))}, seed={seed})"
-
-
-@st.composite
-def topk_text(draw):
-    return f"topk({draw(st.integers(1, 4))}, block={draw(st.integers(4, 64))})"
-
-
-@st.composite
-def neighborhood_text(draw, grid):
-    """Valid NATTEN/GNA parameters for `grid` (a scalar form on 1-D grids sometimes)."""
-    sizes, strides, dilations = [], [], []
-    for L in grid:
-        K = draw(st.integers(1, L))
-        r = draw(st.integers(1, max(1, L // K)))
-        s = draw(st.integers(1, K))
-        sizes.append(K)
-        strides.append(s)
-        dilations.append(r)
-
-    def fmt(v):
-        return str(v[0]) if len(v) == 1 and draw(st.booleans()) else f"({', '.join(map(str, v))}{',' if len(v) == 1 else ''})"
-
-    args = [fmt(sizes)]
-    if any(s != 1 for s in strides) or draw(st.booleans()):
-        args.append(f"stride={fmt(strides)}")
-    if any(r != 1 for r in dilations) or draw(st.booleans()):
-        args.append(f"dilation={fmt(dilations)}")
-    if draw(st.booleans()):
-        args.append("causal=true")
-    return f"neighborhood({', '.join(args)})"
-
-
-@st.composite
-def leaf_text(draw, kinds):
-    kind = draw(st.sampled_from(kinds))
-    if kind in ONE_D:
-        return _with_block(draw, draw(ONE_D[kind]))
-    if kind == "random":
-        return draw(random_text())
-    if kind == "topk":
-        return draw(topk_text())
-    raise AssertionError(kind)
+def leaf_text(draw, kind, grid=None):
+    """A text of primitive `kind` from its own strategy (valid on `grid` where it needs one), on
+    blocks now and then where it takes `block=` and has none yet."""
+    cls = REGISTRY[kind]
+    text = draw(cls.strategy(grid))
+    return _with_block(draw, text) if cls.blockable and "block=" not in text else text
 
 
 @st.composite
 def expr_text(draw, kinds, depth=3, grid=None):
     """A random expression over `kinds`, combined with | & - (parenthesised or not)."""
     if depth == 0 or draw(st.integers(0, 2)) == 0:
-        kind = draw(st.sampled_from(kinds))
-        if kind == "neighborhood":
-            return draw(neighborhood_text(grid))
-        return draw(leaf_text([kind]))
+        return draw(leaf_text(draw(st.sampled_from(kinds)), grid))
     op = draw(st.sampled_from(["|", "&", "-"]))
     a, b = draw(expr_text(kinds, depth - 1, grid)), draw(expr_text(kinds, depth - 1, grid))
     if draw(st.integers(0, 3)) == 0:
         return f"{a} {op} {b}"  # the parser's precedence decides; mask and layout share the IR
     return f"({a}) {op} ({b})"
+
+
+def is_routed(text) -> bool:
+    return patternc.compile(text).is_routed
 
 
 @st.composite
@@ -164,12 +93,12 @@ def grid_shape(draw):
 @st.composite
 def cases(draw):
     """(text, M, N, heads, block_m, block_n, q, k): a pattern with lengths it accepts."""
-    scene = draw(st.sampled_from(["ragged", "ragged", "self", "grid", "residue", "routed"]))
+    scenes = ["ragged", "ragged", "self"] + ["grid"] * bool(GRIDDED) + ["residue"] + ["routed"] * bool(ROUTED)
+    scene = draw(st.sampled_from(scenes))
     bm = draw(TILE)
     bn = draw(TILE.filter(lambda b: b != bm)) if draw(st.integers(0, 3)) else bm
     H = draw(st.integers(1, 3))
     q = k = None
-    one_d = sorted(ONE_D) + ["random"]
     if scene == "residue":  # r-closed text on lengths whose residue classes are whole tiles
         r = draw(st.sampled_from([2, 3, 4, 8]))
         step = math.lcm(bm, bn)
@@ -180,31 +109,32 @@ def cases(draw):
         M = N = L * r
         closed = draw(st.sampled_from([f"window({draw(st.integers(1, 40))}, dilation={r})",
                                        f"strided({r})", f"window(3, 5, dilation={r})"]))
-        other = draw(expr_text(one_d, depth=2))
+        other = draw(expr_text(PLAIN, depth=2))
         text = draw(st.sampled_from([f"causal & {closed}", f"({closed}) & ({other})",
                                      f"({closed}) & ({other}) | window(2, 1, dilation={r})"]))
     elif scene == "grid":
         grid = draw(grid_shape())
         M = N = math.prod(grid)
-        body = draw(expr_text(["neighborhood"] * 5 + one_d, depth=2, grid=grid))
+        body = draw(expr_text(GRIDDED * 5 + PLAIN, depth=2, grid=grid))
         text = f"grid({', '.join(map(str, grid))})\n{body}"
     else:
         M = draw(st.integers(1, MAXLEN))
         N = M if scene == "self" else draw(st.integers(1, MAXLEN))
-        kinds = one_d + (["neighborhood"] * 3 if scene == "self" else []) + (["topk"] * 3 if scene == "routed" else [])
+        kinds = PLAIN + (GRIDDED * 3 if scene == "self" else []) + (ROUTED * 3 if scene == "routed" else [])
         make = lambda: draw(expr_text(kinds, grid=(N,)))  # noqa: E731
         text = make()
-        if scene == "routed" and "topk" not in text:
-            text = f"causal & ({draw(topk_text())} | {text})" if draw(st.booleans()) else f"({draw(topk_text())}) - ({text})"
-        if H > 1 and "topk" not in text and draw(st.integers(0, 3)) == 0:  # per-head sections
+        if scene == "routed" and not is_routed(text):
+            router = draw(leaf_text(draw(st.sampled_from(ROUTED))))
+            text = f"causal & ({router} | {text})" if draw(st.booleans()) else f"({router}) - ({text})"
+        if H > 1 and not is_routed(text) and draw(st.integers(0, 3)) == 0:  # per-head sections
             split = draw(st.integers(0, H - 2))
             first = f"heads 0: {text}" if split == 0 else f"heads 0..{split}: {text}"
             last = f"heads {split + 1}" + (f"..{H - 1}" if split + 1 < H - 1 else "")
             text = f"{first}\n{last}: {make()}"
-        if "topk" in text:
-            gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-            Hkv = draw(st.sampled_from([d for d in (1, 2, 3) if H % d == 0]))
-            q, k = torch.randn(H, M, 8, generator=gen), torch.randn(Hkv, N, 8, generator=gen)
+    if is_routed(text):
+        gen = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+        Hkv = draw(st.sampled_from([d for d in (1, 2, 3) if H % d == 0]))
+        q, k = torch.randn(H, M, 8, generator=gen), torch.randn(Hkv, N, 8, generator=gen)
     # `a & b` bounds keys by every pair of the operands' key intervals (pow2, strided and columns
     # list up to hundreds each), so a few of them under & cost seconds to minutes: keep it small
     assume(band_count(patternc.compile(text), M, N, H) <= MAX_BANDS)
@@ -381,9 +311,10 @@ def check_flex(layout, got, context):
 # --------------------------------------------------------------------------- the contract
 
 
-def test_every_textual_primitive_is_generated_here():
-    textual = {name for name, cls in REGISTRY.items() if getattr(cls, "textual", True)}
-    assert textual == COVERED, f"primitives the layout tests don't generate: {textual - COVERED}"
+def test_every_textual_primitive_is_drawn_here():
+    assert set(PLAIN + GRIDDED + ROUTED) == set(TEXTUAL)
+    for name in TEXTUAL:  # a primitive without a strategy fails here with the hook to add
+        assert REGISTRY[name].strategy((8,) if REGISTRY[name].needs_grid else None) is not None
 
 
 @settings(max_examples=examples(500))

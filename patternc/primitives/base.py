@@ -232,8 +232,10 @@ class Primitive(Node):
         raise self.missing_hook("select", "the routed runtime")
 
     @classmethod
-    def strategy(cls):
-        """A hypothesis strategy of pattern texts using this primitive (for the contract tests)."""
+    def strategy(cls, grid=None):
+        """A hypothesis strategy of pattern texts using this primitive (for the contract tests).
+        `grid`: the token grid (a tuple of lengths) the texts must be valid on; only primitives
+        that `needs_grid` read it."""
         if not cls.examples:
             raise cls.missing_hook("examples", "the registry-wide contract tests")
         from hypothesis import strategies as st

@@ -26,6 +26,12 @@ class Blocked(Primitive):
     def exact_on_strided(self):
         return False  # its rule divides token indices
 
+    @classmethod
+    def strategy(cls, grid=None):
+        from hypothesis import strategies as st  # a test dependency only
+
+        return st.integers(1, 128).map(lambda b: f"blocked({b})")
+
     def rule(self, p, ctx, q, k):
         return q // p.size == k // p.size
 

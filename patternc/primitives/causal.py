@@ -18,6 +18,7 @@ from .base import Primitive
 class Causal(Primitive):
     name = "causal"
     signature = "causal"
+    examples = ("causal",)  # the texts the contract tests draw (no parameters to vary)
 
     def rule(self, p, ctx, q, k):
         return k <= q + (ctx.N - ctx.M)

@@ -39,6 +39,18 @@ class Columns(Primitive):
             phase, period = int(phase.flat[bad[0]]), int(period.flat[bad[0]])
             self.fail("phase", f"phase must be in 0..{period - 1}, got {phase}", "use a phase like h % s")
 
+    @classmethod
+    def strategy(cls, grid=None):
+        from hypothesis import strategies as st  # a test dependency only
+
+        @st.composite
+        def texts(draw):  # the default phase, a constant one, or one per head (S2-Attention)
+            s = draw(st.integers(1, 40))
+            phase = draw(st.sampled_from(["", f", phase={draw(st.integers(0, s - 1))}", f", phase=h % {s}"]))
+            return f"columns({s}{phase})"
+
+        return texts()
+
     def rule(self, p, ctx, q, k):
         return k % p.period == p.phase
 

@@ -15,6 +15,7 @@ from .base import Primitive
 class Full(Primitive):
     name = "full"
     signature = "full"
+    examples = ("full",)  # the texts the contract tests draw (no parameters to vary)
 
     def rule(self, p, ctx, q, k):
         return True

@@ -76,6 +76,15 @@ class Global(Primitive):
     def _ranges(self, p):
         return [(i[1], i[2], False) if isinstance(i, tuple) else (i, i, True) for i in p.tokens]
 
+    @classmethod
+    def strategy(cls, grid=None):
+        from hypothesis import strategies as st  # a test dependency only
+
+        # one to three tokens or ranges, some past the end of short sequences
+        item = st.one_of(st.integers(0, 300).map(str),
+                         st.tuples(st.integers(0, 300), st.integers(0, 40)).map(lambda t: f"{t[0]}..{t[0] + t[1]}"))
+        return st.lists(item, min_size=1, max_size=3).map(lambda items: f"global({', '.join(items)})")
+
     def rule(self, p, ctx, q, k):
         hit = False
         for lo, hi, single in self._ranges(p):

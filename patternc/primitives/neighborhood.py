@@ -158,6 +158,37 @@ class Neighborhood(Primitive):
             truth = truth & rectangle_truth(self._dimension_sums(p, ctx, i, L), xq, xk)
         return truth
 
+    @classmethod
+    def strategy(cls, grid=None):
+        if grid is None:
+            raise ValueError("neighborhood's parameters depend on the grid: pass strategy(grid=(d0, d1, ...))")
+        from hypothesis import strategies as st  # a test dependency only
+
+        @st.composite
+        def texts(draw):  # per dimension: size <= length, stride <= size, size * dilation <= length
+            sizes, strides, dilations = [], [], []
+            for L in grid:
+                K = draw(st.integers(1, L))
+                dilations.append(draw(st.integers(1, max(1, L // K))))
+                strides.append(draw(st.integers(1, K)))
+                sizes.append(K)
+
+            def fmt(v):  # a scalar on 1-D grids sometimes, else a tuple
+                if len(v) == 1 and draw(st.booleans()):
+                    return str(v[0])
+                return f"({', '.join(map(str, v))}{',' if len(v) == 1 else ''})"
+
+            args = [fmt(sizes)]
+            if any(s != 1 for s in strides) or draw(st.booleans()):
+                args.append(f"stride={fmt(strides)}")
+            if any(r != 1 for r in dilations) or draw(st.booleans()):
+                args.append(f"dilation={fmt(dilations)}")
+            if draw(st.booleans()):
+                args.append("causal=true")
+            return f"neighborhood({', '.join(args)})"
+
+        return texts()
+
     def rule(self, p, ctx, q, k):
         if isinstance(q, Interval) or isinstance(k, Interval):
             return self._tile_truth(p, ctx, Interval.of(q), Interval.of(k))

@@ -18,6 +18,7 @@ from .base import Primitive
 class Pow2(Primitive):
     name = "pow2"
     signature = "pow2(block=b)"
+    examples = ("pow2",)  # the texts the contract tests draw (no parameters to vary)
 
     def rule(self, p, ctx, q, k):
         d = q - k

@@ -49,6 +49,19 @@ class Random(Primitive):
     def standalone_error(self):
         return "random() can't be compiled into a kernel yet: its block tables are not emitted into generated code"
 
+    @classmethod
+    def strategy(cls, grid=None):
+        from hypothesis import strategies as st  # a test dependency only
+
+        @st.composite
+        def texts(draw):
+            count, seed = draw(st.integers(1, 4)), draw(st.integers(0, 9))
+            if draw(st.integers(0, 3)) == 0:  # on tokens: `count` random keys per query
+                return f"random({count}, seed={seed})"
+            return f"random({count}, block={draw(st.integers(4, 64))}, seed={seed})"
+
+        return texts()
+
     def rule(self, p, ctx, q, k):
         if not isinstance(ctx.M, (int, np.integer)):
             raise NotImplementedError("random() block tables are not emitted into kernels yet")

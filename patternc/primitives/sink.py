@@ -25,6 +25,12 @@ class Sink(Primitive):
         super().check(p, ctx)
         self.positive(p, "count")
 
+    @classmethod
+    def strategy(cls, grid=None):
+        from hypothesis import strategies as st  # a test dependency only
+
+        return st.integers(1, 300).map(lambda n: f"sink({n})")
+
     def rule(self, p, ctx, q, k):
         return k < p.count
 

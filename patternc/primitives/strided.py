@@ -24,6 +24,12 @@ class Strided(Primitive):
         super().check(p, ctx)
         self.positive(p, "stride")
 
+    @classmethod
+    def strategy(cls, grid=None):
+        from hypothesis import strategies as st  # a test dependency only
+
+        return st.integers(1, 40).map(lambda s: f"strided({s})")
+
     def rule(self, p, ctx, q, k):
         return (q - k) % p.stride == 0
 

@@ -100,6 +100,8 @@ class TopK(Primitive):
     per_head_tables = True
     routed = True
     signature = "topk(k, block=b, threshold=x, shared=head|group, query=block|token)"
+    # for the kernel contract: routing blocks that 16-token tiles divide (`strategy` draws any)
+    examples = ("topk(2, block=16)", "topk(3, block=16, threshold=0.6, shared=group, query=token)")
     head_invariant = ("block", "count", "threshold", "shared", "query")
     count: Term | None = param(None, doc="key blocks per query block (or token), the own block included")
     threshold: float | None = param(None, kind=FLOAT, doc="the share of the routing softmax the chosen blocks reach")
@@ -139,6 +141,12 @@ class TopK(Primitive):
             return super().visible(ctx, q, k)
         p = self.params(ctx)
         return self.rule(p, ctx, q, k // p.block)  # rows are query tokens, columns key blocks
+
+    @classmethod
+    def strategy(cls, grid=None):
+        from hypothesis import strategies as st  # a test dependency only
+
+        return st.tuples(st.integers(1, 4), st.integers(4, 64)).map(lambda t: f"topk({t[0]}, block={t[1]})")
 
     def rule(self, p, ctx, q, k):
         data = ctx.data

@@ -46,6 +46,20 @@ class Window(Primitive):
         self.positive(p, "left", "right", allow_zero=True)
         self.positive(p, "dilation")
 
+    @classmethod
+    def strategy(cls, grid=None):
+        from hypothesis import strategies as st  # a test dependency only
+
+        @st.composite
+        def texts(draw):  # reaches for lengths up to a few hundred tokens; mostly undilated
+            r = draw(st.sampled_from([1, 1, 1, 2, 3, 4, 8]))
+            dil = f", dilation={r}" if r != 1 else ""
+            if draw(st.booleans()):
+                return f"window({draw(st.integers(1, 96))}{dil})"
+            return f"window({draw(st.integers(0, 96))}, {draw(st.integers(0, 96))}{dil})"
+
+        return texts()
+
     def rule(self, p, ctx, q, k):
         d = q - k
         visible = (d <= p.left * p.dilation) & (d >= -(p.right * p.dilation))

@@ -1,18 +1,105 @@
-"""topk's options (`threshold=`, `shared=group`, `query=token`): the reference selection
-`select_blocks` against plain loops, its causal and tie rules, `Pattern.mask` and layouts on
-the choice, and the language surface (printing, equality, errors)."""
+"""`topk` (routed, MoBA): `Pattern.mask` against a plain torch MoBA selection, and its options
+(`threshold=`, `shared=group`, `query=token`): the reference selection `select_blocks` against
+plain loops, its causal and tie rules, `Pattern.mask` and layouts on the choice, and the
+language surface (printing, equality, errors)."""
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
+from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import cdiv, idx, mask_of, same
 
 import patternc
 from patternc import PatternError
 from patternc.primitives.topk import TopK, select_blocks
+
+# routed: the mask depends on q and k, so no reference of the lengths alone; moba_reference and
+# routed_reference below take q and k
+case = None
+
+
+# --------------------------------------------------------------------------- Pattern.mask (MoBA)
+
+def moba_reference(q, k, count, b, causal):
+    """Plain MoBA: per query block, the own block plus the best count-1 others by fp32 mean-pooled
+    scores (earlier blocks only under causal), ties to the lower block index; as a token mask."""
+    H, M, _ = q.shape
+    Hkv, N, _ = k.shape
+    nQ, nK = cdiv(M, b), cdiv(N, b)
+    qbar = torch.stack([q[:, i * b:(i + 1) * b].float().mean(1) for i in range(nQ)], 1)
+    kbar = torch.stack([k[:, j * b:(j + 1) * b].float().mean(1) for j in range(nK)], 1)
+    kbar = kbar.repeat_interleave(H // Hkv, 0)
+    scores = qbar @ kbar.transpose(1, 2)
+    blocks = np.zeros((H, nQ, nK), bool)
+    for h in range(H):
+        for Q in range(nQ):
+            own = Q + nK - nQ
+            others = [K for K in range(nK) if (K < own if causal else K != own)]
+            ranked = sorted(others, key=lambda K: (-float(scores[h, Q, K]), K))
+            for K in ranked[:count - 1] + ([own] if 0 <= own < nK else []):
+                blocks[h, Q, K] = True
+    qi, ki = idx(M, N)
+    out = blocks[:, qi // b, ki // b]
+    return out & (ki <= qi + N - M) if causal else out
+
+
+@settings(max_examples=examples(100))
+@given(M=st.integers(1, 80), extra=st.integers(0, 40), b=st.integers(1, 12), count=st.integers(1, 6),
+       causal=st.booleans(), gqa=st.booleans(), seed=st.integers(0, 10 ** 6))
+def test_topk_matches_moba(M, extra, b, count, causal, gqa, seed):
+    N = M + extra
+    H, Hkv, D = 4, (2 if gqa else 4), 8
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(H, M, D, generator=g), torch.randn(Hkv, N, D, generator=g)
+    text = f"causal & topk({count}, block={b})" if causal else f"topk({count}, block={b})"
+    got = mask_of(text, M, N, H, q=q, k=k)
+    same(got, moba_reference(q, k, count, b, causal), text)
+
+
+def test_topk_ties_go_to_the_lower_block():
+    b, nK, D = 4, 8, 4
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(1, nK * b, D, generator=g).abs() + 0.5
+    block = torch.randn(b, D, generator=g).abs() + 1.0
+    k = block.repeat(nK, 1)[None].clone()  # every key block identical: every score ties
+    m = mask_of(f"topk(3, block={b})", nK * b, q=q, k=k)[0]
+    for Q in range(nK):
+        chosen = [K for K in range(nK) if m[Q * b, K * b]]
+        lower = [K for K in range(nK) if K != Q][:2]
+        assert chosen == sorted({Q, *lower}), (Q, chosen)
+    # under causal, ties among earlier blocks also go to the lowest
+    m = mask_of(f"causal & topk(3, block={b})", nK * b, q=q, k=k)[0]
+    for Q in range(nK):
+        chosen = [K for K in range(nK) if m[Q * b + b - 1, K * b]]
+        assert chosen == sorted({Q, *list(range(Q))[:2]}), (Q, chosen)
+    # a strictly better later block beats the lower-index tie
+    k2 = k.clone()
+    k2[0, 6 * b:7 * b] *= 3
+    m = mask_of(f"topk(2, block={b})", nK * b, q=q, k=k2)[0]
+    assert [K for K in range(nK) if m[0, K * b]] == [0, 6]
+
+
+def test_topk_keeps_own_block_and_never_looks_ahead_under_causal():
+    g = torch.Generator().manual_seed(3)
+    q, k = torch.randn(2, 96, 16, generator=g), torch.randn(2, 96, 16, generator=g)
+    k[:, 80:] += 5 * q.mean(1, keepdim=True)  # the last blocks would win every vote
+    m = mask_of("causal & topk(3, block=16)", 96, q=q, k=k)
+    qi, ki = idx(96, 96)
+    assert not (m & (ki > qi)).any()
+    for Q in range(6):
+        rows = m[:, Q * 16 + 15]
+        assert rows[:, Q * 16:Q * 16 + 16].all(), "own block kept"
+        assert (rows.reshape(2, 6, 16).any(-1).sum(-1) == min(3, Q + 1)).all()
+    free = mask_of("topk(3, block=16)", 96, q=q, k=k)
+    assert free[:, 0, 80:].any(), "without causal the late blocks are chosen"
+
+
+# --------------------------------------------------------------------------- options: plain loops
 
 
 def routed_reference(q, k, count, block, causal, threshold=None, shared="head", query="block"):
