@@ -3,6 +3,7 @@
 Every axis of the code generator (iteration runs | table, memory pointers | tma, token order
 natural | residue, routing none | block | token) takes each of its values in at least one
 variant below, beside per-head sections, a 2-D grid, floor helpers and a constant predicate.
+The variants in BACKWARD also hold the backward family (`module_source(..., backward=True)`).
 After an intended change to the generated code, regenerate and read the diff:
 
     python -m pytest -q tests/test_golden.py --update-golden && git diff tests/golden
@@ -49,13 +50,22 @@ VARIANTS = {
     "full_kv_cache_summary": ("full", 1, 128, 4096, TILES, {},
                               ("layout: M = 128, N = 4096, 1 head, 128x64 tiles, natural token order;\n"
                                "density 1.0000 (ideal speedup 1.00x): 64 full, 0 partial, 0 empty tiles\n")),
+    "swa_runs_pointers_backward": ("causal & window(1024)", 1, 4096, 4096, TILES, {"runs": (1, 1)}, ""),
+    "strided_residue_table_tma_backward": ("causal & strided(8)", 1, 1024, 1024, TILES,
+                                           {"tma": True, "residue": 8}, ""),
+    "mixed_sections_table_backward": (MIXED, 16, 8192, 8192, SMALL_TILES, {}, ""),
+    "topk_block_table_backward": ("causal & topk(4, block=128)", 4, 2048, 2048, TILES, {"routed": "block"}, ""),
 }
+BACKWARD = {name for name in VARIANTS if name.endswith("_backward")}
+
+
+def spec_of(name: str):
+    text, heads, M, N, tiles, options, _ = VARIANTS[name]
+    return make_spec(patternc.compile(text), heads=heads, M=M, N=N, **tiles, **options)
 
 
 def generate(name: str) -> str:
-    text, heads, M, N, tiles, options, summary = VARIANTS[name]
-    spec = make_spec(patternc.compile(text), heads=heads, M=M, N=N, **tiles, **options)
-    return module_source(spec, summary=summary)
+    return module_source(spec_of(name), summary=VARIANTS[name][6], backward=name in BACKWARD)
 
 
 def mismatch(path: Path, actual: str) -> str | None:
@@ -108,6 +118,15 @@ def test_variants_cover_every_axis_value():
     assert {o.get("tma", False) for o in options} == {True, False}
     assert {o.get("residue") is not None for o in options} == {True, False}
     assert {o.get("routed", "") for o in options} == {"", "block", "token"}
+
+
+def test_backward_is_appended_to_the_forward_unchanged():
+    """Asking for the backward changes the forward's text only in the header's title and summary."""
+    for name in sorted(BACKWARD):
+        both, forward = generate(name), module_source(spec_of(name), summary=VARIANTS[name][6])
+        body = forward[forward.index('"""\nimport torch'):]  # all but the header's docstring
+        assert both.startswith('"""patternc generated attention kernel (forward and backward).')
+        assert both.index(body) + len(body) == both.index("\n\n\n# ----")  # then the backward's banner
 
 
 def test_templates_fail_loudly_on_a_missing_or_unused_snippet():

@@ -81,7 +81,7 @@ CONSTEXPRS = [
      Arg("INPUT_PRECISION", '"ieee" if q.dtype == torch.float32 else "tf32"', True)],
 ]
 
-HEADER = '''"""patternc generated attention kernel (forward).
+HEADER = '''"""patternc generated attention kernel ({passes}).
 
 pattern:
 {pattern}
@@ -155,6 +155,16 @@ STEP_CALL = '''acc, l_i, m_i = online_softmax_step(
     {routed_arg}MASKED={masked}, EVEN_N=EVEN_N, INPUT_PRECISION=INPUT_PRECISION, BLOCK_N=BLOCK_N,
     HEAD_DIM=HEAD_DIM)'''
 
+# the (batch, head, query tile) a program of a sweep over rows owns (the forward's, dQ's)
+ROW_PROGRAM = [
+    "off_hz = tl.program_id(0)",
+    "off_z = off_hz // H",
+    "off_h = off_hz % H",
+    "# longest rows first (the layout's row order), so the last wave is made of short programs",
+    "start_m = tl.load(row_order + off_h * stride_roh + tl.program_id(1))",
+    "off_kh = off_h // GROUP  # grouped-query attention: GROUP query heads share a key/value head",
+]
+
 KERNEL = '''
 
 @triton.jit
@@ -163,12 +173,7 @@ def attention_fwd(
 ):
     """One program per (batch x head, query tile): full key tiles first (no predicate), then
     partial ones (predicate); key tiles {iteration_doc}."""
-    off_hz = tl.program_id(0)
-    off_z = off_hz // H
-    off_h = off_hz % H
-    # longest rows first (the layout's row order), so the last wave is made of short programs
-    start_m = tl.load(row_order + off_h * stride_roh + tl.program_id(1))
-    off_kh = off_h // GROUP  # grouped-query attention: GROUP query heads share a key/value head
+    {program}
 
     {query_tokens}
     offs_n = tl.arange(0, BLOCK_N)
@@ -189,6 +194,15 @@ def attention_fwd(
         tl.store(Lse + off_z * stride_lz + off_h * stride_lh + offs_m, lse, mask=offs_m < Q_LEN)
 '''
 
+# launch()'s checks of q, k, v (launch_backward() makes them too)
+SHAPE_CHECKS = [
+    "if D != HEAD_DIM:",
+    '    raise ValueError(f"q has head_dim {D}, but this kernel was generated for HEAD_DIM = {HEAD_DIM}")',
+    "if k.shape[1] != v.shape[1] or k.shape[1] < 1 or H % k.shape[1]:",
+    "    raise ValueError(f\"k and v need one number of heads that divides q's {H} (GQA/MQA), got k \"",
+    '                     f"{tuple(k.shape)} and v {tuple(v.shape)}")',
+]
+
 LAUNCH = '''
 
 def launch(q, k, v, layout, scale=None, out=None, lse=None):
@@ -197,11 +211,7 @@ def launch(q, k, v, layout, scale=None, out=None, lse=None):
     Returns (out, lse or None)."""
     B, H, M, D = q.shape
     N = k.shape[2]
-    if D != HEAD_DIM:
-        raise ValueError(f"q has head_dim {{D}}, but this kernel was generated for HEAD_DIM = {{HEAD_DIM}}")
-    if k.shape[1] != v.shape[1] or k.shape[1] < 1 or H % k.shape[1]:
-        raise ValueError(f"k and v need one number of heads that divides q's {{H}} (GQA/MQA), got k "
-                         f"{{tuple(k.shape)}} and v {{tuple(v.shape)}}")
+    {checks}
     {contiguous}
     out = torch.empty_like(q) if out is None else out
     {descriptors}
@@ -217,13 +227,17 @@ def launch(q, k, v, layout, scale=None, out=None, lse=None):
 '''
 
 
-def module_source(spec: KernelSpec, summary: str = "") -> str:
-    """The whole generated module as formatted Python source; `summary` (lines ending in a
-    newline) describes the layout in the header."""
-    memory = Tma() if spec.tma else Pointers()
-    iteration = Table() if spec.runs is None else Runs(*spec.runs)
-    order = Order(spec.residue)
-    routed = MODES[spec.routed]
+def emitters(spec: KernelSpec) -> tuple:
+    """(memory, iteration, order, routing): the emitter of each axis for this spec."""
+    return (Tma() if spec.tma else Pointers(), Table() if spec.runs is None else Runs(*spec.runs),
+            Order(spec.residue), MODES[spec.routed])
+
+
+def forward_source(spec: KernelSpec, summary: str = "", backward_doc: str = "") -> str:
+    """The forward family as formatted Python source: the module's header, the predicate, the
+    kernel and `launch()`. `summary` (lines ending in a newline) describes the layout in the
+    header; `backward_doc`, when a backward family follows, what it adds."""
+    memory, iteration, order, routed = emitters(spec)
     kv_source = ", ".join(memory.step_params([K, V]))
     order_args = "".join(f" {a.call}," for group in order.params() for a in group)
 
@@ -240,9 +254,10 @@ def module_source(spec: KernelSpec, summary: str = "") -> str:
     description = textwrap.fill(
         f"tiles: BLOCK_M={spec.block_m} x BLOCK_N={spec.block_n}, head_dim {spec.head_dim}, {spec.num_warps} warps, "
         f"pipeline depth {spec.num_stages}; key tiles {iteration.doc(ROWS)}; memory through {memory.doc}; "
-        f"{order.doc}.".replace("\n    ", " "), width=96)
-    header = fill("HEADER", HEADER, pattern=textwrap.indent(spec.pattern_text, "    "), description=description,
-                  summary=summary, version=__version__, generator=str(GENERATOR_VERSION), imports=list(memory.imports),
+        f"{order.doc}.{backward_doc}".replace("\n    ", " "), width=96)
+    header = fill("HEADER", HEADER, passes="forward and backward" if backward_doc else "forward",
+                  pattern=textwrap.indent(spec.pattern_text, "    "), description=description, summary=summary,
+                  version=__version__, generator=str(GENERATOR_VERSION), imports=list(memory.imports),
                   block_m=str(spec.block_m), block_n=str(spec.block_n), head_dim=str(spec.head_dim),
                   num_warps=str(spec.num_warps), num_stages=str(spec.num_stages), constants=order.constants())
     predicate = fill("PREDICATE", PREDICATE, routed_param=routed.predicate_param,
@@ -251,13 +266,14 @@ def module_source(spec: KernelSpec, summary: str = "") -> str:
                    routed_params=routed.step_params(), routed_arg=routed.predicate_param,
                    kv_tokens=order.tokens(KEY_TILE),
                    load_kv=memory.shift([K, V], KEY_TILE, order) + memory.load([K, V], KEY_TILE, order))
-    kernel = fill("KERNEL", KERNEL, params=signature(params), iteration_doc=iteration.doc(ROWS),
+    kernel = fill("KERNEL", KERNEL, params=signature(params), iteration_doc=iteration.doc(ROWS), program=ROW_PROGRAM,
                   query_tokens=order.tokens(QUERY_TILE),
                   load_q=(memory.dims() + memory.tile_pointers(Q, QUERY_TILE) + memory.bases([K, V], KEY_TILE, order)
                           + memory.rows([Q, K, V]) + memory.load([Q], QUERY_TILE, order)),
                   loops=iteration.loops(ROWS, routed, step),
                   store_out=memory.tile_pointers(OUT, QUERY_TILE) + memory.store(OUT, QUERY_TILE, order, "out"))
-    launch = fill("LAUNCH", LAUNCH, layout_doc=iteration.layout_doc(ROWS), contiguous=memory.contiguous([Q, K, V]),
+    launch = fill("LAUNCH", LAUNCH, layout_doc=iteration.layout_doc(ROWS), checks=SHAPE_CHECKS,
+                  contiguous=memory.contiguous([Q, K, V]),
                   descriptors=memory.descriptors([Q, K, V, OUT], order), layout_tables=iteration.prepare(ROWS),
                   args=keywords(params, 8))
     return header + (FLOOR_HELPERS if spec.predicate.uses_floor else "") + predicate + step_fn + kernel + launch

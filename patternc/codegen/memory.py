@@ -28,6 +28,11 @@ class Tensor:
     side: Side  # the tokens that index its rows
     head: str  # its head index in the kernel: off_h, or off_kh for key/value heads
     transposed: bool = False  # loaded as [HEAD_DIM, BLOCK] (k, for q @ k)
+    tile_var: str = ""  # its tile's name in the kernel when not `var` (qT: q loaded transposed)
+
+    @property
+    def tile(self) -> str:
+        return self.tile_var or self.var
 
     def stride(self, axis: str) -> str:
         return f"stride_{self.short}{axis}"
@@ -97,8 +102,8 @@ class Pointers:
         return [f"{t.short}_base" for t in tensors] + [t.row_stride for t in tensors]
 
     def load(self, tensors: list[Tensor], tile: Tile, order) -> list[str]:
-        return ([f"if {tile.side.even}:"] + [f"    {t.var} = tl.load({t.short}_ptrs)" for t in tensors] + ["else:"]
-                + [f"    {t.var} = tl.load({t.short}_ptrs, mask={_mask(t, tile)}, other=0.0)" for t in tensors])
+        return ([f"if {tile.side.even}:"] + [f"    {t.tile} = tl.load({t.short}_ptrs)" for t in tensors] + ["else:"]
+                + [f"    {t.tile} = tl.load({t.short}_ptrs, mask={_mask(t, tile)}, other=0.0)" for t in tensors])
 
     def store(self, t: Tensor, tile: Tile, order, value: str) -> list[str]:
         data = f"{value}.to({t.name}.dtype.element_ty)"
@@ -126,6 +131,12 @@ class Tma:
             groups.setdefault((t.side, t.head), []).append(t)
         lines = order.view_note()
         for (side, head), group in groups.items():
+            if len(group) == 1:  # a tensor alone: no generator to unpack
+                t = group[0]
+                rows = "B * H" if head == "off_h" else f"B * {t.var}.shape[1]"
+                lines.append(f"desc_{t.short} = TensorDescriptor.from_tensor({t.var}.view("
+                             f"{order.view(rows, side.size)}), [{order.box(side.block, 'D')}])")
+                continue
             rows = "B * H" if head == "off_h" else "B * x.shape[1]"
             lead = f"{', '.join(f'desc_{t.short}' for t in group)} = ("
             make = (f"{lead}TensorDescriptor.from_tensor(x.view({order.view(rows, side.size)}), "
@@ -157,7 +168,7 @@ class Tma:
 
     def load(self, tensors: list[Tensor], tile: Tile, order) -> list[str]:
         note = [] if tile.own else [f"# the descriptor zero-fills rows past {tile.side.length}"]
-        return note + [f"{t.var} = desc_{t.short}.load([{self.ROW[t.head]}, {order.coords(tile)}])"
+        return note + [f"{t.tile} = desc_{t.short}.load([{self.ROW[t.head]}, {order.coords(tile)}])"
                        f".reshape({tile.side.block}, HEAD_DIM){'.T' if t.transposed else ''}" for t in tensors]
 
     def store(self, t: Tensor, tile: Tile, order, value: str) -> list[str]:
