@@ -19,6 +19,30 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+
+def _import_triton_for_the_interpreter():
+    """Triton fixes, when triton.language is first imported, whether its own language functions
+    (`tl.zeros`, ...) run in the interpreter; tests switch TRITON_INTERPRET on per test, after
+    other tests may have imported triton (torch.compile does). On a machine without CUDA, import
+    it in interpreter mode first; patternc reads the variable per call, so tests without it still
+    take the dense CPU path."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    before = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import triton.language  # noqa: F401
+    finally:
+        if before is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = before
+
+
+_import_triton_for_the_interpreter()
+
 _COMMON = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
                derandomize=False, print_blob=True)
 settings.register_profile("dev", max_examples=100, **_COMMON)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ..errors import PatternError
 from .attention import _attention
-from .autograd import attention_op, problem_key
 
 
 def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = False, config: dict | None = None,
@@ -45,6 +44,9 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
         if return_layout:
             raise PatternError("return_layout=True takes no gradients (and can't be compiled)", None,
                                "call it under torch.no_grad() to inspect the layout")
+        # imported on first use: it brings in torch.compile's machinery (seconds, and triton)
+        from .autograd import attention_op, problem_key
+
         out, lse = attention_op(q, k, v, problem_key(pattern, None if config is None else
                                                      tuple(sorted(config.items()))), scale)
         return (out, lse) if return_lse else out

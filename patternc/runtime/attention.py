@@ -87,7 +87,7 @@ def _kernel(pattern: Pattern, H: int, M: int, N: int, head_dim: int, block_m: in
 
     spec = make_spec(pattern, heads=H, M=M, N=N, head_dim=head_dim, block_m=block_m, block_n=block_n,
                      num_warps=num_warps, num_stages=num_stages, runs=runs, tma=tma, residue=residue, routed=routed)
-    return load_module(module_source(spec, backward=backward), device_tag)
+    return load_module(module_source(spec, backward=True) if backward else module_source(spec), device_tag)
 
 
 def _device_tag(device) -> str:
