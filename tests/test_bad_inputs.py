@@ -69,3 +69,56 @@ def test_corrupt_autotune_choices_are_ignored_and_rewritten(tmp_path, monkeypatc
     choice = {"block_m": 64, "block_n": 32, "num_warps": 4, "num_stages": 2}
     autotune.remember("k", choice)
     assert json.loads(autotune._path().read_text()) == {"k": choice}
+
+
+@pytest.mark.parametrize("text, column, by_name", [("window(1, 2, 3)", 14, "dilation=..."),
+                                                   ("columns(4, 3)", 12, "phase=..."),
+                                                   ("random(2, 64)", 11, "seed=...")])
+def test_options_are_keyword_only_after_the_documented_positionals(text, column, by_name):
+    with pytest.raises(PatternError, match="positional argument") as e:
+        patternc.compile(text)
+    assert e.value.column == column and by_name in e.value.hint
+    assert str(patternc.compile("window(1, 2)")) == "window(1, 2)"  # left, right: documented positionals
+    assert str(patternc.compile("topk(2, block=4)")) == "topk(2, block=4)"
+
+
+def test_check_reports_a_neighborhood_larger_than_its_grid(tmp_path, capsys):
+    from patternc.cli import main
+
+    path = tmp_path / "v.pat"
+    path.write_text("pattern v:\n    grid(4, 4)\n    neighborhood((5, 3))\n")
+    assert main(["check", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}:3:18: error: neighborhood: window 5 x dilation 1 = 5 exceeds the length 4 of dimension 0" in err
+    ok = tmp_path / "ok.pat"
+    ok.write_text("pattern v:\n    grid(4, 4)\n    neighborhood((3, 3))\n")
+    assert main(["check", str(ok)]) == 0
+
+
+def test_pattern_check_evaluates_parameters_on_every_head():
+    p = patternc.compile("columns(4, phase=h)")
+    p.check(64, heads=4)
+    with pytest.raises(PatternError, match="phase must be in 0..3, got 4"):
+        p.check(64, heads=5)
+
+
+def test_layout_says_why_sections_keep_natural_order(tmp_path, capsys):
+    from patternc.cli import main
+
+    path = tmp_path / "mixed.pat"
+    path.write_text("pattern mixed:\n    heads 0..3: causal & window(64)\n    heads 4..7: causal & strided(4)\n")
+    assert main(["layout", str(path), "-n", "1024", "--block", "64x64"]) == 0
+    out = capsys.readouterr().out
+    assert "natural (heads 4..7 pair only tokens of one residue class mod 4" in out
+    assert main(["layout", str(path), "-n", "1024", "--block", "64x64", "--json"]) == 0
+    assert "one token order for all heads" in json.loads(capsys.readouterr().out)["natural_order_reason"]
+
+
+def test_layouts_of_head_dependent_global_ranges_differ_per_head():
+    # `h` inside a range of global() once went unseen: every head got head 0's tiles
+    import numpy as np
+
+    p = patternc.compile("pattern p(heads = 4): global(16*h..16*h+1)")
+    layout = p.layout(128, block_m=16, block_n=16)
+    visible = p.mask(128).numpy().reshape(4, 8, 16, 8, 16).any((2, 4))
+    assert np.array_equal(layout.block_map().numpy() > 0, visible)

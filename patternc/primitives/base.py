@@ -51,6 +51,9 @@ class Primitive(Node):
     examples: ClassVar[tuple[str, ...]] = ()
     # parameters that must be equal on every head: they size block tables, tiles or the grid
     head_invariant: ClassVar[tuple[str, ...]] = ("block",)
+    # optional parameters the signature writes positionally after the required ones
+    # (`window(left, right)`); every other option is keyword-only
+    positional_options: ClassVar[tuple[str, ...]] = ()
     block: Term | None = field(default=None, kw_only=True, metadata={"kind": INT, "doc": "apply to blocks of b tokens"})
     arg_spans: tuple = field(default=(), compare=False, repr=False, kw_only=True)
 
@@ -76,11 +79,13 @@ class Primitive(Node):
         """Bind call arguments `[(value, span)]`, `{name: (value, span)}` to fields, checking kinds."""
         spec = cls.params_spec()
         names = [f.name for f in spec]
-        positional = [f.name for f in spec if f.name != "block"]
+        positional = [f.name for f in spec if f.default is dataclasses.MISSING or f.name in cls.positional_options]
         bound, spans = {}, {}
         if len(args) > len(positional):
+            by_name = ", ".join(f"{n}=..." for n in names if n not in positional)
             raise PatternError(f"{cls.name}() takes at most {len(positional)} positional argument(s), got {len(args)}",
-                               args[len(positional)][1] or span, f"usage: {cls.signature}")
+                               args[len(positional)][1] or span,
+                               f"its options are written by name ({by_name}); usage: {cls.signature}")
         for name, (value, sp) in zip(positional, args):
             bound[name], spans[name] = value, sp
         for name, (value, sp) in kwargs.items():

@@ -74,7 +74,19 @@ class Global(Primitive):
                 self.fail(None, f"empty range {lo}..{hi}", "ranges a..b include both ends and need a <= b")
 
     def _ranges(self, p):
-        return [(i[1], i[2], False) if isinstance(i, tuple) else (i, i, True) for i in p.tokens]
+        """(lo, hi, single) per item; constant items sorted and merged where they touch, so that a
+        tile inside their union is seen to be (interval arithmetic can't join `q == 12` to
+        `q in 0..11`)."""
+        items = [(i[1], i[2]) if isinstance(i, tuple) else (i, i) for i in p.tokens]
+        if all(isinstance(x, (int, np.integer)) for item in items for x in item):
+            merged: list[list[int]] = []
+            for lo, hi in sorted(items):
+                if merged and lo <= merged[-1][1] + 1:
+                    merged[-1][1] = max(merged[-1][1], hi)
+                else:
+                    merged.append([lo, hi])
+            return [(lo, hi, lo == hi) for lo, hi in merged]
+        return [(lo, hi, isinstance(i, Term) or not isinstance(i, tuple)) for (lo, hi), i in zip(items, p.tokens)]
 
     @classmethod
     def strategy(cls, grid=None):

@@ -99,6 +99,7 @@ class TopK(Primitive):
     name = "topk"
     per_head_tables = True
     routed = True
+    positional_options = ("count",)
     signature = "topk(k, block=b, threshold=x, shared=head|group, query=block|token)"
     # for the kernel contract: routing blocks that 16-token tiles divide (`strategy` draws any)
     examples = ("topk(2, block=16)", "topk(3, block=16, threshold=0.6, shared=group, query=token)")

@@ -24,6 +24,7 @@ from .base import Primitive, param, smallest
 class Window(Primitive):
     name = "window"
     signature = "window(w) or window(left, right), with dilation=1, block=b"
+    positional_options = ("right",)
     left: Term = param(doc="keys before the query (or the window size w when right is omitted)")
     right: Term | None = param(None, doc="keys after the query")
     dilation: Term = param(Term.const(1), doc="keep every r-th key only")
