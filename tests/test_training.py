@@ -150,3 +150,32 @@ def test_return_layout_takes_no_gradients():
     q, k, v = inputs(1, 2, 2, 8, 8, 16, seed=5)
     with pytest.raises(PatternError, match="return_layout=True takes no gradients"):
         patternc.attention(q, k, v, "causal", return_layout=True)
+
+
+@pytest.fixture
+def interpret(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path))
+
+
+@pytest.mark.parametrize("text, H, Hkv, M, N", [
+    ("causal & window(9)", 2, 1, 40, 40),
+    ("causal & window(6, dilation=2)", 2, 2, 64, 64),  # residue order
+    ("causal & (window(5) | sink(3))", 2, 2, 24, 56),  # M != N, ragged
+    ("causal & topk(2, block=16)", 2, 2, 64, 64),  # routed: the selection again, transposed on the device
+])
+def test_generated_backward_through_the_op(interpret, text, H, Hkv, M, N):
+    pattern = patternc.compile(text)
+    q, k, v = inputs(1, H, Hkv, M, N, 16, seed=M + N)
+    out = patternc.attention(q, k, v, pattern)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    for got, want, name in zip((q.grad, k.grad, v.grad), reference_grads(q, k, v, pattern, dout), "qkv"):
+        assert_close(got, want, 1e-4, f"{text!r} d{name}")
+
+
+def test_routed_per_token_backward_is_a_clear_error(interpret):
+    q, k, v = inputs(1, 2, 2, 32, 32, 16, seed=1)
+    out = patternc.attention(q, k, v, "causal & topk(2, block=16, query=token)")
+    with pytest.raises(PatternError, match=r"backward of topk\(query=token\) is not built yet"):
+        out.sum().backward()

@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from ..errors import PatternError
 from ..ir.pattern import Pattern
+from ..layout.routed import routed_node
 from .routed import RoutedPlan
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
@@ -138,6 +139,10 @@ def backward(do, q, k, v, out, lse, dlse, pattern, scale, config):
     pattern = as_pattern(pattern)
     if q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         return reference_backward(do, q, k, v, out, lse, dlse, pattern, scale)
+    if pattern.is_routed and routed_node(pattern).query == "token":
+        raise PatternError("the backward of topk(query=token) is not built yet: each query row chooses its own "
+                           "key blocks, which the dK/dV kernel's per-key-tile tables can't carry", pattern.span,
+                           "train with query=block (MoBA's block routing), or run query=token under torch.no_grad()")
     B, H, M, D = q.shape
     device_tag = _device_tag(q.device)
     cfg = _config(q, k, v, pattern, scale, config, device_tag)

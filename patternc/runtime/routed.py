@@ -13,7 +13,7 @@ own choice from a bit per key block.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 import numpy as np
 
@@ -183,6 +183,38 @@ class RoutedLayout:
     block_choice: object = None  # bool [B, H, nQ, nK] (query=block)
     choice_words: object = None  # int32 [B*H, M, words] (query=token)
     key_blocks: int = 0
+
+    # the transposed tables the backward's dK/dV kernel reads, built from these on first use
+    q_num_blocks = property(lambda self: self._transposed["q_num_blocks"])
+    q_indices = property(lambda self: self._transposed["q_indices"])
+    full_q_num_blocks = property(lambda self: self._transposed["full_q_num_blocks"])
+    full_q_indices = property(lambda self: self._transposed["full_q_indices"])
+
+    @cached_property
+    def _transposed(self) -> dict:
+        """Per (batch x head, key tile) the query tiles that visit it, ascending, an entry being
+        `query tile | choice << 30` like the forward's; built on the device with no host
+        synchronisation (a dense [B*H, Nt, Mt] scatter, then a sort), width Mt."""
+        import torch
+
+        out = {}
+        for name, counts, table in (("full_q", self.full_kv_num_blocks, self.full_kv_indices),
+                                    ("q", self.kv_num_blocks, self.kv_indices)):
+            BH, Mt, W = table.shape
+            Nt, device = self.key_tiles, table.device
+            unused = torch.iinfo(torch.int32).max
+            valid = torch.arange(W, device=device) < counts[..., None]
+            rows = torch.arange(Mt, device=device, dtype=torch.int32).view(1, Mt, 1)
+            key_tile = (table & (SELECTED_BIT - 1)).clamp(max=Nt - 1)  # entries past a row's count: anything
+            slot = (torch.arange(BH, device=device).view(BH, 1, 1) * Nt + key_tile) * Mt + rows
+            dense = torch.full((BH * Nt * Mt + 1,), unused, dtype=torch.int32, device=device)
+            dense.scatter_(0, torch.where(valid, slot, BH * Nt * Mt).flatten(),  # the last slot takes the unused
+                           (rows | (table & ~(SELECTED_BIT - 1))).expand(BH, Mt, W).flatten())
+            dense = dense[:-1].view(BH, Nt, Mt)
+            order = torch.where(dense == unused, unused, dense & (SELECTED_BIT - 1)).argsort(dim=-1)
+            out[f"{name}_num_blocks"] = (dense != unused).sum(-1, dtype=torch.int32)
+            out[f"{name}_indices"] = dense.gather(-1, order)
+        return out
 
     @property
     def selection(self):
