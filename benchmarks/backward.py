@@ -27,11 +27,13 @@ from suite import SUITE  # noqa: E402
 
 import patternc  # noqa: E402
 
-CONFIGS = ("64x64/w4/s2", "128x64/w8/s2")
+CONFIGS = ("auto", "64x64/w4/s2", "128x64/w8/s3")  # auto: what training gets by default
 STATIC = [name for name, (text, _) in SUITE.items() if "topk" not in text]
 
 
-def parse(cfg: str) -> dict:
+def parse(cfg: str) -> dict | None:
+    if cfg == "auto":
+        return None
     tiles, warps, stages = cfg.split("/")
     bm, bn = tiles.split("x")
     return {"block_m": int(bm), "block_n": int(bn), "num_warps": int(warps[1:]), "num_stages": int(stages[1:])}

@@ -102,8 +102,23 @@ def _device_tag(device) -> str:
     return device.type + interpreted
 
 
+def training_config(head_dim: int, dtype) -> dict:
+    """The tiles of training (the op's forward and backward share one layout): the backward's
+    five matmuls per tile spill registers at the forward's larger tiles, so smaller ones, with
+    a pipeline deep enough for the backward's one stage less (measured on an H200,
+    benchmarks/results/2026-12-01-h200-backward/)."""
+    import torch
+
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return default_config(head_dim, dtype, True)
+    if head_dim > 128 or dtype == torch.float32:
+        return {"block_m": 64, "block_n": 32, "num_warps": 4, "num_stages": 2}
+    return {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3}
+
+
 def forward(q, k, v, pattern, scale, config):
     """(out, lse): the custom op's forward."""
+    config = config if config is not None else training_config(q.shape[3], q.dtype)
     return _attention(q, k, v, pattern, scale, True, config, False)
 
 
@@ -145,6 +160,7 @@ def backward(do, q, k, v, out, lse, dlse, pattern, scale, config):
                            "train with query=block (MoBA's block routing), or run query=token under torch.no_grad()")
     B, H, M, D = q.shape
     device_tag = _device_tag(q.device)
+    config = config if config is not None else training_config(D, q.dtype)
     cfg = _config(q, k, v, pattern, scale, config, device_tag)
     module, layout = _prepare(pattern, B, H, M, k.shape[2], D, cfg, str(q.device), device_tag, backward=True)
     if isinstance(layout, RoutedPlan):
