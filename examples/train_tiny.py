@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import time
 from pathlib import Path
 
@@ -124,7 +125,7 @@ def plot(png: str, logs: list[str]) -> None:
     for path in logs:
         run = json.loads(Path(path).read_text())
         steps = [r["step"] for r in run["steps"]]
-        median = sorted(r["ms"] for r in run["steps"][len(run["steps"]) // 2:])[len(run["steps"]) // 4]
+        median = statistics.median(r["ms"] for r in run["steps"][10:])  # past compilation and warm-up
         ax.plot(steps, [r["loss"] for r in run["steps"]], label=f"{run['label']} ({median:.0f} ms/step)")
     ax.set(xlabel="step", ylabel="training loss (nats/byte)", title="examples/train_tiny.py")
     ax.legend()
