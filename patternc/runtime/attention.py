@@ -15,6 +15,7 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # short nam
 
 
 _ready: dict = {}  # (id(pattern), shapes, dtypes, device, config) -> (pattern, module, layout)
+_ready_backward: dict = {}  # the same for the backward kernels
 
 
 @lru_cache(maxsize=256)
@@ -151,7 +152,11 @@ def _attention(q, k, v, pattern, scale, return_lse, config, return_layout):
 def backward(do, q, k, v, out, lse, dlse, pattern, scale, config):
     """(dq, dk, dv): the custom op's backward, through the generated backward kernels with the
     forward's config and layout (on a CPU without the interpreter: the dense formula)."""
-    pattern = as_pattern(pattern)
+    key = (id(pattern), q.shape, k.shape, q.dtype, q.device, None if config is None else tuple(sorted(config.items())))
+    hit = _ready_backward.get(key)
+    if hit is not None and hit[0] is pattern:  # the cached path, as the forward's
+        return _run_backward(hit[1], hit[2], do, q, k, v, out, lse, dlse, scale)
+    user_pattern, pattern = pattern, as_pattern(pattern)
     if q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         return reference_backward(do, q, k, v, out, lse, dlse, pattern, scale)
     if pattern.is_routed and routed_node(pattern).query == "token":
@@ -163,6 +168,13 @@ def backward(do, q, k, v, out, lse, dlse, pattern, scale, config):
     config = config if config is not None else training_config(D, q.dtype)
     cfg = _config(q, k, v, pattern, scale, config, device_tag)
     module, layout = _prepare(pattern, B, H, M, k.shape[2], D, cfg, str(q.device), device_tag, backward=True)
+    if len(_ready_backward) > 4096:
+        _ready_backward.clear()
+    _ready_backward[key] = (user_pattern, module, layout)  # holding the object keeps its id unique
+    return _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale)
+
+
+def _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale):
     if isinstance(layout, RoutedPlan):
         layout = layout.layout(q, k)  # the forward's choice again: the selection is deterministic
     return module.launch_backward(q, k, v, out, lse, do, layout, scale=scale, dlse=dlse)
@@ -268,7 +280,7 @@ def reference_backward(do, q, k, v, out, lse, dlse, pattern, scale=None):
     scale = q.shape[3] ** -0.5 if scale is None else scale
     p = _probabilities(scores, lse.to(compute))
     dof = do.to(compute)
-    delta = (dof * out.to(compute)).sum(-1) - dlse.to(compute)
+    delta = (dof * out.to(compute)).sum(-1) - (0 if dlse is None else dlse.to(compute))
     ds = p * (dof @ vf.transpose(-1, -2) - delta[..., None])
     dq = ds @ kf * scale
     dk = (ds.transpose(-1, -2) @ q.to(compute) * scale).unflatten(1, (-1, group)).sum(2)

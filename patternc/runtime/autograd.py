@@ -1,7 +1,7 @@
 """Training: `patternc.attention` as a `torch.library` custom op with autograd.
 
 `patternc::attention(q, k, v, problem, scale) -> (out, lse)` and
-`patternc::attention_backward(do, q, k, v, out, lse, dlse, problem, scale) -> (dq, dk, dv)` are
+`patternc::attention_backward(do, q, k, v, out, lse, dlse?, problem, scale) -> (dq, dk, dv)` are
 opaque to `torch.compile` (a fake implementation gives their shapes), so a compiled model traces
 through them with no graph break and no recompilation per call; the backward is registered with
 `register_autograd`, so `loss.backward()`, `torch.utils.checkpoint` and compiled training steps
@@ -51,7 +51,7 @@ def _(q, k, v, problem, scale):
 
 @torch.library.custom_op("patternc::attention_backward", mutates_args=())
 def attention_backward_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                          lse: torch.Tensor, dlse: torch.Tensor, problem: str,
+                          lse: torch.Tensor, dlse: torch.Tensor | None, problem: str,
                           scale: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from .attention import backward
 
@@ -74,7 +74,6 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, dout, dlse):
     q, k, v, out, lse = ctx.saved_tensors
     dout = torch.zeros_like(out) if dout is None else dout
-    dlse = torch.zeros_like(lse) if dlse is None else dlse
     dq, dk, dv = attention_backward_op(dout, q, k, v, out, lse, dlse, ctx.problem, ctx.scale)
     return dq, dk, dv, None, None
 
