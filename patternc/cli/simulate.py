@@ -29,6 +29,8 @@ def _arguments(p):
     p.add_argument("--closed-form", action="store_true",
                    help="also give the predicted time and speedup as formulas in N and the break-even length "
                         "(self-attention; where the tile counts are polynomial in N)")
+    p.add_argument("--backward", action="store_true",
+                   help="predict a training step's attention: forward + backward at the training tiles")
     json_argument(p, "print JSON instead of tables")
 
 
@@ -44,6 +46,8 @@ def cmd_simulate(args) -> int:
         raise UsageError("--seq-len is required (or sweep seq_len)")
     if args.all_configs and not sweeps:
         raise UsageError("--all-configs goes with --sweep")
+    if args.backward and (sweeps or args.closed_form):
+        raise UsageError("--backward predicts one point: it doesn't go with --sweep or --closed-form")
     common = dict(heads=args.heads, head_dim=args.head_dim, dtype=args.dtype, batch=args.batch,
                   device=args.device, config=args.config)
     if sweeps:
@@ -54,6 +58,8 @@ def cmd_simulate(args) -> int:
         else:
             _print_sweep(name, pattern, points, args.all_configs)
         return 0
+    if args.backward:
+        return _training(name, pattern, args, common)
     prediction = simulate(pattern, args.seq_len, args.kv_len, **common)
     form = None
     if args.closed_form:
@@ -68,6 +74,20 @@ def cmd_simulate(args) -> int:
     _print_prediction(name, prediction)
     if args.closed_form:
         _print_closed_form(form)
+    return 0
+
+
+def _training(name, pattern, args, common) -> int:
+    from ..sim import simulate_training
+
+    t = simulate_training(pattern, args.seq_len, args.kv_len, **common)
+    if args.json:
+        print(json.dumps({"file": args.file, "name": name, **t.to_dict()}, indent=2))
+        return 0
+    print(f"{name}: forward + backward {t.ms:.4g} ms (forward {t.forward.ms:.4g} ms, backward {t.backward_ms:.4g} ms) "
+          f"at {t.forward.config_name} on {t.forward.device}")
+    for note in t.notes:
+        print(f"note: {note}")
     return 0
 
 

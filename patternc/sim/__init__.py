@@ -4,7 +4,7 @@
     p = simulate("causal & window(1024)", 32768, heads=16, head_dim=128)
     p.ms, p.config_name, p.speedup_vs_dense, p.speedup_vs_flex, p.ideal_speedup, p.worst_tile_speedup
 
-`simulate` (a `Prediction`), `sweep` (rank parameter values and tile configs), `closed_form`
+`simulate` (a `Prediction`), `simulate_training` (forward + backward), `sweep` (rank parameter values and tile configs), `closed_form`
 (time and speedup as sympy expressions in N, and the break-even length, where they exist), `Profile`
 (device profiles: `patternc/sim/profiles/*.json`, or measured by `patternc calibrate`).
 Modules: `predict` (simulate), `model` (the formulas per program), `schedule`, `ops` (predicate
@@ -19,6 +19,7 @@ _EXPORTS = {  # name -> module (modules are named apart from the functions, so n
     "ConfigPrediction": "predict", "Prediction": "predict", "simulate": "predict",
     "Profile": "profile",
     "SweepPoint": "sweeps", "parse_sweep": "sweeps", "sweep": "sweeps",
+    "TrainingPrediction": "training", "simulate_training": "training",
 }
 __all__ = sorted(_EXPORTS)
 
