@@ -135,6 +135,9 @@ def main(argv=None):
     rows, dense = [], {}
     for name in args.patterns:
         text, lengths = SUITE[name]
+        if "topk" in text:  # Flex would need patternc's selection as a BlockMask: not compared here yet
+            print(f"{name}: routed, skipped (no FlexAttention baseline for its backward here)", flush=True)
+            continue
         for S in args.lengths or lengths:
             if S not in dense:
                 dense[S] = cudnn_fwd_bwd(S, args)

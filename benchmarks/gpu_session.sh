@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # What one GPU session measures, in one command on the lent machine (its torch and triton;
-# lark and the test tools come as wheels in .whl/, see /work/.library/device/README.md):
+# lark comes as a wheel in .whl/, see /work/.library/device/README.md):
 #
 #     benchmarks/gpu_session.sh OUT [PATTERN ...]     # default: the whole suite
 #
-# TESTS=0 skips the GPU tests, CALIBRATE=0 the calibration (to split a session over two calls).
+# Each part can be switched off to split a session over several calls: TESTS=0 (the GPU tests),
+# CALIBRATE=0 (`patternc calibrate`), FORWARD=0 (benchmarks/attention.py), BACKWARD=0
+# (benchmarks/backward.py), TRAIN=0 (examples/train_tiny.py, patternc eager and compiled vs dense).
 #
-# OUT gets card.txt (card, driver, torch, triton), gpu_tests.txt (`pytest -m gpu` on the routed
-# kernels), profile.json and calibrate.txt (`patternc calibrate`), log.txt and bench/ (the suite,
-# benchmarks/attention.py). Each part runs even when an earlier one fails.
+# OUT gets card.txt (card, driver, torch, triton), gpu_tests.txt, profile.json and calibrate.txt,
+# log.txt and bench/ (forward), bwd_log.txt and bwd/ (forward+backward), train_*.json and
+# train_tiny.png. Each part runs even when an earlier one fails.
 set -uo pipefail
 out=$1
 shift
@@ -23,11 +25,24 @@ export PATTERNC_CACHE_DIR=${PATTERNC_CACHE_DIR:-/tmp/patternc-cache} PYTHONUNBUF
     python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 } | tee "$out/card.txt"
 if [ "${TESTS:-1}" != 0 ]; then
-    python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_routed.py 2>&1 | tee "$out/gpu_tests.txt" | tail -3
+    python3 -m pytest -q -m gpu -p no:cacheprovider tests/ 2>&1 | tee "$out/gpu_tests.txt" | tail -3
 fi
 if [ "${CALIBRATE:-1}" != 0 ]; then
     { time python3 -m patternc calibrate --output "$out/profile.json"; } 2>&1 | tee "$out/calibrate.txt" | tail -25
 fi
 patterns=()
 [ $# -gt 0 ] && patterns=(--patterns "$@")
-python3 benchmarks/attention.py --out "$out/bench" "${patterns[@]}" 2>&1 | tee "$out/log.txt" | grep -v "cfg="
+if [ "${FORWARD:-1}" != 0 ]; then
+    python3 benchmarks/attention.py --out "$out/bench" "${patterns[@]}" 2>&1 | tee "$out/log.txt" | grep -v "cfg="
+fi
+if [ "${BACKWARD:-1}" != 0 ]; then
+    python3 benchmarks/backward.py --out "$out/bwd" "${patterns[@]}" 2>&1 | tee "$out/bwd_log.txt" | grep -v "^  "
+fi
+if [ "${TRAIN:-1}" != 0 ]; then
+    for mode in patternc compiled dense; do
+        flags=$([ $mode = compiled ] && echo --compile; [ $mode = dense ] && echo --dense)
+        python3 examples/train_tiny.py --seq-len "${TRAIN_SEQ:-8192}" --steps "${TRAIN_STEPS:-200}" $flags \
+            --log "$out/train_$mode.json" 2>&1 | tail -2
+    done
+    python3 examples/train_tiny.py --plot "$out/train_tiny.png" "$out"/train_*.json
+fi
