@@ -26,8 +26,10 @@ from ..ir.nodes import MAX_INTERVALS, Node  # noqa: F401 - MAX_INTERVALS is shar
 REGISTRY: dict[str, type[Primitive]] = {}
 
 # parameter kinds: how a field is written and evaluated. FLOAT: a constant decimal (`0.9`) or
-# integer, stored as a float; CHOICE: a bare name among `choices` (`shared=group`), stored as a str
+# integer, stored as a float; CHOICE: a bare name among `choices` (`shared=group`), stored as a str;
+# BOOLS: `true`/`false` or a tuple of them (one per grid dimension), stored as a bool or a tuple
 INT, INTS, BOOL, CHOICE, INDICES, FLOAT = "int", "ints", "bool", "choice", "indices", "float"
+BOOLS = "bools"
 
 
 def param(default=dataclasses.MISSING, kind=INT, doc="", choices=()):
@@ -359,10 +361,18 @@ def _coerce(cls, f, value, span):
             return value
         raise PatternError(f"{cls.name}(): '{f.name}' must be an integer or a tuple of integers, got {describe(value)}",
                            span, usage)
-    if kind == BOOL:
-        if isinstance(value, Term) and value.is_const and isinstance(value.value, bool):
+    if kind in (BOOL, BOOLS):
+        def is_bool(v):
+            return isinstance(v, Term) and v.is_const and isinstance(v.value, bool)
+
+        if is_bool(value):
             return value.value
-        raise PatternError(f"{cls.name}(): '{f.name}' must be true or false, got {describe(value)}", span, usage)
+        tup = kind == BOOLS and isinstance(value, tuple) and value and value[0] != "range"
+        if tup and all(is_bool(x) for x in value):
+            return tuple(x.value for x in value)
+        got = f"a tuple holding {describe(next(x for x in value if not is_bool(x)))}" if tup else describe(value)
+        them = ", or a tuple of them" if kind == BOOLS else ""
+        raise PatternError(f"{cls.name}(): '{f.name}' must be true or false{them}, got {got}", span, usage)
     if kind == FLOAT:
         if isinstance(value, float):
             return value

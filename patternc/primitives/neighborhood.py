@@ -1,25 +1,28 @@
 """`neighborhood(size, stride=1, dilation=1, causal=false)`: neighborhood attention with NATTEN /
 GNA semantics over the pattern's `grid(d0, d1, ...)` (row-major tokens; 1-D without a grid).
 
-Per grid dimension of length L, with window K, dilation r, stride s:
+Every argument is a scalar or one entry per grid dimension (`causal=(true, false, false)`: causal
+in time only). Per dimension of length L, with window K, stride s and dilation r, exactly as
+NATTEN's own mask code computes it (natten 0.21.7, `backends/flex.py`, `get_na_flex_mask`):
 - the coordinates split into r interleaved groups `x % r`; a query sees only its group, in which
-  it has position `x // r` among `Lg = ceil((L - x % r) / r)` positions;
-- queries are grouped by `s` positions; all use their leader's window, the leader being the
-  group's centre `s*(x//s) + s//2` (clipped to the last position; causal: the group's first);
-- non-causal: exactly K keys, `start = clamp(leader - K//2, 0, Lg - K)`, so windows shift inward
-  at borders; causal: the K positions up to the leader (fewer near the start).
-A key is visible if it is inside the window in every dimension.
-For odd sizes this is NATTEN's `get_window_start` exactly; even sizes take one more key before the
-query than after. Needs M == N == prod(grid); `stride <= size` and `size * dilation <= length`
-per dimension; `causal` applies to every dimension. Parameters can't depend on the head `h`.
+  it has position `i = x // r` among `Lg = ceil((L - x % r) / r)` positions;
+- queries are grouped by s positions, and the group's leader `l` places their window;
+- non-causal: `l = min(s*(i//s) + s//2, Lg - 1)` (the centre; right of centre for even s), and
+  exactly K keys from `start = clamp(l - K//2, 0, Lg - K)`: windows shift inward at borders,
+  even K take one key more before the leader than after;
+- causal: `l = min(s*(i//s) + s - 1, Lg - 1)` (the group's last), and the keys `l-K+1 .. i`: the
+  leader's window, cut at the query itself (K keys for a leader, fewer for the others).
+A key is visible if it is inside the window in every dimension. Needs M == N == prod(grid);
+`stride <= size` and `size * dilation <= length` per dimension. Parameters can't depend on `h`.
 
-    neighborhood(3), 1-D        neighborhood(3, dilation=2)
-    ###...                      #.#.#.
-    ###...                      .#.#.#
-    .###..                      #.#.#.
-    ..###.                      .#.#.#
-    ...###                      #.#.#.
-    ...###                      .#.#.#
+    neighborhood(3)     neighborhood(3, dilation=2)     neighborhood(3, stride=2, causal=true)
+    ###...              #.#.#.                          #......
+    ###...              .#.#.#                          ##.....
+    .###..              #.#.#.                          .##....
+    ..###.              .#.#.#                          .###...
+    ...###              #.#.#.                          ...##..
+    ...###              .#.#.#                          ...###.
+                                                        ....###
 """
 from __future__ import annotations
 
@@ -29,8 +32,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.expr import Interval, Term, Truth, clamp, maximum, minimum
-from .base import BOOL, INTS, Primitive, param
+from .base import BOOLS, INTS, Primitive, format_value, param
 from .tables import _prefix_sums, rectangle_truth
+
+PER_DIM = ("size", "stride", "dilation", "causal")
 
 
 def _per_dim(value, ndim):
@@ -47,20 +52,20 @@ class Neighborhood(Primitive):
     size: Term = param(kind=INTS, doc="window size (per dimension)")
     stride: Term = param(Term.const(1), kind=INTS, doc="queries sharing one window (per dimension)")
     dilation: Term = param(Term.const(1), kind=INTS, doc="dilation (per dimension)")
-    causal: bool = param(False, kind=BOOL, doc="causal along every dimension")
+    causal: bool | tuple = param(False, kind=BOOLS, doc="causal (per dimension)")
 
     def grid(self, ctx):
         return ctx.grid if ctx.grid is not None else (int(ctx.N),)
 
     def check(self, p, ctx):
         self.positive(p, "size", "stride", "dilation")
-        ndim = None
-        for name in ("size", "stride", "dilation"):
+        ndim = first = None
+        for name in PER_DIM:
             v = getattr(p, name)
             if isinstance(v, tuple):
                 if ndim is not None and len(v) != ndim:
-                    self.fail(name, f"'{name}' has {len(v)} dimensions but 'size' has {ndim}")
-                ndim = len(v)
+                    self.fail(name, f"'{name}' has {len(v)} dimensions but '{first}' has {ndim}")
+                ndim, first = len(v), first or name
         for i in range(ndim or 1):  # stride > size is wrong on any grid: say so while parsing
             K, s = (_per_dim(getattr(p, n), ndim or 1)[i] for n in ("size", "stride"))
             if isinstance(K, (int, np.integer)) and isinstance(s, (int, np.integer)) and s > K:
@@ -87,16 +92,16 @@ class Neighborhood(Primitive):
 
     def _window(self, p, ctx, i, L, x):
         """(group, start, stop) of dimension i's window for coordinate x, stop exclusive, in
-        positions within the dilation group."""
-        K, s, r = (_per_dim(getattr(p, n), len(self.grid(ctx)))[i] for n in ("size", "stride", "dilation"))
+        positions within the dilation group (NATTEN's rule, see the module docstring)."""
+        K, s, r, causal = (_per_dim(getattr(p, n), len(self.grid(ctx)))[i] for n in PER_DIM)
         one = lambda v: isinstance(v, int) and v == 1
         group, pos, length = (0, x, L) if one(r) else (x % r, x // r, (L - x % r + r - 1) // r)
+        lead = pos  # the leader of pos's stride group: its last query (causal) or its centre
         if not one(s):
-            lead = pos // s * s
-            pos = lead if self.causal else minimum(lead + s // 2, length - 1)
-        if self.causal:
-            return group, maximum(pos - K + 1, 0), pos + 1
-        start = clamp(pos - K // 2, 0, length - K)
+            lead = minimum(pos // s * s + (s - 1 if causal else s // 2), length - 1)
+        if causal:  # the leader's window, ending at the query itself
+            return group, maximum(lead - K + 1, 0), pos + 1
+        start = clamp(lead - K // 2, 0, length - K)
         return group, start, start + K
 
     def exact_on_strided(self):
@@ -111,16 +116,20 @@ class Neighborhood(Primitive):
         # tight when every tile of flattened tokens is a box of the grid (see _tile_truth)
         return all(_tiles_are_boxes(self.grid(ctx), b) for b in (block_m, block_n))
 
+    def _dims(self, p):
+        """(size, stride, dilation, causal) per dimension, from the parameters alone."""
+        ndim = max((len(getattr(p, n)) for n in PER_DIM if isinstance(getattr(p, n), tuple)), default=1)
+        return list(zip(*(_per_dim(getattr(p, n), ndim) for n in PER_DIM)))
+
     def min_length(self, p):
-        return math.prod(p.size) if isinstance(p.size, tuple) else p.size
+        return math.prod(K * r for K, _, r, _ in self._dims(p))  # size * dilation <= length
 
     def count_atoms(self, p, b, atoms):
-        size, stride, dil = (v[0] if isinstance(v, tuple) and len(v) == 1 else v
-                             for v in (p.size, p.stride, p.dilation))
-        if any(isinstance(v, tuple) for v in (size, stride, dil)) or stride != 1 or dil != 1:
+        dims = self._dims(p)
+        if len(dims) != 1 or dims[0][1:3] != (1, 1):
             raise atoms.NoClosedForm("neighborhood with stride, dilation or several dimensions")
-        K, End, key, row = size, atoms.End, atoms.key, atoms.row
-        if p.causal:  # the K keys up to the query
+        (K, _, _, causal), End, key, row = dims[0], atoms.End, atoms.key, atoms.row
+        if causal:  # the K keys up to the query
             return atoms.one(key(End(1, 1, 0, 1 - K), End(1, 1, 0, 0)))
         half = K // 2
         # the window shifts inward at both borders: three disjoint row ranges, summed
@@ -131,15 +140,15 @@ class Neighborhood(Primitive):
         return atoms.add((first, 1), (middle, 1), (last, 1))
 
     def count_alone(self, p, atoms):
-        if p.causal:
-            return None
-        keys = math.prod(p.size if isinstance(p.size, tuple) else (p.size,))
-        return atoms.closed(keys, period=1, n0=keys, cost="O(N*w)",
+        dims = self._dims(p)
+        if any(causal for *_, causal in dims):
+            return None  # causal dimensions see fewer keys near their start
+        return atoms.closed(math.prod(K for K, *_ in dims), period=1, n0=self.min_length(p), cost="O(N*w)",
                             note="exactly the window per query, NATTEN semantics")
 
     def _dimension_sums(self, p, ctx, i, L):
         """Prefix sums of dimension i's visibility table [L, L] (query coordinate, key coordinate)."""
-        key = (i, L, *(_per_dim(getattr(p, n), len(self.grid(ctx)))[i] for n in ("size", "stride", "dilation")))
+        key = (i, L, *(_per_dim(getattr(p, n), len(self.grid(ctx)))[i] for n in PER_DIM))
         cache = self.__dict__.setdefault("_sums_cache", {})
         if key not in cache:
             x, y = np.arange(L)[:, None], np.arange(L)[None, :]
@@ -183,8 +192,12 @@ class Neighborhood(Primitive):
                 args.append(f"stride={fmt(strides)}")
             if any(r != 1 for r in dilations) or draw(st.booleans()):
                 args.append(f"dilation={fmt(dilations)}")
-            if draw(st.booleans()):
-                args.append("causal=true")
+            causal = [draw(st.booleans()) for _ in grid]  # per dimension, with any stride
+            if len(set(causal)) == 1 and draw(st.booleans()):
+                if causal[0] or draw(st.booleans()):
+                    args.append(f"causal={'true' if causal[0] else 'false'}")
+            else:
+                args.append(f"causal={format_value(tuple(causal))}")
             return f"neighborhood({', '.join(args)})"
 
         return texts()
@@ -217,13 +230,11 @@ class Neighborhood(Primitive):
         return [(lo * outer, hi * outer)]
 
     def __str__(self):
-        args = [_fmt(self.size)]
-        for n, default in (("stride", 1), ("dilation", 1)):
+        args = [format_value(self.size)]
+        for n, default in (("stride", Term.const(1)), ("dilation", Term.const(1)), ("causal", False)):
             v = getattr(self, n)
-            if v != Term.const(default):
-                args.append(f"{n}={_fmt(v)}")
-        if self.causal:
-            args.append("causal=true")
+            if v != default:
+                args.append(f"{n}={format_value(v)}")
         return f"neighborhood({', '.join(args)})"
 
 
@@ -247,8 +258,3 @@ def _tiles_are_boxes(grid, b) -> bool:
         b //= length
     return True
 
-
-def _fmt(v):
-    from .base import format_value
-
-    return format_value(v)
