@@ -183,13 +183,36 @@ def _check(q, k, v):
                          "this module, or move q, k, v to the GPU")
 
 
+class _Attention(torch.autograd.Function):
+    """The kernels above with their gradients: launch forward, launch_backward backward."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, scale):
+        lse = torch.empty(q.shape[0], HEADS, SEQ_LEN, dtype=torch.float32, device=q.device)
+        out, lse = launch(q, k, v, layout_on(q.device), scale=scale, lse=lse)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale = scale
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = launch_backward(q, k, v, out, lse, dout.contiguous(), layout_on(q.device), scale=ctx.scale,
+                                     dlse=dlse)
+        return dq, dk, dv, None
+
+
 def attention(q, k, v, scale=None, return_lse=False):
     """Sparse attention with this module's pattern: q [B, HEADS, SEQ_LEN, HEAD_DIM], k and v
     [B, Hkv, KV_SEQ_LEN, HEAD_DIM] (Hkv divides HEADS), all DTYPE on one device; `scale` defaults
     to HEAD_DIM ** -0.5. Returns out [B, HEADS, SEQ_LEN, HEAD_DIM], and with return_lse=True also
     the log-sum-exp [B, HEADS, SEQ_LEN] (float32, natural log). Rows that see no key get 0 and
-    LSE = -inf."""
+    LSE = -inf. Differentiable in q, k, v (and through the LSE): the backward kernels above run
+    when a gradient is asked for."""
     _check(q, k, v)
+    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
+        out, lse = _Attention.apply(q, k, v, scale)
+        return (out, lse) if return_lse else out
     lse = torch.empty(q.shape[0], HEADS, SEQ_LEN, dtype=torch.float32, device=q.device) if return_lse else None
     out, lse = launch(q, k, v, layout_on(q.device), scale=scale, lse=lse)
     return (out, lse) if return_lse else out
@@ -299,7 +322,7 @@ def build_module(pattern: Pattern, seq_len: int, kv_len: int | None = None, head
                      block_n=cfg["block_n"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
                      runs=None if runs is None else (runs[0].shape[2], runs[1].shape[2]),
                      tma=cfg.get("memory", "pointers") == "tma", residue=residue)
-    kernel = module_source(spec, summary=summary_text(layout))
+    kernel = module_source(spec, summary=summary_text(layout), backward=True)
     data = layout_data(layout, layout_reads(kernel))
     source = kernel + TAIL.format(name=name, M=M, N=N, H=layout.heads, dtype=dtype,
                                   tables="\n".join(_encode(n, v, layout.heads) for n, v in data.items()))
