@@ -255,3 +255,10 @@ def test_generated_kernels(monkeypatch):
         model(ids, labels=ids).loss.backward()
     for a, b in zip(ours.parameters(), eager.parameters()):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-4, rtol=1e-3)
+
+
+def test_compiled_model():
+    """transformers compiles static-cache decoding: the attention call is a graph break there."""
+    eager, ours = models(MistralConfig(**SHAPE, sliding_window=8), pattern=WINDOW, config=LlamaConfig(**SHAPE))
+    compiled = torch.compile(ours, backend="eager")
+    assert_same_logits(eager, compiled, prompt())

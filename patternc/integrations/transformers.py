@@ -28,7 +28,8 @@ Masks transformers passes (checked once per mask tensor; every layer gets the sa
   `PatternError`. patternc runs one pattern for every batch row.
 A sliding-window cache that dropped old keys runs only where the pattern is exactly the rule
 (absolute positions are gone). No dropout (refused in training), no softcap, no sinks
-(`s_aux`), no position bias; head_dim 16, 32, 64, 128 or 256; GQA k/v pass unrepeated.
+(`s_aux`), no position bias; head_dim 16, 32, 64, 128 or 256; GQA k/v pass unrepeated. Under
+`torch.compile` (transformers compiles static-cache decoding) the call is a graph break.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ import re
 import warnings
 import weakref
 from functools import lru_cache
+
+import torch
 
 from .. import Pattern, PatternError, attention, compile, load
 from ..runtime.attention import SUPPORTED_HEAD_DIMS, as_pattern
@@ -127,6 +130,7 @@ def _transformers():
 # --------------------------------------------------------------------------- the attention function
 
 
+@torch.compiler.disable  # the checks read tensors; under torch.compile (static-cache decoding) a graph break
 def attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, *, defaults=(None, None),
                       **kwargs):
     """transformers' attention contract: query `[B, H, M, D]`, key/value `[B, Hkv, N, D]` (after
