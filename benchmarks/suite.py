@@ -16,4 +16,7 @@ SUITE = {
     "natten2d": ("grid(128, 128)\nneighborhood((13, 13))", (16384,)),
     "natten2d_dil": ("grid(128, 128)\nneighborhood((7, 7), dilation=(2, 2))", (16384,)),
     "gna3d": ("grid(16, 32, 32)\nneighborhood((8, 16, 16), stride=(4, 8, 8))", (16384,)),
+    # not in the suite: BigBird (window, global and random key blocks), its random blocks read from
+    # tables of bits the kernel receives
+    "bigbird": ("window(3, block=64) | global(0..1, block=64) | random(3, block=64)", (8192, 32768)),
 }

@@ -1,8 +1,9 @@
 """Generated kernel modules, compared byte for byte with the files in tests/golden/.
 
 Every axis of the code generator (iteration runs | table, memory pointers | tma, token order
-natural | residue, routing none | block | token) takes each of its values in at least one
-variant below, beside per-head sections, a 2-D grid, floor helpers and a constant predicate.
+natural | residue, routing none | block | token, tables of bits none | some) takes each of its
+values in at least one variant below, beside per-head sections, a 2-D grid, floor helpers and a
+constant predicate.
 The variants in BACKWARD also hold the backward family (`module_source(..., backward=True)`).
 After an intended change to the generated code, regenerate and read the diff:
 
@@ -55,6 +56,8 @@ VARIANTS = {
                                            {"tma": True, "residue": 8}, ""),
     "mixed_sections_table_backward": (MIXED, 16, 8192, 8192, SMALL_TILES, {}, ""),
     "topk_block_table_backward": ("causal & topk(4, block=128)", 4, 2048, 2048, TILES, {"routed": "block"}, ""),
+    "bigbird_tables_backward": ("window(3, block=64) | global(0..1, block=64) | random(3, block=64)", 4, 4096, 4096,
+                                TILES, {}, ""),
 }
 BACKWARD = {name for name in VARIANTS if name.endswith("_backward")}
 
@@ -118,6 +121,7 @@ def test_variants_cover_every_axis_value():
     assert {o.get("tma", False) for o in options} == {True, False}
     assert {o.get("residue") is not None for o in options} == {True, False}
     assert {o.get("routed", "") for o in options} == {"", "block", "token"}
+    assert {spec_of(name).predicate.tables > 0 for name in VARIANTS} == {True, False}
 
 
 def test_backward_is_appended_to_the_forward_unchanged():

@@ -148,10 +148,9 @@ def test_bad_inputs_are_clear_errors(bad, match):
         patternc.attention(*bad(q), "causal")
 
 
-def test_table_primitives_in_kernels_are_a_clear_error(interpret):
-    q = torch.randn(1, 1, 64, 16)
-    with pytest.raises(patternc.PatternError, match="random can't be evaluated inside a kernel"):
-        patternc.attention(q, q, q, "random(2, block=16) | causal & window(5)")
+def test_table_primitives_run_in_kernels(interpret):
+    """random's blocks come from a table of bits the kernel receives (more in test_primitive_random.py)."""
+    check("random(2, block=16) | causal & window(5)", 64, 64, 2, 1, 16, torch.float32, CONFIGS[0])
 
 
 def test_unsupported_head_dim_is_a_clear_error():

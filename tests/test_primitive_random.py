@@ -4,10 +4,17 @@ across seeds and heads, and composing with `| & -` like any mask."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
+import sympy as sp
+import torch
 from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import cdiv, leaf_case, mask_of, same
+from test_kernels import check
+from test_training import assert_close, inputs, reference_grads
+
+import patternc
 
 MAXLEN = 96
 
@@ -54,3 +61,96 @@ def test_combinators_with_random_blocks(M, count, seed, b, other):
     same(mask_of(f"{r} | {text}", M, M, 2), R | O, "|")
     same(mask_of(f"{r} & ({text})", M, M, 2), R & O, "&")
     same(mask_of(f"{r} - ({text})", M, M, 2), R & ~O, "-")
+
+
+# --------------------------------------------------------------------------- kernels
+
+BIGBIRD = "window(3, block=16) | global(0..1, block=16) | random(3, block=16)"  # BigBird, on small blocks
+TILES = {"block_m": 16, "block_n": 16, "num_warps": 4, "num_stages": 1}
+
+
+@pytest.fixture
+def interpret(monkeypatch, tmp_path):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path))
+
+
+@pytest.mark.parametrize("text, M, N, H, Hkv, config", [
+    (BIGBIRD, 128, 128, 4, 2, TILES),
+    (BIGBIRD, 72, 104, 2, 2, dict(TILES, block_m=32, iteration="table")),  # M != N, ragged tiles
+    ("random(2, block=8, seed=3)", 80, 96, 3, 1, dict(TILES, memory="tma")),  # blocks inside tiles
+    ("random(5, seed=2)", 40, 40, 2, 1, TILES),  # on tokens
+    ("causal & random(2, block=16) - sink(3)", 64, 64, 2, 2, TILES),
+    ("heads 0: window(2)\nheads 1..2: random(1, block=16, seed=7) | random(2, block=32, seed=1)", 96, 96, 3, 3,
+     TILES),  # two tables, per-head sections
+])
+def test_kernel_reads_the_tables(interpret, text, M, N, H, Hkv, config):
+    check(text, M, N, H, Hkv, 16, torch.float32, config, seed=M + N)
+
+
+@pytest.mark.parametrize("text, M, N", [(BIGBIRD, 96, 96), ("causal & random(2, block=16, seed=5)", 48, 80)])
+def test_generated_backward_reads_the_tables(interpret, text, M, N):
+    pattern = patternc.compile(text)
+    q, k, v = inputs(1, 2, 1, M, N, 16, seed=M)
+    out = patternc.attention(q, k, v, pattern, config=TILES)
+    dout = torch.randn_like(out)
+    out.backward(dout)
+    for got, want, name in zip((q.grad, k.grad, v.grad), reference_grads(q, k, v, pattern, dout), "qkv"):
+        assert_close(got, want, 1e-4, f"{text!r} d{name}")
+
+
+def test_kernel_tables_are_the_masks_tables():
+    """The bits a kernel receives are the rule's table: unpacked, they give the mask again."""
+    from patternc.primitives.tables import kernel_tables
+
+    pattern = patternc.compile("random(3, block=4, seed=9) | causal & random(40, seed=1)")
+    M = N = 70
+    tables = kernel_tables(pattern, M, N, 2)
+    assert [t.dtype for t in tables] == [torch.int32] * 2
+    assert [tuple(t.shape) for t in tables] == [(2, cdiv(N, 4), 1), (2, N, 3)]
+    bits = [((t[..., None] >> torch.arange(32)) & 1).flatten(-2).bool() for t in tables]
+    blocks = bits[0][:, :, :cdiv(N, 4)].repeat_interleave(4, 1).repeat_interleave(4, 2)[:, :M, :N]
+    tokens = bits[1][:, :, :N] & torch.ones(M, N, dtype=torch.bool).tril()
+    assert torch.equal(blocks | tokens, pattern.mask(M, N, heads=2))
+    assert not bits[0][:, :, cdiv(N, 4):].any() and not bits[1][:, :, N:].any()  # padding bits are 0
+
+
+# --------------------------------------------------------------------------- analysis: counts in expectation
+
+
+def test_analysis_of_bigbird_is_linear():
+    """BigBird's keys per query level off: 5 window blocks, 2 global key blocks and 3 random ones
+    (640 keys), plus the 128 global query rows that see all N keys (128 per query on average)."""
+    from patternc.analysis import N, analyze
+
+    [a] = analyze(patternc.compile("window(3, block=64) | global(0..1, block=64) | random(3, block=64)"))
+    assert a.cost == "O(N*w)" and a.keys_limit == 768 and a.density_limit == 768 / N
+    assert sp.simplify(a.count - (768 - sp.Rational(192512) / N + sp.Rational(15728640) / N**2)) == 0
+    assert not a.exact and a.basis.startswith("expected over the random draws for N >= 448, N a multiple of 64")
+    assert a.samples and all(abs(v - float(a.count.subs(N, n))) < 2 * 192 for n, v in a.samples.items())
+
+
+@pytest.mark.parametrize("text, n, tolerance", [
+    ("window(3, block=16) | global(0..1, block=16) | random(3, block=16)", 256, 0.01),
+    ("causal & random(2, block=8) - random(1, block=8)", 128, 0.02),  # one family's draws are nested
+    ("(window(5) & random(1)) | random(2, block=4, seed=3) - causal", 96, 0.03),
+])
+def test_expected_counts_are_the_mean_over_draws(text, n, tolerance):
+    """Heads draw independently: the mean over many heads' masks approaches the expectation."""
+    from patternc.analysis import N, derive
+
+    pattern = patternc.compile(text)
+    found = derive(pattern.sections(1)[0].expr, [0])
+    assert found.expected and n >= found.n0 and n % found.period == 0
+    measured = pattern.mask(n, heads=256).sum().item() / (256 * n)
+    expected = float(found.count.subs(N, n))
+    assert abs(measured - expected) <= tolerance * expected, (text, measured, expected)
+
+
+def test_expected_count_by_hand():
+    from patternc.analysis import N, analyze
+
+    [a] = analyze(patternc.compile("causal & random(2, block=16)"))  # each key with probability 32 / N
+    assert sp.simplify(a.count - 16 * (N + 1) / N) == 0 and a.cost == "O(N*w)"
+    [b] = analyze(patternc.compile("random(3, block=8) - random(1, block=8)"))  # nested: 2 blocks left
+    assert b.count == 16 and b.samples and set(b.samples.values()) == {16.0}

@@ -2,7 +2,8 @@
 
 A primitive's indicator is a signed sum of conjunctions of atoms, a dict
 `{frozenset(atoms): coefficient}`: a key interval `lo(q) <= k <= hi(q)`, a query interval, a key
-residue `k // b % m == ...`. Each primitive states its own (`Primitive.count_atoms`); this module
+residue `k // b % m == ...`, or keys drawn at random per row (`sample`), which the analysis
+counts in expectation. Each primitive states its own (`Primitive.count_atoms`); this module
 is handed to it as the argument `atoms`, since primitives sit below the analysis and don't import
 it. Closed forms of a primitive alone (`count_alone`) return `closed(...)`.
 """
@@ -75,6 +76,14 @@ def row(lo: End | None, hi: End | None):
 def residue(bk: int, m: int, qdiv: int | None, c: int):
     """`(k // bk) % m == ((q // qdiv) + c) % m`, or `== c` when qdiv is None."""
     return ("res", bk, m, qdiv, c)
+
+
+def sample(family, keys: int, period: int):
+    """`keys` keys per query row drawn at random (random's key blocks), so that every key is drawn
+    with probability `keys / N` (for N a multiple of `period` and N >= keys), independently of
+    the other atoms and of other families' draws; draws of one `family` are nested (the smaller
+    inside the larger). The analysis then counts the expected number of keys over the draws."""
+    return ("sample", family, keys, period)
 
 
 def one(*atoms) -> dict:

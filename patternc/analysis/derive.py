@@ -1,11 +1,14 @@
 """The derivation: a section's expression, expanded by inclusion-exclusion into signed
 conjunctions of atoms (each primitive states its own through `Primitive.count_atoms`), summed
 over the rows in closed form (`rows.py`); or a primitive's closed form where it has one only
-alone (`count_alone`, `count_under_causal`)."""
+alone (`count_alone`, `count_under_causal`). Conjunctions with keys drawn at random
+(`atoms.sample`) are counted in expectation: the rest's row sum times each draw's probability."""
 from __future__ import annotations
 
 import math
 from fractions import Fraction
+
+import sympy as sp
 
 from ..ir.expr import Term, evaluate
 from ..ir.nodes import Difference, Intersect, Node, Union
@@ -13,15 +16,20 @@ from ..ir.pattern import substitute
 from ..primitives import Primitive
 from . import atoms
 from .atoms import Lin, NoClosedForm
-from .result import Derived
+from .result import Derived, N
 from .rows import sum_rows
 
 
 def derive(expr: Node, heads: list[int]) -> Derived:
-    """The row sum S(N) of `expr`, averaged over `heads`, as an exact polynomial in N."""
+    """The row sum S(N) of `expr`, averaged over `heads`, as an exact polynomial in N (with random
+    draws: the expected mean count, a rational function of N)."""
     results = [_derive_head(expr, h) for h in heads]
     P = math.lcm(*(r.period for r in results))
     n0 = max(r.n0 for r in results)
+    if results[0].expected:
+        count = sp.expand(sp.Add(*(r.count for r in results)) / len(results))
+        return Derived("expr", count=count, period=P, n0=n0, cost=results[0].cost, expected=True,
+                       reach=results[0].reach)
     # same polynomial in N whatever the period it was derived with
     coeffs = tuple(sum((r.coeffs[i] for r in results), Fraction(0)) / len(results) for i in range(3))
     witnesses = sorted((not r.empty_always, r.empty) for r in results if r.empty is not None)
@@ -57,7 +65,41 @@ def _derive_head(expr: Node, head: int) -> Derived:
     ie = _ie(expr, head)
     if sum(len(c) for c in ie) > 4 * atoms.MAX_TERMS:
         raise NoClosedForm("too many terms")
+    if any(a[0] == "sample" for conj in ie for a in conj):
+        return _expected(ie, head, _min_length(expr, head))
     return sum_rows(ie, head, _min_length(expr, head))
+
+
+def _expected(ie: dict, head: int, min_length: int) -> Derived:
+    """The expected row sum of conjunctions with random draws (`atoms.sample`): a conjunction's
+    other atoms summed over the rows, times keys / N per family it draws from (a family's smallest
+    draw where it draws twice)."""
+    groups: dict = {}  # the draws' sizes -> the conjunctions without them
+    period, n0, most = 1, min_length, {}
+    for conj, coeff in ie.items():
+        draws: dict = {}
+        for a in conj:
+            if a[0] == "sample":
+                _, family, keys, step = a
+                draws[family] = min(keys, draws.get(family, keys))
+                most[family] = max(keys, most.get(family, keys))
+                period, n0 = math.lcm(period, step), max(n0, keys)
+        rest = frozenset(a for a in conj if a[0] != "sample")
+        group = groups.setdefault(tuple(sorted(draws.values())), {})
+        group[rest] = group.get(rest, 0) + coeff
+    S = sp.Integer(0)
+    for sizes, group in groups.items():
+        group = {conj: c for conj, c in group.items() if c}
+        if not group:
+            continue
+        found = sum_rows(group, head, n0)
+        period, n0 = math.lcm(period, found.period), max(n0, found.n0)
+        poly = sum(sp.Rational(c.numerator, c.denominator) * N**i for i, c in enumerate(found.coeffs))
+        S += poly * math.prod(sizes) / N ** len(sizes)
+    quadratic, linear = sp.limit(S / N**2, N, sp.oo), sp.limit(S / N, N, sp.oo)
+    cost = "O(N^2)" if quadratic != 0 else "O(1)" if linear == 0 else "O(N)" if linear <= 1 else "O(N*w)"
+    return Derived("expr", count=sp.expand(S / N), period=period, n0=n0, cost=cost, expected=True,
+                   reach=2 * sum(most.values()))
 
 
 def _min_length(expr: Node, head: int) -> int:

@@ -68,6 +68,10 @@ class Derived:
     empty: tuple | None = None  # (N, head, query) of an empty row
     empty_always: bool = False  # ... and there is one at every large N
     note: str = ""
+    # `count` is a mean over random draws (`atoms.sample`), not this draw's: a draw's count differs
+    # from it by at most `reach` (what two draws can change in a row: twice the keys they draw)
+    expected: bool = False
+    reach: int = 0
 
 
 def exact_result(pattern, section, heads, found: Derived) -> SectionAnalysis | None:
@@ -90,6 +94,8 @@ def exact_result(pattern, section, heads, found: Derived) -> SectionAnalysis | N
         keys = sp.limit(count, N, sp.oo)
         if keys.is_finite:
             limit = keys / N
+        elif found.cost == "O(N^2)":
+            limit, keys = sp.limit(density, N, sp.oo), None
         else:
             limit = sp.limit(count / sp.log(N, 2), N, sp.oo) * sp.log(N, 2) / N
             keys = None
@@ -101,20 +107,25 @@ def exact_result(pattern, section, heads, found: Derived) -> SectionAnalysis | N
     else:
         where = f"N >= {found.n0}" + (f", N a multiple of {found.period}" if found.period > 1 else "")
         lengths = _valid_lengths(found, CHECK_LIMIT)
-    basis = f"exact for {where}" + (f" ({found.note})" if found.note else "")
-    # cross-check against the brute-force mask where that is cheap
+    basis = f"{'expected over the random draws' if found.expected else 'exact'} for {where}" + \
+        (f" ({found.note})" if found.note and not found.expected else "")
+    # cross-check against the brute-force mask where that is cheap (a draw: within the draws' reach)
     checks = {}
     for n in lengths:
         measured = mean_count(pattern, section, heads, n)
         if measured is None:
             continue
         checks[n] = float(measured)
-        if sp.simplify(count.subs(N, n) - sp.Rational(measured.numerator, measured.denominator)) != 0:
+        off = count.subs(N, n) - sp.Rational(measured.numerator, measured.denominator)
+        if abs(off) > found.reach if found.expected else sp.simplify(off) != 0:
             return None  # the derivation disagrees with the reference: don't trust it
-    basis += f"; checked against the mask at N = {', '.join(map(str, checks))}" if checks else \
-        "; not checked against the mask (N too large for it)"
-    return SectionAnalysis((section.lo, section.hi), str(section.expr), count, density, limit, cost, keys, True,
-                           basis, False, "", samples=checks)
+    if found.expected and checks:
+        basis += f"; this draw has {', '.join(f'{v:.5g}' for v in checks.values())} at N = {', '.join(map(str, checks))}"
+    else:
+        basis += f"; checked against the mask at N = {', '.join(map(str, checks))}" if checks else \
+            "; not checked against the mask (N too large for it)"
+    return SectionAnalysis((section.lo, section.hi), str(section.expr), count, density, limit, cost, keys,
+                           not found.expected, basis, False, "", samples=checks)
 
 
 def _valid_lengths(found: Derived, limit: int) -> list[int]:

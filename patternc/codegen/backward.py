@@ -109,6 +109,7 @@ DKDV_STEP = '''
 def dkdv_step(dk, dv, k, v, {q_source}, start_m,
               kv_idx, offs_m, off_h, delta_row, lse2_row, qk_scale, Q_LEN, KV_LEN,
     {order_params}
+              {table_params}
               {routed_params}
               MASKED: tl.constexpr, EVEN_M: tl.constexpr, INPUT_PRECISION: tl.constexpr,
               BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr):
@@ -120,7 +121,7 @@ def dkdv_step(dk, dv, k, v, {q_source}, start_m,
     qkT = tl.dot(k, qT, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M], log2 domain
     if MASKED:
         # the predicate is elementwise: transposed indices give the transposed mask
-        keep = visible(q_idx[None, :], kv_idx[:, None], off_h, Q_LEN, KV_LEN{routed_arg})
+        keep = visible(q_idx[None, :], kv_idx[:, None], off_h, Q_LEN, KV_LEN{routed_arg}{table_arg})
         qkT = tl.where(keep, qkT, float("-inf"))
     pT = tl.math.exp2(qkT - lse2[None, :])
     dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=INPUT_PRECISION)
@@ -169,6 +170,7 @@ DQ_STEP = '''
 def dq_step(dq, q, do, lse2, delta, {kv_source}, start_n,
             offs_m, offs_n, off_h, qk_scale, Q_LEN, KV_LEN,
     {order_params}
+            {table_params}
             {routed_params}
             MASKED: tl.constexpr, EVEN_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
             BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
@@ -178,7 +180,7 @@ def dq_step(dq, q, do, lse2, delta, {kv_source}, start_n,
     {load_kv}
     qk = tl.dot(q, kT, input_precision=INPUT_PRECISION) * qk_scale  # log2 domain
     if MASKED:
-        keep = visible(offs_m[:, None], kv_idx[None, :], off_h, Q_LEN, KV_LEN{routed_arg})
+        keep = visible(offs_m[:, None], kv_idx[None, :], off_h, Q_LEN, KV_LEN{routed_arg}{table_arg})
         if not EVEN_N:
             keep = keep & (kv_idx[None, :] < KV_LEN)
         qk = tl.where(keep, qk, float("-inf"))
@@ -235,6 +237,7 @@ def launch_backward(q, k, v, out, lse, do, layout, scale=None, dq=None, dk=None,
         if x is not None and x.shape != like.shape:
             raise ValueError(f"{{name}} must have the shape {{tuple(like.shape)}}, got {{tuple(x.shape)}}")
     {routed_check}
+    {predicate_tables}
     tiles = (layout.row_order.shape[-1], layout.q_num_blocks.shape[-1])
     if tiles != (triton.cdiv(M, BLOCK_M), triton.cdiv(N, BLOCK_N)):
         raise ValueError(f"the layout has {{tiles[0]}} x {{tiles[1]}} tiles, but M = {{M}}, N = {{N}} at "
@@ -277,10 +280,10 @@ def stats(tile: Tile) -> list[str]:
             f"    delta = tl.load(delta_row + {t}, mask={t} < {tile.side.length}, other=0.0)"]
 
 
-def _call(returns: str, helper: str, args: list[str], side, order: Order, routed, masked: bool) -> list[str]:
+def _call(returns: str, helper: str, args: list[str], side, order: Order, routed, tables, masked: bool) -> list[str]:
     """`returns = helper(args...)`: a step helper's call in a loop body; `side`, the side of the
     tiles looped over."""
-    order_args = "".join(f" {a.call}," for group in order.params() for a in group)
+    order_args = "".join(f" {a.call}," for group in order.params() for a in group) + tables.step_args
     options = (f"MASKED={masked}, {side.even}={side.even}, INPUT_PRECISION=INPUT_PRECISION, "
                f"{side.block}={side.block},")
     return [f"{returns} = {helper}(", *(f"    {line}," for line in args[:-1]), f"    {args[-1]},{order_args}",
@@ -290,15 +293,15 @@ def _call(returns: str, helper: str, args: list[str], side, order: Order, routed
 def backward_source(spec: KernelSpec) -> str:
     """The backward family for `spec`, to append to its forward module: the kernels and
     `launch_backward()`. Raises ValueError for routing with per-token choices (no dK/dV yet)."""
-    memory, iteration, order, routed = emitters(spec)
+    memory, iteration, order, routed, tables = emitters(spec)
     if spec.routed == "token":
         raise ValueError("routed backward: topk(query=token) has no dK/dV kernel yet (each query row chooses its "
                          "own key blocks, which the transposed tables can't carry); use query=block")
     rows, rows_params = _rows_kernel()
-    dkdv, dkdv_params = _dkdv_kernel(memory, order, routed)
-    dq, dq_params = _dq_kernel(memory, iteration, order, routed)
-    launch = fill("LAUNCH", LAUNCH, layout_doc=_layout_doc(iteration), checks=SHAPE_CHECKS,
-                  routed_check=ROUTED_CHECK if routed.selects else [],
+    dkdv, dkdv_params = _dkdv_kernel(memory, order, routed, tables)
+    dq, dq_params = _dq_kernel(memory, iteration, order, routed, tables)
+    launch = fill("LAUNCH", LAUNCH, layout_doc=_layout_doc(iteration) + tables.layout_doc, checks=SHAPE_CHECKS,
+                  routed_check=ROUTED_CHECK if routed.selects else [], predicate_tables=tables.prepare(),
                   contiguous=memory.contiguous([Q, K_ROWS, V_ROWS, OUT, DO]),
                   descriptors=_once(memory.descriptors([Q, K_ROWS, V_ROWS, DO, DQ], order)
                                     + memory.descriptors([DK, DV], order)),
@@ -316,15 +319,16 @@ def _rows_kernel() -> tuple[str, list]:
     return fill("ROWS_KERNEL", ROWS_KERNEL, params=signature(params), load=load), params
 
 
-def _dkdv_kernel(memory, order: Order, routed) -> tuple[str, list]:
+def _dkdv_kernel(memory, order: Order, routed, tables) -> tuple[str, list]:
     """dkdv_step and the dK/dV kernel: a column sweep through the transposed tables (layouts
     have no runs of query tiles per column)."""
     columns = Table()
     params = (memory.params([Q_T, K_ROWS, V_ROWS, DO, DK, DV]) + [STATS] + columns.params(COLUMNS)
-              + routed.params() + [SCALARS] + order.params() + CONSTEXPRS)
+              + routed.params() + [SCALARS] + order.params() + tables.params() + CONSTEXPRS)
     source = ", ".join(memory.step_params([Q_T, DO]))
     step = fill("DKDV_STEP", DKDV_STEP, q_source=source, order_params=signature(order.params()),
                 routed_params=routed.step_params(), routed_arg=routed.predicate_param,
+                table_params=tables.step_params(), table_arg=tables.predicate_param,
                 q_tokens=order.tokens(LOOP_QUERIES),
                 load_q=memory.shift([Q_T, DO], LOOP_QUERIES, order) + memory.load([Q_T, DO], LOOP_QUERIES, order),
                 stats=stats(LOOP_QUERIES))
@@ -336,20 +340,21 @@ def _dkdv_kernel(memory, order: Order, routed) -> tuple[str, list]:
                   loops=columns.loops(COLUMNS, routed, lambda masked: _call(
                       "dk, dv", "dkdv_step", [f"dk, dv, k, v, {source}, start_m, kv_idx, offs_m, off_h",
                                               "delta_row, lse2_row, qk_scale, Q_LEN, KV_LEN"],
-                      QUERIES, order, routed, masked)),
+                      QUERIES, order, routed, tables, masked)),
                   store=_once([line for t in (DK, DV) for line in memory.tile_pointers(t, OWN_KEYS)
                                + memory.store(t, OWN_KEYS, order, t.var)]))
     return step + kernel, params
 
 
-def _dq_kernel(memory, iteration, order: Order, routed) -> tuple[str, list]:
+def _dq_kernel(memory, iteration, order: Order, routed, tables) -> tuple[str, list]:
     """dq_step and the dQ kernel: a row sweep, iterated as the forward's."""
     layout = iteration.params(ROWS) + routed.params()
     params = (memory.params([Q, K_T, V_T, DO, DQ]) + [STATS] + layout[:-1] + [layout[-1] + ROW_ORDER] + [SCALARS]
-              + order.params() + CONSTEXPRS)
+              + order.params() + tables.params() + CONSTEXPRS)
     source = ", ".join(memory.step_params([K_T, V_T]))
     step = fill("DQ_STEP", DQ_STEP, kv_source=source, order_params=signature(order.params()),
                 routed_params=routed.step_params(), routed_arg=routed.predicate_param,
+                table_params=tables.step_params(), table_arg=tables.predicate_param,
                 kv_tokens=order.tokens(LOOP_KEYS),
                 load_kv=memory.shift([K_T, V_T], LOOP_KEYS, order) + memory.load([K_T, V_T], LOOP_KEYS, order))
     own = [Q, DO]
@@ -361,7 +366,7 @@ def _dq_kernel(memory, iteration, order: Order, routed) -> tuple[str, list]:
                   stats=stats(OWN_QUERIES),
                   loops=iteration.loops(ROWS, routed, lambda masked: _call(
                       "dq", "dq_step", [f"dq, q, do, lse2, delta, {source}, start_n, offs_m, offs_n, off_h",
-                                        "qk_scale, Q_LEN, KV_LEN"], KEYS, order, routed, masked)),
+                                        "qk_scale, Q_LEN, KV_LEN"], KEYS, order, routed, tables, masked)),
                   store=memory.tile_pointers(DQ, OWN_QUERIES) + memory.store(DQ, OWN_QUERIES, order, "dq"))
     return step + kernel, params
 

@@ -23,6 +23,7 @@ from .memory import OUT, K, Pointers, Q, Tma, V
 from .order import KEYS, QUERIES, Order, Tile
 from .predicate import FLOOR_HELPERS, Predicate, predicate_lines, trace
 from .routed import MODES
+from .tables import Tables
 from .template import Arg, fill, keywords, signature
 
 GENERATOR_VERSION = 8  # bump when the generated code changes: it is part of every cache key
@@ -108,7 +109,7 @@ LN2 = tl.constexpr(0.6931471805599453)  # ln(2), back to a natural-log LSE (kern
 PREDICATE = '''
 
 @triton.jit
-def visible(q_idx, kv_idx, off_h, Q_LEN, KV_LEN{routed_param}):
+def visible(q_idx, kv_idx, off_h, Q_LEN, KV_LEN{routed_param}{table_param}):
     """The pattern's rule for a tile: q_idx [BLOCK_M, 1], kv_idx [1, BLOCK_N] -> bool."""
     {predicate}
 '''
@@ -119,6 +120,7 @@ STEP = '''
 def online_softmax_step(acc, l_i, m_i, q, {kv_source}, start_n,
                         offs_m, offs_n, off_h, qk_scale, Q_LEN, KV_LEN,
     {order_params}
+                        {table_params}
                         {routed_params}
                         MASKED: tl.constexpr, EVEN_N: tl.constexpr, INPUT_PRECISION: tl.constexpr,
                         BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr):
@@ -128,7 +130,7 @@ def online_softmax_step(acc, l_i, m_i, q, {kv_source}, start_n,
     {load_kv}
     qk = tl.dot(q, k, input_precision=INPUT_PRECISION)
     if MASKED:
-        keep = visible(offs_m[:, None], kv_idx[None, :], off_h, Q_LEN, KV_LEN{routed_arg})
+        keep = visible(offs_m[:, None], kv_idx[None, :], off_h, Q_LEN, KV_LEN{routed_arg}{table_arg})
         if not EVEN_N:
             keep = keep & (kv_idx[None, :] < KV_LEN)
         qk = tl.where(keep, qk * qk_scale, float("-inf"))  # log2 domain: exp2 below
@@ -151,7 +153,7 @@ def online_softmax_step(acc, l_i, m_i, q, {kv_source}, start_n,
 
 STEP_CALL = '''acc, l_i, m_i = online_softmax_step(
     acc, l_i, m_i, q, {kv_source}, start_n, offs_m, offs_n, off_h,
-    qk_scale, Q_LEN, KV_LEN,{order_args}
+    qk_scale, Q_LEN, KV_LEN,{order_args}{table_args}
     {routed_arg}MASKED={masked}, EVEN_N=EVEN_N, INPUT_PRECISION=INPUT_PRECISION, BLOCK_N=BLOCK_N,
     HEAD_DIM=HEAD_DIM)'''
 
@@ -218,6 +220,7 @@ def launch(q, k, v, layout, scale=None, out=None, lse=None):
     scale = D ** -0.5 if scale is None else scale
     lse_arg = lse if lse is not None else torch.empty(1, 1, 1, device=q.device)  # unused unless WRITE_LSE
     {layout_tables}
+    {predicate_tables}
     grid = (B * H, triton.cdiv(M, BLOCK_M))  # x (heads) varies fastest: every head's long rows go first
     attention_fwd[grid](
         {args}
@@ -228,21 +231,21 @@ def launch(q, k, v, layout, scale=None, out=None, lse=None):
 
 
 def emitters(spec: KernelSpec) -> tuple:
-    """(memory, iteration, order, routing): the emitter of each axis for this spec."""
+    """(memory, iteration, order, routing, tables): the emitter of each axis for this spec."""
     return (Tma() if spec.tma else Pointers(), Table() if spec.runs is None else Runs(*spec.runs),
-            Order(spec.residue), MODES[spec.routed])
+            Order(spec.residue), MODES[spec.routed], Tables(spec.predicate.tables))
 
 
 def forward_source(spec: KernelSpec, summary: str = "", backward_doc: str = "") -> str:
     """The forward family as formatted Python source: the module's header, the predicate, the
     kernel and `launch()`. `summary` (lines ending in a newline) describes the layout in the
     header; `backward_doc`, when a backward family follows, what it adds."""
-    memory, iteration, order, routed = emitters(spec)
+    memory, iteration, order, routed, tables = emitters(spec)
     kv_source = ", ".join(memory.step_params([K, V]))
     order_args = "".join(f" {a.call}," for group in order.params() for a in group)
 
     def step(masked: bool) -> list[str]:
-        return fill("STEP_CALL", STEP_CALL, kv_source=kv_source, order_args=order_args,
+        return fill("STEP_CALL", STEP_CALL, kv_source=kv_source, order_args=order_args, table_args=tables.step_args,
                     routed_arg=routed.call_arg(masked), masked=str(masked)).split("\n")
 
     # the kernel's parameters, a line each: tensors (then Lse), the layout (then its row order), scalars,
@@ -250,20 +253,21 @@ def forward_source(spec: KernelSpec, summary: str = "", backward_doc: str = "") 
     io = memory.params([Q, K, V, OUT])
     layout = iteration.params(ROWS) + routed.params()
     params = (io[:-1] + [io[-1] + LSE] + layout[:-1] + [layout[-1] + ROW_ORDER] + [SCALARS] + order.params()
-              + CONSTEXPRS)
+              + tables.params() + CONSTEXPRS)
     description = textwrap.fill(
         f"tiles: BLOCK_M={spec.block_m} x BLOCK_N={spec.block_n}, head_dim {spec.head_dim}, {spec.num_warps} warps, "
         f"pipeline depth {spec.num_stages}; key tiles {iteration.doc(ROWS)}; memory through {memory.doc}; "
-        f"{order.doc}.{backward_doc}".replace("\n    ", " "), width=96)
+        f"{order.doc}{tables.doc}.{backward_doc}".replace("\n    ", " "), width=96)
     header = fill("HEADER", HEADER, passes="forward and backward" if backward_doc else "forward",
                   pattern=textwrap.indent(spec.pattern_text, "    "), description=description, summary=summary,
                   version=__version__, generator=str(GENERATOR_VERSION), imports=list(memory.imports),
                   block_m=str(spec.block_m), block_n=str(spec.block_n), head_dim=str(spec.head_dim),
                   num_warps=str(spec.num_warps), num_stages=str(spec.num_stages), constants=order.constants())
-    predicate = fill("PREDICATE", PREDICATE, routed_param=routed.predicate_param,
+    predicate = fill("PREDICATE", PREDICATE, routed_param=routed.predicate_param, table_param=tables.predicate_param,
                      predicate=predicate_lines(spec.predicate))
     step_fn = fill("STEP", STEP, kv_source=kv_source, order_params=signature(order.params()),
                    routed_params=routed.step_params(), routed_arg=routed.predicate_param,
+                   table_params=tables.step_params(), table_arg=tables.predicate_param,
                    kv_tokens=order.tokens(KEY_TILE),
                    load_kv=memory.shift([K, V], KEY_TILE, order) + memory.load([K, V], KEY_TILE, order))
     kernel = fill("KERNEL", KERNEL, params=signature(params), iteration_doc=iteration.doc(ROWS), program=ROW_PROGRAM,
@@ -272,8 +276,9 @@ def forward_source(spec: KernelSpec, summary: str = "", backward_doc: str = "") 
                           + memory.rows([Q, K, V]) + memory.load([Q], QUERY_TILE, order)),
                   loops=iteration.loops(ROWS, routed, step),
                   store_out=memory.tile_pointers(OUT, QUERY_TILE) + memory.store(OUT, QUERY_TILE, order, "out"))
-    launch = fill("LAUNCH", LAUNCH, layout_doc=iteration.layout_doc(ROWS), checks=SHAPE_CHECKS,
+    launch = fill("LAUNCH", LAUNCH, layout_doc=iteration.layout_doc(ROWS) + tables.layout_doc, checks=SHAPE_CHECKS,
                   contiguous=memory.contiguous([Q, K, V]),
                   descriptors=memory.descriptors([Q, K, V, OUT], order), layout_tables=iteration.prepare(ROWS),
-                  args=keywords(params, 8))
-    return header + (FLOOR_HELPERS if spec.predicate.uses_floor else "") + predicate + step_fn + kernel + launch
+                  predicate_tables=tables.prepare(), args=keywords(params, 8))
+    helpers = (FLOOR_HELPERS if spec.predicate.uses_floor else "") + tables.helper
+    return header + helpers + predicate + step_fn + kernel + launch

@@ -15,10 +15,12 @@ from ..errors import PatternError
 from ..ir.expr import Interval, Sym, Term, evaluate, to_text
 from ..ir.nodes import Difference, Intersect, Node, Union
 from ..primitives import Context, Primitive
+from ..primitives.tables import AS_ARGUMENT, table_primitives
+from .tables import table_calls
 
 NAMES = {"q": "q_idx", "k": "kv_idx", "h": "off_h", "M": "Q_LEN", "N": "KV_LEN"}
 FUNCTIONS = {"min": "tl.minimum", "max": "tl.maximum", "where": "tl.where", "abs": "tl.abs",
-             "floor_div": "floor_div", "floor_mod": "floor_mod"}
+             "floor_div": "floor_div", "floor_mod": "floor_mod", "table_bit": "table_bit"}
 # index ranges the kernel can meet (int32 offsets), to decide where floor helpers are needed
 _RANGES = {"q": (0, 2**31 - 1), "k": (0, 2**31 - 1), "h": (0, 2**16), "M": (1, 2**31 - 1), "N": (1, 2**31 - 1)}
 
@@ -55,6 +57,7 @@ class Predicate:
     shaped: bool
     uses_floor: bool
     routed: bool  # reads the tile's run-time choice `selected`
+    tables: int = 0  # table arguments it reads (`table_bit`), see codegen/tables.py
 
 
 def _may_be_negative(term: Term) -> bool:
@@ -88,9 +91,10 @@ def trace(sections, grid) -> Predicate:
     """The predicate of `sections` (a pattern's, with parameters substituted) on `grid`:
     one binding per primitive, sections for different heads selected with `h`. A routed
     primitive is the tile's `selected` flag: its blocks are whole tiles, chosen or not at run
-    time."""
+    time. A rule that looks up a table reads the kernel's table argument of its primitive."""
     bindings: list[Binding] = []
     uses_floor, count = False, 0
+    slots = table_primitives([s.expr for s in sections])
 
     def combine(node: Node, ctx: Context) -> Term:
         nonlocal uses_floor, count
@@ -115,14 +119,15 @@ def trace(sections, grid) -> Predicate:
         term = value.term if isinstance(value, Sym) else Term.const(bool(value))
         if term.is_const:
             return term
+        term = table_calls(term)
         term, used = _floorize(term)
         uses_floor |= used
         name, count = f"vis_{count}", count + 1
         bindings.append(Binding(name, term, f"{node}{where}"))
         return Term.var(name)
 
-    results = [(s, combine(s.expr, Context(Sym("M"), Sym("N"), Sym("h"), grid, {"causal": False})))
-               for s in sections]
+    traced = {"causal": False, AS_ARGUMENT: slots}
+    results = [(s, combine(s.expr, Context(Sym("M"), Sym("N"), Sym("h"), grid, traced))) for s in sections]
     result = results[-1][1]
     for s, r in reversed(results[:-1]):
         result = Term("where", (Term("<=", (Term.var("h"), Term.const(s.hi))), r, result))
@@ -131,7 +136,7 @@ def trace(sections, grid) -> Predicate:
         result = (_NOWHERE if result == Term.const(False) else _SHAPE if result.is_const
                   else Term("&", (_SHAPE, result)))
     routed = any(b.name == "routed" for b in bindings)
-    return Predicate(tuple(bindings), result, shaped, uses_floor, routed)
+    return Predicate(tuple(bindings), result, shaped, uses_floor, routed, len(slots))
 
 
 def term_source(term: Term) -> str:

@@ -236,12 +236,13 @@ class Pattern:
         return delegate("layout")(self, M, M if N is None else N, heads, block_m, block_n, q=q, k=k,
                                    device=device, order=order)
 
-    def predicate_terms(self, M: int, N: int, heads: int | None = None) -> list[tuple[Section, Term | None]]:
+    def predicate_terms(self, M: int, N: int, heads: int | None = None, data=None) -> list[tuple[Section, Term | None]]:
         """Per section, the rule traced into one `Term` over q, k, h, M, N (None where a
-        primitive reads run-time tables and can't be traced)."""
+        primitive reads run-time tables and can't be traced; `data` may let it: see
+        `primitives.tables.AS_ARGUMENT`)."""
         out = []
         for s in self.sections(heads):
-            ctx = self.context(s, Sym("M"), Sym("N"), Sym("h"), lengths=(M, N))
+            ctx = self.context(s, Sym("M"), Sym("N"), Sym("h"), data, lengths=(M, N))
             try:
                 value = s.expr.visible(ctx, Sym("q"), Sym("k"))
             except NotImplementedError:

@@ -221,6 +221,17 @@ class Layout:
         self._runs_cache[max_runs] = tuple(result)
         return self._runs_cache[max_runs]
 
+    def block_tables(self) -> tuple:
+        """The tables of bits a kernel's predicate reads for primitives whose rule looks up a
+        table (`random`): int32 `[H, rows, words]` each, on the layout's device, built on first
+        use (see `patternc.primitives.tables.kernel_tables`); () for arithmetic rules."""
+        if "tables" not in self._runs_cache:
+            from ..primitives.tables import kernel_tables
+
+            self._runs_cache["tables"] = kernel_tables(self.pattern, self.M, self.N, self.heads,
+                                                       self.kv_num_blocks.device)
+        return self._runs_cache["tables"]
+
     def summary(self) -> dict:
         c = self.counts
         visited = c["full"] + c["partial"]

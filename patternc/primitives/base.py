@@ -230,6 +230,12 @@ class Primitive(Node):
         """Why this primitive's kernel can't be written out as a standalone module (None: it can)."""
         return None
 
+    def table(self, p, ctx: Context):
+        """For a static rule that looks up a table (`per_head_tables`, `tables.lookup`): the function
+        `head -> bool ndarray [rows, cols]` it looks up, at ctx's int lengths (in blocks under
+        `block=`). Kernels receive it as a tensor argument (`tables.kernel_tables`)."""
+        return None
+
     def routed_variants(self) -> tuple[Node, Node]:
         """A routed primitive's two static stand-ins: (every key: the block was chosen, no key)."""
         raise self.missing_hook("routed_variants", "the routed runtime")

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..ir.expr import Term
 from .base import Primitive, param
-from .tables import lookup
+from .tables import lookup, table_slot
 
 
 @lru_cache(maxsize=256)
@@ -46,9 +46,6 @@ class Random(Primitive):
         self.positive(p, "count")
         self.positive(p, "seed", allow_zero=True)
 
-    def standalone_error(self):
-        return "random() can't be compiled into a kernel yet: its block tables are not emitted into generated code"
-
     @classmethod
     def strategy(cls, grid=None):
         from hypothesis import strategies as st  # a test dependency only
@@ -63,10 +60,15 @@ class Random(Primitive):
         return texts()
 
     def rule(self, p, ctx, q, k):
-        if not isinstance(ctx.M, (int, np.integer)):
-            raise NotImplementedError("random() block tables are not emitted into kernels yet")
-        n_q, n_k = int(ctx.M), int(ctx.N)
-        return lookup(lambda head: random_table(int(p.count), int(p.seed), head, n_q, n_k), ctx.h, q, k)
+        return lookup(self.table(p, ctx), ctx.h, q, k, slot=table_slot(self, ctx))
+
+    def table(self, p, ctx):
+        # lazy: a kernel's traced predicate has no lengths yet, and reads the table as an argument
+        return lambda head: random_table(int(p.count), int(p.seed), head, int(ctx.M), int(ctx.N))
+
+    def count_atoms(self, p, b, atoms):
+        # in expectation: a key block is one of the row's draws with probability count / (N / b)
+        return atoms.one(atoms.sample((b, p.seed), p.count * b, b))
 
     def count_alone(self, p, atoms):
         b = p.block or 1

@@ -22,6 +22,7 @@ from ..ir.pattern import Pattern, under_causal
 from ..layout import FULL, PARTIAL
 from ..layout.routed import routed_node, static_variants
 from ..primitives import Primitive
+from ..primitives.tables import kernel_tables
 
 SELECTED_BIT = 1 << 30
 
@@ -48,6 +49,7 @@ class RoutedPlan:
     block_ptr: object  # [Hp, Mt, nK+1]
     cand_kt: object  # [Hp, P]
     cand_cls: object
+    tables: tuple = ()  # the predicate's tables of bits (static primitives that look one up: random)
 
     def layout(self, q, k) -> RoutedLayout:
         """Select on the device (q `[B, H, M, D]`, k `[B, Hkv, N, D]`) and build the index tables."""
@@ -96,7 +98,7 @@ class RoutedPlan:
             select_blocks[(n_q, B * (H // unit))](means(q, n_q), kbar, choice, picked, *plan, H, n_q, n_k, Mt, b,
                                                   *after, D_CHUNK=max(16, min(D, 4096 // nkp)), NKP=nkp, **options)
             return RoutedLayout(counts[1], tables[1], counts[0], tables[0], self.row_order, key_tiles, b, B,
-                                block_choice=choice.view(torch.bool))
+                                block_choice=choice.view(torch.bool), tables=self.tables)
         nkp = max(32, pow2(n_k))
         words = torch.empty(B * H, M, nkp // 32, dtype=torch.int32, device=device)
         state = torch.empty(B * H, Mt, n_k, dtype=torch.uint8, device=device)
@@ -106,7 +108,7 @@ class RoutedPlan:
                                              SUB_M=min(self.block_m, max(16, 2048 // nkp)), NKP=nkp,
                                              WORDS_PER_ROW=nkp // 32, **options)
         return RoutedLayout(counts[1], tables[1], counts[0], tables[0], self.row_order, key_tiles, b, B,
-                            choice_words=words, key_blocks=n_k)
+                            choice_words=words, key_blocks=n_k, tables=self.tables)
 
 
 @lru_cache(maxsize=64)
@@ -151,7 +153,7 @@ def routed_plan(pattern: Pattern, M: int, N: int, heads: int, block_m: int, bloc
 
     return RoutedPlan(node, under_causal(pattern.expr), block_m, block_n, max(width, 1), a.row_order.to(device),
                       stack(0, np.int32), stack(1, np.int32), stack(2, np.int8), stack(3, np.int32),
-                      stack(4, np.int32), stack(5, np.int8))
+                      stack(4, np.int32), stack(5, np.int8), kernel_tables(pattern, M, N, heads, device))
 
 
 def select(q, k, pattern: Pattern):
@@ -183,6 +185,10 @@ class RoutedLayout:
     block_choice: object = None  # bool [B, H, nQ, nK] (query=block)
     choice_words: object = None  # int32 [B*H, M, words] (query=token)
     key_blocks: int = 0
+    tables: tuple = ()  # the predicate's tables of bits, as `Layout.block_tables()`
+
+    def block_tables(self) -> tuple:
+        return self.tables
 
     # the transposed tables the backward's dK/dV kernel reads, built from these on first use
     q_num_blocks = property(lambda self: self._transposed["q_num_blocks"])
