@@ -3,8 +3,9 @@
 Every textual primitive has a file `tests/test_primitive_<name>.py` (test_masks checks it). The
 file defines `case`: a function returning a hypothesis strategy of `(text, reference)`, where
 `reference(M, N, H) -> bool [H, M, N]` is plain numpy written from DESIGN.md's language table,
-never from patternc's code, for any lengths M, N; or `case = None` with a comment saying why
-(routed, grid-only or random rules) and that primitive's own comparisons as tests. The generic
+never from patternc's code, for any lengths M, N, on the query positions `p = q + N - M`
+(`positions`); or `case = None` with a comment saying why (routed, grid-only or random rules)
+and that primitive's own comparisons as tests. The generic
 tests of test_masks.py (definition, `block=`, combinators, head sections) run over every `case`.
 """
 from __future__ import annotations
@@ -31,6 +32,13 @@ def idx(M, N):
     return np.arange(M)[:, None], np.arange(N)[None, :]
 
 
+def positions(M, N):
+    """(p, k): the query positions `p = q + N - M` (queries are the last M of the N positions,
+    DESIGN.md's language section) as a column, the keys as a row."""
+    q, k = idx(M, N)
+    return q + N - M, k
+
+
 def per_head(f, H):
     """[H, M, N] from a function of the head index."""
     return np.stack([f(h) for h in range(H)])
@@ -41,11 +49,14 @@ def cdiv(a, b):
 
 
 def on_blocks(ref, b):
-    """A reference applied to block indices: `ref` over ceil(M/b) x ceil(N/b) blocks, expanded."""
+    """A reference applied to blocks of positions: query position p in block `p // b`, key k in
+    `k // b`. `ref` runs over the block positions the queries occupy (the last of the ceil(N/b)
+    key blocks, from the first query's `(N - M) // b`), and is expanded to tokens."""
     def go(M, N, H):
-        blocks = ref(cdiv(M, b), cdiv(N, b), H)
-        q, k = idx(M, N)
-        return blocks[:, q // b, k // b]
+        first, n_k = (N - M) // b, cdiv(N, b)
+        blocks = ref(n_k - first, n_k, H)  # its rows: block positions first..n_k-1
+        p, k = positions(M, N)
+        return blocks[:, p // b - first, k // b]
     return go
 
 

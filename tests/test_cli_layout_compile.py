@@ -230,7 +230,7 @@ COMPILES = [
 ]
 EXTRA = """\
 pattern ragged(heads = 2):              # M != N, tiles cut by the lengths, rows that see nothing
-    causal & (window(20) | sink(3)) - global(2..4)
+    causal & (window(20) | sink(3)) - global(34..36)
 pattern bigbird(heads = 2):             # random's tables of bits travel in the module
     window(3, block=16) | global(0..1, block=16) | random(3, block=16)
 """

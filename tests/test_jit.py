@@ -25,31 +25,36 @@ def same_masks(a: Pattern, b: Pattern, M: int, N: int, heads: int):
 
 # --------------------------------------------------------------------------- recognition
 
+# Predicates read raw rows q in 0..M-1 (FlexAttention's convention); primitives read positions
+# p = q + N - M. Predicates written on p map onto primitives for every M, N; raw ones only where
+# they mean the same whatever N - M is (sinks, columns), or as windows whose sides use N - M.
 RECOGNISED = [
-    (lambda q, k, h: (q >= k) & (q - k < 1024), "window(1023, 0)"),
-    (lambda q, k, h: q >= k, "window(M - 1, 0)"),  # top-left: equals causal only when M == N
+    (lambda q, k, h, M, N: (k <= q + N - M) & (q + N - M - k < 1024), "causal & window(1024)"),
     (lambda q, k, h, M, N: k <= q + N - M, "causal"),
-    (lambda q, k, h, M, N: (k <= q + N - M) & (q - k < 64), "causal & window(63, N - 1)"),
+    (lambda q, k, h, M, N: (k <= q + N - M) & (q - k < 64), "causal & window(N - M + 64)"),  # raw q - k < 64
+    (lambda q, k, h: q - k < 1024, "window(N - M + 1023, M - 1)"),  # valid while M <= N + 1023
     (lambda q, k, h: k < 4, "sink(4)"),
     (lambda q, k, h: 7 >= k, "sink(8)"),
-    (lambda q, k, h: q // 64 == k // 64, "blocked(64)"),
-    (lambda q, k, h: (q - k) % 8 == 0, "strided(8)"),
-    (lambda q, k, h: q % 8 == k % 8, "strided(8)"),
+    (lambda q, k, h, M, N: (q + N - M) // 64 == k // 64, "blocked(64)"),
+    (lambda q, k, h, M, N: (q + N - M - k) % 8 == 0, "strided(8)"),
+    (lambda q, k, h, M, N: (q + N - M) % 8 == k % 8, "strided(8)"),
     (lambda q, k, h: k % 16 == 15, "columns(16)"),
     (lambda q, k, h: k % 16 == h % 16, "columns(16, phase=h % 16)"),
-    (lambda q, k, h: abs(q - k) <= 3, "window(4)"),
-    (lambda q, k, h: (q - k <= 5) & (k - q <= 2), "window(5, 2)"),
-    (lambda q, k, h: (q >= k) & ((q - k) % 4 == 0) & (q - k <= 4 * 1023), "window(1023, 0, dilation=4)"),
-    (lambda q, k, h: (q // 4 - k // 4 <= 2) & (q // 4 >= k // 4), "window(2, 0, block=4)"),
-    (lambda q, k, h: (q // 64 - k // 64) % 16 == 0, "strided(16, block=64)"),
+    (lambda q, k, h, M, N: abs(q + N - M - k) <= 3, "window(4)"),
+    (lambda q, k, h, M, N: (q + N - M - k <= 5) & (k - (q + N - M) <= 2), "window(5, 2)"),
+    (lambda q, k, h, M, N: (k <= q + N - M) & ((q + N - M - k) % 4 == 0) & (q + N - M - k <= 4 * 1023),
+     "causal & window(1024, dilation=4)"),
+    (lambda q, k, h, M, N: ((q + N - M) // 4 - k // 4 <= 2) & ((q + N - M) // 4 >= k // 4),
+     "causal(block=4) & window(3, block=4)"),
+    (lambda q, k, h, M, N: ((q + N - M) // 64 - k // 64) % 16 == 0, "strided(16, block=64)"),
     (lambda q, k, h: k // 64 % 16 == h % 16, "columns(16, phase=h % 16, block=64)"),
-    (lambda q, k, h: (q >= k) & (k % 3 != 1), "window(M - 1, 0) - columns(3, phase=1)"),
-    (lambda q, k, h: (q >= k) & ~(k < 4), "window(M - 1, 0) - sink(4)"),
-    (lambda q, k, h: (q >= k) & (k >= 4), "window(M - 1, 0) - sink(4)"),
-    (lambda q, k, h: q != k, "full - window(1)"),
-    (lambda q, k, h: (q >= k) & ((q - k < 256) | ((q - k) % 256 == 0)),
-     "window(M - 1, 0) & (window(255, N - 1) | strided(256))"),
-    (lambda q, k, h: (k < 4) | (q // 8 == k // 8), "sink(4) | blocked(8)"),
+    (lambda q, k, h, M, N: (k <= q + N - M) & (k % 3 != 1), "causal - columns(3, phase=1)"),
+    (lambda q, k, h, M, N: (k <= q + N - M) & ~(k < 4), "causal - sink(4)"),
+    (lambda q, k, h, M, N: (k <= q + N - M) & (k >= 4), "causal - sink(4)"),
+    (lambda q, k, h, M, N: q + N - M != k, "full - window(1)"),
+    (lambda q, k, h, M, N: (k <= q + N - M) & ((q + N - M - k < 256) | ((q + N - M - k) % 256 == 0)),
+     "causal & (window(255, M - 1) | strided(256))"),
+    (lambda q, k, h, M, N: (k < 4) | ((q + N - M) // 8 == k // 8), "sink(4) | blocked(8)"),
     (lambda q, k, h: True, "full"),
 ]
 
@@ -65,12 +70,25 @@ def test_pow2_rule_is_recognised_on_tokens_and_blocks():
     def rule(d):
         return (d == 0) | (d > 0) & ((d & (d - 1)) == 0)
 
-    assert str(patternc.jit(lambda q, k, h: rule(q - k)).pattern.body) == "pow2"
-    assert str(patternc.jit(lambda q, k, h: rule(q // 16 - k // 16)).pattern.body) == "pow2(block=16)"
+    assert str(patternc.jit(lambda q, k, h, M, N: rule(q + N - M - k)).pattern.body) == "pow2"
+    assert str(patternc.jit(lambda q, k, h, M, N: rule((q + N - M) // 16 - k // 16)).pattern.body) == "pow2(block=16)"
+    raw = patternc.jit(lambda q, k, h: rule(q - k))  # raw rows: distances from the row, not the position
+    assert not any(n.name == "pow2" for n in raw.primitives())
 
 
 UNRECOGNISED = [
     lambda q, k, h: q - k > 4,  # a window can't exclude the diagonal from both sides
+    # raw rows, FlexAttention's top-left convention: keys up to the row, not the position, so
+    # for M < N a window ending before the query (and for M > N, one past it)
+    lambda q, k, h: q >= k,
+    lambda q, k, h: (q >= k) & (q - k < 1024),
+    lambda q, k, h: abs(q - k) <= 3,
+    lambda q, k, h: q != k,
+    lambda q, k, h: (q >= k) & ~(k < 4),
+    # block boundaries and residues that move with N - M
+    lambda q, k, h: q // 64 == k // 64,
+    lambda q, k, h: (q - k) % 8 == 0,
+    lambda q, k, h: q % 8 == k % 8,
     lambda q, k, h: where(h == 0, q >= k, k < 8),
     lambda q, k, h: (q * k) % 7 == 3,
     lambda q, k, h: (q - k) % 4 == 1,
@@ -91,11 +109,15 @@ def test_the_rest_stays_a_predicate_with_the_same_mask(fn):
 
 
 def test_partial_recognition_keeps_the_recognisable_part():
-    fn = lambda q, k, h: (q >= k) & (q - k < 64) & ((q * k) % 3 == 0)  # noqa: E731
+    fn = lambda q, k, h, M, N: (k <= q + N - M) & (q + N - M - k < 64) & ((q * k) % 3 == 0)  # noqa: E731
     p = patternc.jit(fn)
     names = sorted(n.name for n in p.primitives())
-    assert names == ["predicate", "window"]
-    whole = Pattern(Predicate(fn(Sym("q"), Sym("k"), Sym("h")).term))
+    assert names == ["causal", "predicate", "window"]
+    assert "predicate(lambda q, k, h: q * k % 3 == 0)" in str(p.pattern.body)  # raw rows again
+    # a raw bound that no window states on every shape stays in the predicate, the rest is kept
+    assert str(patternc.jit(lambda q, k, h: (q >= k) & (k % 3 != 1)).pattern.body) == \
+        "predicate(lambda q, k, h: q >= k) - columns(3, phase=1)"
+    whole = Pattern(Predicate(fn(Sym("q"), Sym("k"), Sym("h"), Sym("M"), Sym("N")).term))
     for M, N in ((70, 70), (3, 80), (80, 3)):
         same_masks(p.pattern, whole, M, N, 1)
 
@@ -166,27 +188,33 @@ def test_trace_keeps_the_predicate_when_a_family_would_reject_a_shape():
 # --------------------------------------------------------------------------- traced vs written
 
 
+def at(p):
+    """A predicate on query positions as jit takes it: `p(position, k, h)` -> `f(q, k, h, M, N)`."""
+    return lambda q, k, h, M, N: p(q + N - M, k, h)
+
+
 @st.composite
 def equivalent_pairs(draw):
-    """(predicate, pattern text, heads, self_only): the same pattern written both ways."""
+    """(predicate, pattern text, heads): the same pattern written both ways, the predicate on
+    positions (`at`), so that both agree for every M, N."""
     w, n, b, s, r = (draw(st.integers(1, 12)), draw(st.integers(1, 6)), draw(st.integers(1, 6)),
                      draw(st.integers(1, 6)), draw(st.integers(1, 4)))
-    p = draw(st.integers(0, s - 1))
+    c = draw(st.integers(0, s - 1))
     cases = [
-        (lambda q, k, h: (q >= k) & (q - k < w), f"causal & window({w})", 1, True),
-        (lambda q, k, h: abs(q - k) < w, f"window({w})", 1, False),
-        (lambda q, k, h: k < n, f"sink({n})", 1, False),
-        (lambda q, k, h: q // b == k // b, f"blocked({b})", 1, False),
-        (lambda q, k, h: (q - k) % s == 0, f"strided({s})", 1, False),
-        (lambda q, k, h: k % s == p, f"columns({s}, phase={p})", 1, False),
-        (lambda q, k, h: (q >= k) & ((q - k) % r == 0) & (q - k <= (w - 1) * r),
-         f"causal & window({w}, dilation={r})", 1, True),
-        (lambda q, k, h: (q >= k) & ((q - k < w) | (k < n)), f"causal & (window({w}) | sink({n}))", 1, True),
-        (lambda q, k, h: (q >= k) & ((q - k < w) | (k // b % s == h % s)),
-         f"causal & (window({w}) | columns({s}, phase=h % {s}, block={b}))", 4, True),
-        (lambda q, k, h: (q // b >= k // b) & (q // b - k // b < w),
-         f"causal(block={b}) & window({w}, block={b})", 1, True),
-        (lambda q, k, h: (q >= k) & ~(q // b == k // b), f"causal - blocked({b})", 1, True),
+        (at(lambda p, k, h: (p >= k) & (p - k < w)), f"causal & window({w})", 1),
+        (at(lambda p, k, h: abs(p - k) < w), f"window({w})", 1),
+        (at(lambda p, k, h: k < n), f"sink({n})", 1),
+        (at(lambda p, k, h: p // b == k // b), f"blocked({b})", 1),
+        (at(lambda p, k, h: (p - k) % s == 0), f"strided({s})", 1),
+        (at(lambda p, k, h: k % s == c), f"columns({s}, phase={c})", 1),
+        (at(lambda p, k, h: (p >= k) & ((p - k) % r == 0) & (p - k <= (w - 1) * r)),
+         f"causal & window({w}, dilation={r})", 1),
+        (at(lambda p, k, h: (p >= k) & ((p - k < w) | (k < n))), f"causal & (window({w}) | sink({n}))", 1),
+        (at(lambda p, k, h: (p >= k) & ((p - k < w) | (k // b % s == h % s))),
+         f"causal & (window({w}) | columns({s}, phase=h % {s}, block={b}))", 4),
+        (at(lambda p, k, h: (p // b >= k // b) & (p // b - k // b < w)),
+         f"causal(block={b}) & window({w}, block={b})", 1),
+        (at(lambda p, k, h: (p >= k) & ~(p // b == k // b)), f"causal - blocked({b})", 1),
     ]
     return draw(st.sampled_from(cases))
 
@@ -194,10 +222,10 @@ def equivalent_pairs(draw):
 @settings(max_examples=examples(120))
 @given(case=equivalent_pairs(), M=st.integers(1, 40), N=st.integers(1, 40))
 def test_traced_predicate_and_pattern_text_agree(case, M, N):
-    fn, text, heads, self_only = case
-    if self_only:  # `q >= k` is top-left aligned, `causal` bottom-right: the same only when M == N
-        N = M
-    same_masks(patternc.jit(fn).pattern, patternc.compile(text), M, N, heads)
+    fn, text, heads = case
+    traced = patternc.jit(fn).pattern
+    assert not any(isinstance(n, Predicate) for n in traced.primitives()), f"{text}: {traced.body}"
+    same_masks(traced, patternc.compile(text), M, N, heads)
 
 
 @settings(max_examples=examples(40))
@@ -213,8 +241,9 @@ def test_traced_predicate_is_its_python_meaning_for_any_lengths(w, M, N):
 
 def test_decorator_forms_and_pattern_api():
     @patternc.jit
-    def swa(q, k, h):
-        return (q >= k) & (q - k < 4)
+    def swa(q, k, h, M, N):
+        p = q + N - M  # the query's position: queries are the last M of the N positions
+        return (k <= p) & (p - k < 4)
 
     @patternc.jit(heads=4)
     def per_head(q, k, h):
@@ -223,7 +252,7 @@ def test_decorator_forms_and_pattern_api():
     assert isinstance(swa, JitPattern) and isinstance(swa.pattern, Pattern)
     assert swa.__name__ == "swa" and swa.pattern.name == "swa"
     assert torch.equal(swa.mask(8), patternc.compile("causal & window(4)").mask(8))
-    assert str(swa) == str(swa.pattern) and "window(3, 0)" in str(swa)
+    assert str(swa) == str(swa.pattern) and "causal & window(4)" in str(swa)
     assert per_head.default_heads == 4 and per_head.mask(8).shape == (4, 8, 8)
     assert len(per_head.sections()) == 1
     combined = swa | patternc.compile("sink(2)")

@@ -13,7 +13,8 @@ import pytest
 from conftest import examples
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from reference import idx, leaf_case, mask_of, on_blocks, per_head, primitive_tests, references, same, with_block
+from reference import (idx, leaf_case, mask_of, on_blocks, per_head, positions, primitive_tests, references, same,
+                       with_block)
 
 import patternc
 from patternc.primitives import REGISTRY
@@ -67,22 +68,25 @@ def test_block_examples_by_hand():
     m = mask_of("columns(4, phase=h % 4, block=3)", 30, 30, 5)
     for h in range(5):
         assert m[h, 7].tolist() == [(k // 3) % 4 == h % 4 for k in range(30)]
-    # causal on blocks with M != N: bottom-right in block space (lengths ceil(M/b), ceil(N/b))
+    # causal on blocks of positions with M != N: queries at positions 8..12 are in blocks 2, 2, 2, 2, 3
     m = mask_of("causal(block=4)", 5, 13)[0]
     assert m.sum(1).tolist() == [12, 12, 12, 12, 13]
+    # ... and where 4 doesn't divide N - M: positions 7..9 are in blocks 1, 2, 2 (not one block)
+    m = mask_of("causal(block=4)", 3, 10)[0]
+    assert m.sum(1).tolist() == [8, 10, 10]
 
 
 @settings(max_examples=examples(100))
 @given(M=st.integers(4, MAXLEN), N=st.integers(4, MAXLEN), s=st.integers(1, 12), H=st.integers(1, 5))
 def test_symbolic_parameters(M, N, s, H):
-    q, k = idx(M, N)
-    same(mask_of("window(N // 4 + 1)", M, N), abs(q - k) <= N // 4, "window(N // 4 + 1)")
+    p, k = positions(M, N)
+    same(mask_of("window(N // 4 + 1)", M, N), abs(p - k) <= N // 4, "window(N // 4 + 1)")
     same(mask_of("sink(M // 2)", M, N), k < M // 2, "sink(M // 2)")
-    same(mask_of("blocked(N // 3 + 1)", M, N), q // (N // 3 + 1) == k // (N // 3 + 1), "blocked(N // 3 + 1)")
-    same(mask_of("window(1 + h, 0)", M, N, H), per_head(lambda h: (q - k >= 0) & (q - k <= 1 + h), H),
+    same(mask_of("blocked(N // 3 + 1)", M, N), p // (N // 3 + 1) == k // (N // 3 + 1), "blocked(N // 3 + 1)")
+    same(mask_of("window(1 + h, 0)", M, N, H), per_head(lambda h: (p - k >= 0) & (p - k <= 1 + h), H),
          "window(1 + h, 0)")
     same(mask_of(f"columns({s}, phase=h % {s})", M, N, H), per_head(lambda h: k % s == h % s, H), "columns h")
-    same(mask_of("global(0, N - 1)", M, N), np.isin(q, [0, N - 1]) | np.isin(k, [0, N - 1]), "global(0, N - 1)")
+    same(mask_of("global(0, N - 1)", M, N), np.isin(p, [0, N - 1]) | np.isin(k, [0, N - 1]), "global(0, N - 1)")
 
 
 # --------------------------------------------------------------------------- composition

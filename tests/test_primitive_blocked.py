@@ -1,9 +1,10 @@
-"""`blocked(b)`: `q // b == k // b` (DESIGN.md's language table), restated in numpy."""
+"""`blocked(b)`: `p // b == k // b` on query positions `p = q + N - M` (DESIGN.md's language table),
+restated in numpy."""
 from __future__ import annotations
 
 import numpy as np
 from hypothesis import strategies as st
-from reference import idx
+from reference import positions
 
 
 @st.composite
@@ -11,6 +12,6 @@ def case(draw):
     b = draw(st.integers(1, 40))
 
     def ref(M, N, H):
-        q, k = idx(M, N)
-        return np.broadcast_to(q // b == k // b, (H, M, N))
+        p, k = positions(M, N)
+        return np.broadcast_to(p // b == k // b, (H, M, N))
     return f"blocked({b})", ref

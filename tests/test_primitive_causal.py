@@ -1,15 +1,16 @@
-"""`causal`: `k <= q + N - M`, bottom-right aligned (DESIGN.md's language table), restated in numpy."""
+"""`causal`: `k <= p`, the query's position `p = q + N - M`: bottom-right aligned (DESIGN.md's
+language table), restated in numpy."""
 from __future__ import annotations
 
 import numpy as np
 from hypothesis import strategies as st
-from reference import idx, mask_of
+from reference import mask_of, positions
 
 
 def case():
     def ref(M, N, H):
-        q, k = idx(M, N)
-        return np.broadcast_to(k <= q + N - M, (H, M, N))  # bottom-right aligned
+        p, k = positions(M, N)
+        return np.broadcast_to(k <= p, (H, M, N))
     return st.just(("causal", ref))
 
 

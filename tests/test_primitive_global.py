@@ -1,10 +1,10 @@
-"""`global(i, j, a..b, ...)`: a listed query sees every key, every query sees the listed keys
-(DESIGN.md's language table), restated in numpy."""
+"""`global(i, j, a..b, ...)`: a query at a listed position sees every key, every query sees the
+listed keys (DESIGN.md's language table; query positions `p = q + N - M`), restated in numpy."""
 from __future__ import annotations
 
 import numpy as np
 from hypothesis import strategies as st
-from reference import idx
+from reference import positions
 
 
 @st.composite
@@ -16,6 +16,6 @@ def case(draw):
     text = "global(" + ", ".join(f"{lo}..{hi}" if rng else str(lo) for lo, hi, rng in items) + ")"
 
     def ref(M, N, H):
-        q, k = idx(M, N)
-        return np.broadcast_to(np.isin(q, tokens) | np.isin(k, tokens), (H, M, N))
+        p, k = positions(M, N)
+        return np.broadcast_to(np.isin(p, tokens) | np.isin(k, tokens), (H, M, N))
     return text, ref

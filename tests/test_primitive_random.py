@@ -1,6 +1,6 @@
 """`random(r, block=b, seed=s)`: BigBird's random key blocks, checked against its contract:
-`min(r, key blocks)` whole key blocks per query block, deterministic in the seed, different
-across seeds and heads, and composing with `| & -` like any mask."""
+`min(r, key blocks)` whole key blocks per block of query positions, deterministic in the seed,
+different across seeds and heads, and composing with `| & -` like any mask."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,15 +29,25 @@ case = None
 def test_random_picks_count_distinct_key_blocks(M, N, b, count, seed, H):
     text = f"random({count}, block={b}, seed={seed})"
     m = mask_of(text, M, N, H)
-    nQ, nK = cdiv(M, b), cdiv(N, b)
+    nK = cdiv(N, b)
+    pos = np.arange(M) + N - M  # query positions; blocks are blocks of positions
     for h in range(H):
-        for Q in range(nQ):
-            rows = m[h, Q * b:(Q + 1) * b]
+        for Q in np.unique(pos[pos >= 0] // b):
+            rows = m[h, pos // b == Q]
             assert (rows == rows[0]).all(), "every query of a block sees the same keys"
             blocks = [rows[0, K * b:(K + 1) * b] for K in range(nK)]
             assert all(x.all() or not x.any() for x in blocks), "key blocks are taken whole"
             assert sum(bool(x.all()) for x in blocks) == min(count, nK)
     same(mask_of(text, M, N, H), m, "deterministic")
+
+
+def test_random_is_keyed_by_positions():
+    # the last M queries over N keys see what the last M rows of N x N attention see (chunked
+    # prefill), whether or not the block divides N - M; positions before 0 (M > N) see nothing
+    for M, N, b in [(16, 64, 8), (13, 64, 8), (1, 50, 4)]:
+        text = f"random(2, block={b}, seed=3)"
+        same(mask_of(text, M, N, 2), mask_of(text, N, N, 2)[:, N - M:], text)
+    assert not mask_of("random(2, block=4)", 20, 8)[0, :12].any()
 
 
 def test_random_differs_across_seeds_and_heads():

@@ -1,20 +1,21 @@
 """`segments(w, dilation=r, offset=o)` (LongNet's dilated attention, DESIGN.md's language table):
-`q // w == k // w` and `(q % w) % r == o` and `(k % w) % r == o`, restated in numpy, with
-offsets that use the head index, lengths M != N, and LongNet's mixture of segment lengths."""
+`p // w == k // w` and `(p % w) % r == o` and `(k % w) % r == o` on query positions
+`p = q + N - M`, restated in numpy, with offsets that use the head index, lengths M != N, and
+LongNet's mixture of segment lengths."""
 from __future__ import annotations
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import idx, mask_of, per_head, same
+from reference import mask_of, per_head, positions, same
 
 import patternc
 from patternc.errors import PatternError
 
 
 def segments(M, N, H, w, r=1, offset=lambda h: 0):
-    q, k = idx(M, N)
-    return per_head(lambda h: (q // w == k // w) & ((q % w) % r == offset(h)) & ((k % w) % r == offset(h)), H)
+    p, k = positions(M, N)
+    return per_head(lambda h: (p // w == k // w) & ((p % w) % r == offset(h)) & ((k % w) % r == offset(h)), H)
 
 
 @st.composite
@@ -43,8 +44,8 @@ def test_picture():
 def test_longnet_mixture(M, N, H):
     text = ("causal & (segments(8) | segments(16, dilation=2, offset=h % 2) "
             "| segments(32, dilation=4, offset=h % 4))")
-    q, k = idx(M, N)
-    want = (k <= q + N - M) & (segments(M, N, H, 8) | segments(M, N, H, 16, 2, lambda h: h % 2)
+    p, k = positions(M, N)
+    want = (k <= p) & (segments(M, N, H, 8) | segments(M, N, H, 16, 2, lambda h: h % 2)
                                | segments(M, N, H, 32, 4, lambda h: h % 4))
     same(mask_of(text, M, N, H), want, text)
 

@@ -1,9 +1,10 @@
-"""`strided(s)`: `(q - k) % s == 0` (DESIGN.md's language table), restated in numpy."""
+"""`strided(s)`: `(p - k) % s == 0` on query positions `p = q + N - M` (DESIGN.md's language table),
+restated in numpy."""
 from __future__ import annotations
 
 import numpy as np
 from hypothesis import strategies as st
-from reference import idx
+from reference import positions
 
 
 @st.composite
@@ -11,6 +12,6 @@ def case(draw):
     s = draw(st.integers(1, 30))
 
     def ref(M, N, H):
-        q, k = idx(M, N)
-        return np.broadcast_to((q - k) % s == 0, (H, M, N))
+        p, k = positions(M, N)
+        return np.broadcast_to((p - k) % s == 0, (H, M, N))
     return f"strided({s})", ref

@@ -1,9 +1,10 @@
-"""`window(left, right, dilation=r)` and `window(w)` (DESIGN.md's language table), restated in numpy."""
+"""`window(left, right, dilation=r)` and `window(w)` on query positions `p = q + N - M` (DESIGN.md's
+language table), restated in numpy."""
 from __future__ import annotations
 
 import numpy as np
 from hypothesis import strategies as st
-from reference import idx, mask_of, same
+from reference import idx, mask_of, positions, same
 
 
 @st.composite
@@ -19,9 +20,9 @@ def case(draw):
         text = f"window({left}, {right}" + (f", dilation={r})" if r != 1 or draw(st.booleans()) else ")")
 
     def ref(M, N, H):
-        q, k = idx(M, N)
-        d = q - k
-        return np.broadcast_to((q - left * r <= k) & (k <= q + right * r) & (d % r == 0), (H, M, N))
+        p, k = positions(M, N)
+        d = p - k
+        return np.broadcast_to((p - left * r <= k) & (k <= p + right * r) & (d % r == 0), (H, M, N))
     return text, ref
 
 

@@ -107,11 +107,11 @@ def test_config_text_round_trips():
 
 
 def test_predicate_ops_counts_index_operations_once():
-    assert predicate_ops("return kv_idx <= q_idx + (KV_LEN - Q_LEN)") == 2  # + and <=; the scalar part is free
-    assert predicate_ops("vis_0 = (q_idx - kv_idx <= 7) & (q_idx - kv_idx >= -7)\nreturn vis_0") == 3  # shared q-k
+    assert predicate_ops("return kv_idx <= q_pos + (KV_LEN - Q_LEN)") == 2  # + and <=; the scalar part is free
+    assert predicate_ops("vis_0 = (q_pos - kv_idx <= 7) & (q_pos - kv_idx >= -7)\nreturn vis_0") == 3  # shared q-k
     assert predicate_ops("return kv_idx // 64 % 16 == off_h % 16") == 2 + 2 + 1  # //, % by 2^k; off_h % 16 free
-    assert predicate_ops("return floor_mod(q_idx - kv_idx, 3) == 0") == 1 + (2 * 5 + 1) + 1
-    assert predicate_ops("return (q_idx >= 0) & (kv_idx >= 0)") == 2
+    assert predicate_ops("return floor_mod(q_pos - kv_idx, 3) == 0") == 1 + (2 * 5 + 1) + 1
+    assert predicate_ops("return (q_pos >= 0) & (kv_idx >= 0)") == 2
 
 
 # --------------------------------------------------------------------------- schedule

@@ -162,6 +162,7 @@ def interpret(monkeypatch, tmp_path):
     ("causal & window(9)", 2, 1, 40, 40),
     ("causal & window(6, dilation=2)", 2, 2, 64, 64),  # residue order
     ("causal & (window(5) | sink(3))", 2, 2, 24, 56),  # M != N, ragged
+    ("causal & (window(5, dilation=2) | pow2(block=8)) | blocked(12)", 2, 1, 21, 50),  # blocks of positions
     ("causal & topk(2, block=16)", 2, 2, 64, 64),  # routed: the selection again, transposed on the device
 ])
 def test_generated_backward_through_the_op(interpret, text, H, Hkv, M, N):

@@ -14,8 +14,9 @@ a query interval, a key residue `k // b % m == ...`), the query axis is split by
 `q = P*Q + r` and into segments on which every max/min is one linear piece, and each segment
 is summed in closed form. That gives the total count S(N) as an exact polynomial for N >= N0
 (and N a multiple of the period P), cross-checked against the brute-force mask. Parameters may
-grow linearly with N (`window(M - 1, 0)`, what `@jit` makes of `q >= k`); a few primitives
-have closed forms only alone (`pow2`, `random`, `topk`, `causal & topk`, `neighborhood`).
+grow linearly with N (`window(N - M + 1023, M - 1)`, what `@jit` makes of `q - k < 1024`); a
+few primitives have closed forms only alone (`pow2`, `random`, `topk`, `causal & topk`,
+`neighborhood`).
 Everything else (pow2 inside a composition, `predicate`, parameters non-linear in N,
 multi-dimensional grids) is measured from the mask at several lengths and fitted, and says
 "numeric". Nothing here is approximate without saying so.

@@ -121,7 +121,8 @@ def dkdv_step(dk, dv, k, v, {q_source}, start_m,
     qkT = tl.dot(k, qT, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M], log2 domain
     if MASKED:
         # the predicate is elementwise: transposed indices give the transposed mask
-        keep = visible(q_idx[None, :], kv_idx[:, None], off_h, Q_LEN, KV_LEN{routed_arg}{table_arg})
+        q_pos = q_idx[None, :] + (KV_LEN - Q_LEN)  # the queries are the last Q_LEN positions
+        keep = visible(q_pos, kv_idx[:, None], off_h, Q_LEN, KV_LEN{routed_arg}{table_arg})
         qkT = tl.where(keep, qkT, float("-inf"))
     pT = tl.math.exp2(qkT - lse2[None, :])
     dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=INPUT_PRECISION)
@@ -180,7 +181,8 @@ def dq_step(dq, q, do, lse2, delta, {kv_source}, start_n,
     {load_kv}
     qk = tl.dot(q, kT, input_precision=INPUT_PRECISION) * qk_scale  # log2 domain
     if MASKED:
-        keep = visible(offs_m[:, None], kv_idx[None, :], off_h, Q_LEN, KV_LEN{routed_arg}{table_arg})
+        q_pos = offs_m[:, None] + (KV_LEN - Q_LEN)  # the queries are the last Q_LEN positions
+        keep = visible(q_pos, kv_idx[None, :], off_h, Q_LEN, KV_LEN{routed_arg}{table_arg})
         if not EVEN_N:
             keep = keep & (kv_idx[None, :] < KV_LEN)
         qk = tl.where(keep, qk, float("-inf"))

@@ -26,7 +26,7 @@ from .routed import MODES
 from .tables import Tables
 from .template import Arg, fill, keywords, signature
 
-GENERATOR_VERSION = 8  # bump when the generated code changes: it is part of every cache key
+GENERATOR_VERSION = 9  # bump when the generated code changes: it is part of every cache key
 
 
 @dataclass(frozen=True)
@@ -109,8 +109,9 @@ LN2 = tl.constexpr(0.6931471805599453)  # ln(2), back to a natural-log LSE (kern
 PREDICATE = '''
 
 @triton.jit
-def visible(q_idx, kv_idx, off_h, Q_LEN, KV_LEN{routed_param}{table_param}):
-    """The pattern's rule for a tile: q_idx [BLOCK_M, 1], kv_idx [1, BLOCK_N] -> bool."""
+def visible(q_pos, kv_idx, off_h, Q_LEN, KV_LEN{routed_param}{table_param}):
+    """The pattern's rule for a tile: q_pos [BLOCK_M, 1] (query positions: row + KV_LEN - Q_LEN,
+    the queries are the last Q_LEN keys), kv_idx [1, BLOCK_N] -> bool."""
     {predicate}
 '''
 
@@ -130,7 +131,8 @@ def online_softmax_step(acc, l_i, m_i, q, {kv_source}, start_n,
     {load_kv}
     qk = tl.dot(q, k, input_precision=INPUT_PRECISION)
     if MASKED:
-        keep = visible(offs_m[:, None], kv_idx[None, :], off_h, Q_LEN, KV_LEN{routed_arg}{table_arg})
+        q_pos = offs_m[:, None] + (KV_LEN - Q_LEN)  # the queries are the last Q_LEN positions
+        keep = visible(q_pos, kv_idx[None, :], off_h, Q_LEN, KV_LEN{routed_arg}{table_arg})
         if not EVEN_N:
             keep = keep & (kv_idx[None, :] < KV_LEN)
         qk = tl.where(keep, qk * qk_scale, float("-inf"))  # log2 domain: exp2 below

@@ -1,11 +1,13 @@
 """A pattern's rule as the kernel evaluates it: one binding per primitive, then their combination.
 
 `trace` turns each primitive's `visible()`, traced with symbolic indices (`Sym`), into a
-`Term`, and the `| & -` of the expression and the per-head sections into a `Term` over the
-bindings' names: a `Predicate`, which `predicate_lines` prints with Triton names and which the
-simulator weighs (`patternc.sim.ops`). Integer `//` and `%` whose dividend may be negative go
-through floor helpers, because Triton (like C) truncates toward zero while the pattern
-semantics floor (as Python and torch do).
+`Term` over the query's position `q_pos` (the kernel computes `q_idx + (KV_LEN - Q_LEN)` at the
+call and hands it to `visible()`: `q_offset=0`), and the `| & -` of the expression and the
+per-head sections into a `Term` over the bindings' names: a `Predicate`, which
+`predicate_lines` prints with Triton names and which the simulator weighs (`patternc.sim.ops`).
+Integer `//` and `%` whose dividend may be negative (positions are, where M > N) go through
+floor helpers, because Triton (like C) truncates toward zero while the pattern semantics floor
+(as Python and torch do).
 """
 from __future__ import annotations
 
@@ -18,11 +20,13 @@ from ..primitives import Context, Primitive
 from ..primitives.tables import AS_ARGUMENT, table_primitives
 from .tables import table_calls
 
-NAMES = {"q": "q_idx", "k": "kv_idx", "h": "off_h", "M": "Q_LEN", "N": "KV_LEN"}
+NAMES = {"q": "q_pos", "k": "kv_idx", "h": "off_h", "M": "Q_LEN", "N": "KV_LEN"}
 FUNCTIONS = {"min": "tl.minimum", "max": "tl.maximum", "where": "tl.where", "abs": "tl.abs",
              "floor_div": "floor_div", "floor_mod": "floor_mod", "table_bit": "table_bit"}
 # index ranges the kernel can meet (int32 offsets), to decide where floor helpers are needed
-_RANGES = {"q": (0, 2**31 - 1), "k": (0, 2**31 - 1), "h": (0, 2**16), "M": (1, 2**31 - 1), "N": (1, 2**31 - 1)}
+# (q is the query's position q_idx + KV_LEN - Q_LEN: negative where Q_LEN > KV_LEN)
+_RANGES = {"q": (-(2**31 - 1), 2**31 - 1), "k": (0, 2**31 - 1), "h": (0, 2**16), "M": (1, 2**31 - 1),
+           "N": (1, 2**31 - 1)}
 
 FLOOR_HELPERS = '''
 @triton.jit
@@ -49,7 +53,7 @@ class Binding:
 
 @dataclass(frozen=True)
 class Predicate:
-    """The body of `visible(q_idx, kv_idx, off_h, Q_LEN, KV_LEN[, selected])`."""
+    """The body of `visible(q_pos, kv_idx, off_h, Q_LEN, KV_LEN[, selected])`."""
 
     bindings: tuple[Binding, ...]
     result: Term  # over the bindings' names (and q, k, h)
@@ -127,7 +131,8 @@ def trace(sections, grid) -> Predicate:
         return Term.var(name)
 
     traced = {"causal": False, AS_ARGUMENT: slots}
-    results = [(s, combine(s.expr, Context(Sym("M"), Sym("N"), Sym("h"), grid, traced))) for s in sections]
+    ctx = Context(Sym("M"), Sym("N"), Sym("h"), grid, traced, q_offset=0)  # q: the position the kernel hands
+    results = [(s, combine(s.expr, ctx)) for s in sections]
     result = results[-1][1]
     for s, r in reversed(results[:-1]):
         result = Term("where", (Term("<=", (Term.var("h"), Term.const(s.hi))), r, result))

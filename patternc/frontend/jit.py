@@ -1,21 +1,23 @@
 """`@patternc.jit`: a Python predicate `(q, k, h) -> bool expression`, traced once into a Pattern.
 
     @patternc.jit
-    def swa(q, k, h):
-        return (q >= k) & (q - k < 1024)
+    def swa(q, k, h, M, N):
+        p = q + N - M    # the query's position
+        return (k <= p) & (p - k < 1024)
 
-    swa.pattern          # Pattern: window(1023, 0)
+    swa.pattern          # Pattern: causal & window(1024)
     swa.mask(8)          # bool [1, 8, 8], as Pattern.mask
     out = swa(q, k, v)   # patternc.attention(q, k, v, swa.pattern)
 
 The function is called once with symbolic `q`, `k`, `h` (`patternc.ir.expr.Sym`); it may use
 `+ - * // % & | ^ ~`, comparisons, `abs` and `patternc.where(cond, a, b)`. `q` and `k` are raw
-token indices, as in FlexAttention's `mask_mod` (see `recognize` for how that meets causal's
-bottom-right alignment when M != N). Extra parameters after `(q, k, h)` become pattern
-parameters: `def f(q, k, h, w=1024)` can be rebound with `f.bind(w=2048)`; parameters named `M`
-and `N` without a default are the query and key lengths. `@jit(heads=16)` sets the default head
-count. Parts of the predicate that are exactly a primitive family become that primitive (which
-lowers analytically); the rest is a `predicate` node.
+token indices, as in FlexAttention's `mask_mod`: `q` is the row `0..M-1`, while primitives read
+the query's position `q + N - M` (see `recognize` for how the two meet). Extra parameters after
+`(q, k, h)` become pattern parameters: `def f(q, k, h, w=1024)` can be rebound with
+`f.bind(w=2048)`; parameters named `M` and `N` without a default are the query and key lengths.
+`@jit(heads=16)` sets the default head count. Parts of the predicate that are exactly a
+primitive family become that primitive (which lowers analytically); the rest is a `predicate`
+node.
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ from ..errors import PatternError, Source, Span
 from ..ir.expr import COMPARISONS, Sym, Term, TraceError
 from ..ir.pattern import Pattern, delegate
 from .predicate import Predicate
-from .recognize import recognize
+from .recognize import PROBES, recognize
 
 INDEX_NAMES = ("q", "k", "h")
 LENGTH_NAMES = ("M", "N")
@@ -197,7 +199,7 @@ def _checked(recognized: Pattern, general: Pattern) -> Pattern:
     if recognized.body == general.body or any(d is None for _, d in recognized.params):
         return recognized
     try:
-        for M, N in ((1, 1), (3, 5), (5, 3), (8, 8), (13, 6), (7, 17), (24, 24)):
+        for M, N in PROBES:
             heads = 3
             if not bool((recognized.mask(M, N, heads) == general.mask(M, N, heads)).all()):
                 return general

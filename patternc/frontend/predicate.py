@@ -1,8 +1,9 @@
 """`predicate`: a rule traced from a Python function by `@patternc.jit`, kept as a `Term` over
 `q`, `k`, `h`, `M`, `N` (and the function's extra parameters, substituted like any pattern
-parameter). It is what the front end emits for the parts of a predicate it can't prove equal to
-a primitive family; the mask, the interval tile classification and the Triton predicate all
-come from evaluating the term in their domain.
+parameter). `q` is the raw query row `0..M-1` (FlexAttention's `mask_mod` convention), not the
+position `q + N - M` that primitives read. It is what the front end emits for the parts of a
+predicate it can't prove equal to a primitive family; the mask, the interval tile
+classification and the Triton predicate all come from evaluating the term in their domain.
 
 It has no pattern-text syntax: `str()` prints it as a Python lambda, and writing `predicate`
 in a `.pat` file is an error.
@@ -45,6 +46,9 @@ class Predicate(Primitive):
     def params(self, ctx) -> SimpleNamespace:
         # the term is the rule itself, evaluated per (q, k) in rule(); nothing to evaluate up front
         return SimpleNamespace(term=self.term)
+
+    def visible(self, ctx, q, k):
+        return self.rule(self.params(ctx), ctx, ctx.row(q), k)  # raw rows, not positions
 
     def rule(self, p, ctx, q, k):
         try:

@@ -6,8 +6,10 @@ Terms, a float, or a bool/str), checks them in `check`, and states its meaning o
 arithmetic over tiles, or symbolically into the Triton predicate. `band` bounds the keys a
 range of queries can see, so that layouts visit only candidate tiles.
 
-`block=b` is generic: the rule is applied to block indices `q // b`, `k // b` with lengths
-`ceil(M / b)`, `ceil(N / b)`.
+Queries are the last M positions: `visible` hands `rule` the position `p = q + N - M` of query
+row q (`Context.position`), so every rule is written on positions (`causal` is `k <= p`) and a
+new primitive is aligned for free. `block=b` is generic: the rule is applied to the blocks of
+positions `p // b`, `k // b` (the context's lengths become `ceil(M / b)`, `ceil(N / b)`).
 """
 from __future__ import annotations
 
@@ -184,10 +186,11 @@ class Primitive(Node):
     # ------------------------------------------------------------------ semantics
 
     def rule(self, p: SimpleNamespace, ctx: Context, q, k):
+        """May the query at position q see key k? (q is a position, not a row: see `visible`.)"""
         raise NotImplementedError
 
     def rule_band(self, p: SimpleNamespace, ctx: Context, q0, q1):
-        """Default: any key."""
+        """Key intervals for query positions [q0, q1). Default: any key."""
         return [(np.zeros_like(q0), np.full_like(q0, ctx.N))]
 
     def exact_on_strided(self) -> bool:
@@ -200,18 +203,23 @@ class Primitive(Node):
         return True
 
     def visible(self, ctx: Context, q, k):
+        """May query row q see key k? The rule reads the row's position `ctx.position(q)` (the
+        last M positions: `q + N - M`), on blocks of positions with `block=b`."""
         p = self.params(ctx)
         b = getattr(p, "block", None)
+        pos = ctx.position(q)
         if b is None or b == 1 and isinstance(b, int):
-            return self.rule(p, ctx, q, k)
-        return self.rule(p, ctx.blocked(b), q // b, k // b)
+            return self.rule(p, ctx, pos, k)
+        return self.rule(p, ctx.blocked(b), pos // b, k // b)
 
     def band(self, ctx: Context, q0, q1):
+        """Key intervals [lo, hi) that query rows [q0, q1) may see (`rule_band` on positions)."""
         p = self.params(ctx)
         b = getattr(p, "block", None)
+        p0, p1 = ctx.position(q0), ctx.position(q1)
         if b is None or b == 1:
-            return self.rule_band(p, ctx, q0, q1)
-        return [(lo * b, hi * b) for lo, hi in self.rule_band(p, ctx.blocked(b), q0 // b, (q1 - 1) // b + 1)]
+            return self.rule_band(p, ctx, p0, p1)
+        return [(lo * b, hi * b) for lo, hi in self.rule_band(p, ctx.blocked(b), p0 // b, (p1 - 1) // b + 1)]
 
     # ------------------------------------------------------------------ hooks the stages ask
     # Stages reach a primitive only through the registry and these hooks, never by its name.

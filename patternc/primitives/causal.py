@@ -1,6 +1,7 @@
-"""`causal`: `k <= q`, aligned bottom-right when M != N (query i sees keys `k <= i + N - M`).
-With `block=b` the rule is on block indices with block lengths: `K <= Q + ceil(N/b) - ceil(M/b)`.
-Only a token-level `causal & ...` makes routed primitives (`topk`) skip future blocks.
+"""`causal`: `k <= p`, the query's position (`p = q + N - M` for query row q: bottom-right
+aligned when M != N, as FlashAttention). With `block=b` the rule is on blocks of positions,
+`k // b <= p // b`: with `b` dividing `N - M` that is `K <= Q + ceil(N/b) - ceil(M/b)` for query
+block Q. Only a token-level `causal & ...` makes routed primitives (`topk`) skip future blocks.
 
     #...
     ##..
@@ -21,10 +22,10 @@ class Causal(Primitive):
     examples = ("causal",)  # the texts the contract tests draw (no parameters to vary)
 
     def rule(self, p, ctx, q, k):
-        return k <= q + (ctx.N - ctx.M)
+        return k <= q
 
     def rule_band(self, p, ctx, q0, q1):
-        return [(q0 * 0, q1 + (ctx.N - ctx.M))]
+        return [(q0 * 0, q1)]
 
     def bounds_causally(self):
         return self.block is None

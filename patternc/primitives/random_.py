@@ -1,7 +1,10 @@
 """`random(r, block=b, seed=s)`: BigBird's random attention: every query block sees `r` key
 blocks drawn without replacement (`min(r, ceil(N/b))` of them), deterministically from `seed`, the
-head index and the lengths in blocks (`ceil(M/b)`, `ceil(N/b)`): a different length draws afresh.
-Key blocks are taken whole, the last one possibly short. `count`, `seed` and `block` can't use `h`.
+head index and the key length in blocks `ceil(N/b)`: a different key length draws afresh. Query
+blocks are blocks of positions (`p // b`, `p = q + N - M` for query row q) and the table is keyed
+by them, one row per block of positions 0..N-1: the last M queries over N keys draw what the last
+M rows of N x N attention draw (chunked prefill). Key blocks are taken whole, the last one
+possibly short. `count`, `seed` and `block` can't use `h`.
 
     random(1, block=2)
     ..##..
@@ -64,7 +67,8 @@ class Random(Primitive):
 
     def table(self, p, ctx):
         # lazy: a kernel's traced predicate has no lengths yet, and reads the table as an argument
-        return lambda head: random_table(int(p.count), int(p.seed), head, int(ctx.M), int(ctx.N))
+        # rows: blocks of query positions, which run over the keys' (0..N-1), whatever M is
+        return lambda head: random_table(int(p.count), int(p.seed), head, int(ctx.N), int(ctx.N))
 
     def count_atoms(self, p, b, atoms):
         # in expectation: a key block is one of the row's draws with probability count / (N / b)

@@ -42,15 +42,16 @@ def lookup(table_for_head, h, Q, K, slot: int | None = None):
         table = torch.as_tensor(np.stack([table_for_head(i) for i in hs]), device=ref.device)
         nQ, nK = table.shape[1:]
         hidx = h if _is_torch(h) else 0
-        inside = (Q < nQ) & (K < nK)
-        return table[hidx, Q.clamp(max=nQ - 1), K.clamp(max=nK - 1)] & inside
+        inside = (Q >= 0) & (Q < nQ) & (K < nK)  # query positions are negative where M > N
+        return table[hidx, Q.clamp(0, nQ - 1), K.clamp(max=nK - 1)] & inside
     t = table_for_head(int(h))
-    return bool(t[Q, K]) if Q < t.shape[0] and K < t.shape[1] else False
+    return bool(t[Q, K]) if 0 <= Q < t.shape[0] and K < t.shape[1] else False
 
 
 def rectangle_truth(sums: np.ndarray, rows: Interval, cols: Interval) -> Truth:
     """Is some / every entry of a bool table true over rectangles rows x cols (exactly, from its
-    prefix sums `_prefix_sums(table)`)? Entries outside the table are false."""
+    prefix sums `_prefix_sums(table)`)? Entries outside the table are false (query positions
+    before the first key, where M > N)."""
     n_rows, n_cols = sums.shape[0] - 1, sums.shape[1] - 1
     r0, r1 = np.clip(rows.lo, 0, n_rows), np.clip(rows.hi + 1, 0, n_rows)
     c0, c1 = np.clip(cols.lo, 0, n_cols), np.clip(cols.hi + 1, 0, n_cols)

@@ -5,8 +5,10 @@ mean query (fp32 dot product). The query's own block is always kept and counts t
 to the lower block index. Resolved at run time from q and k.
 
 Blocks are `block` tokens from 0 (the last one possibly short; its mean is over its tokens).
-With M != N the own block of query block Q is `Q + ceil(N/b) - ceil(M/b)` (bottom-right, as
-causal). k may have fewer heads than q (GQA/MQA: each key head serves `H // Hkv` query heads).
+Query blocks are blocks of query rows from row 0 (not of positions); with M != N the own block
+of query block Q is `Q + ceil(N/b) - ceil(M/b)` (bottom-right: the last query block's is the
+last key block). k may have fewer heads than q (GQA/MQA: each key head serves `H // Hkv` query
+heads).
 
 The options:
 
@@ -138,9 +140,12 @@ class TopK(Primitive):
         return select_blocks(q, k, count, int(self.block.value), causal, self.threshold, self.shared, self.query)
 
     def visible(self, ctx, q, k):
-        if self.query == "block":
-            return super().visible(ctx, q, k)
+        # query rows, not positions: the choice is per block of rows from row 0 (or per row), and
+        # aligns its own block itself (`Q + ceil(N/b) - ceil(M/b)`, `(t + N - M) // b`)
+        q = ctx.row(q)
         p = self.params(ctx)
+        if self.query == "block":
+            return self.rule(p, ctx.blocked(p.block), q // p.block, k // p.block)
         return self.rule(p, ctx, q, k // p.block)  # rows are query tokens, columns key blocks
 
     @classmethod

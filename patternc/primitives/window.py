@@ -2,8 +2,9 @@
 `window(w)` is `window(w-1, w-1)`. With `dilation=r`: only `d % r == 0`, `-right*r <= d <= left*r`
 (`d = q - k`), so `window(w, dilation=r)` is `d % r == 0 and abs(d) <= (w-1)*r`.
 
-Lengths M != N: the window is on `d = q - k` as the language table writes it (top-left aligned);
-only `causal` shifts by `N - M`. `window(w)` checks `w >= 1` (also per head, for `window(1 + h)`).
+`q` is the query's position (`q + N - M` for query row q when M != N, as every primitive reads
+it): with 2048 new queries over 16384 keys, `causal & window(1024)` sees the 1024 keys up to each
+query. `window(w)` checks `w >= 1` (also per head, for `window(1 + h)`).
 
     window(2)       window(2, dilation=2)
     ##....          #.#...
@@ -28,7 +29,7 @@ class Window(Primitive):
     left: Term = param(doc="keys before the query (or the window size w when right is omitted)")
     right: Term | None = param(None, doc="keys after the query")
     dilation: Term = param(Term.const(1), doc="keep every r-th key only")
-    linear_params = {"left": 0, "right": 0}  # window(M - 1, 0) is what @jit makes of q >= k
+    linear_params = {"left": 0, "right": 0}  # @jit makes window(N - M + 1023, M - 1) of q - k < 1024
 
     @classmethod
     def make(cls, left, right=None, span=None, arg_spans=(), **params):
