@@ -2,10 +2,11 @@
 imported in a fresh interpreter where `import patternc` fails, run under TRITON_INTERPRET=1 on
 CPU float32 inputs, and compared with an fp64 reference.
 
-Sizes: every non-routed example pattern is compiled; the interpreter runs a few (at least one
-per example file), because it costs milliseconds per key tile. The vision patterns live on a
-fixed 128 x 128 grid (16384 tokens), so they run with 128 x 128 tiles, and their reference is
-computed a band of rows at a time (a dense 16384^2 fp64 reference would need ~8 GB).
+Sizes: every example pattern is compiled (routed ones carry the routing kernels); the
+interpreter runs a few (at least one per example file), because it costs milliseconds per key
+tile. The vision patterns live on a fixed 128 x 128 grid (16384 tokens), so they run with
+128 x 128 tiles, and their reference is computed a band of rows at a time (a dense 16384^2 fp64
+reference would need ~8 GB).
 `video` (design.pat) is compiled only under HYPOTHESIS_PROFILE=ci: its layout alone takes about
 a minute (36864 tokens, every candidate tile refined).
 """
@@ -172,20 +173,18 @@ def test_compile_refuses_to_overwrite_other_files(capsys, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
-def test_compile_skips_routed_and_writes_random(capsys, pat, tmp_path):
+def test_compile_writes_routed_and_random_patterns(capsys, pat, tmp_path):
     f = pat("""\
         pattern ok: causal & window(8)
         pattern moba: causal & topk(2, block=16)
         pattern rnd: causal & random(1, block=16)
     """)
     code, out, err = run(capsys, "compile", f, "-n", 64, "--config", "16x16", "-o", tmp_path)
-    assert code == 0  # the routed pattern is only skipped; random's tables are written into its module
-    assert "skipped moba: routed patterns (topk) run through patternc.attention" in err
-    assert sorted(p.name for p in tmp_path.glob("*.py")) == ["ok.py", "rnd.py"]
+    assert code == 0 and err == ""  # every pattern the language accepts compiles
+    assert sorted(p.name for p in tmp_path.glob("*.py")) == ["moba.py", "ok.py", "rnd.py"]
+    assert "wrote " + str(tmp_path / "moba.py") in out and "at most (routed: every key block chosen)" in out
     assert '"block_tables()": [' in (tmp_path / "rnd.py").read_text()
-    routed = EXAMPLES / "routed.pat"
-    code, _, err = run(capsys, "compile", routed, "-p", "moba", "-n", 1024, "-o", tmp_path)
-    assert code == 1 and f"{_where(routed, 'moba', 'topk')}: error: routed patterns (topk)" in err
+    assert "def route(plan, q, k)" in (tmp_path / "moba.py").read_text()
 
 
 def test_compile_usage_and_pattern_errors(capsys, pat, tmp_path):
@@ -227,6 +226,7 @@ COMPILES = [
     *([("design.pat", "video", 16 * 48 * 48, None, ["--config", "128x128/w4/s1", "--head-dim", "16"])] if CI else []),
     ("vision.pat", None, 128 * 128, None, ["--config", "128x128/w4/s1", "--head-dim", "16"]),
     ("extra.pat", None, 40, 72, ["--config", "16x16/w4/s1", "--head-dim", "64"]),
+    ("routed.pat", None, 1024, None, ["--config", "64x64/w4/s1", "--head-dim", "16"]),  # routing kernels inside
 ]
 EXTRA = """\
 pattern ragged(heads = 2):              # M != N, tiles cut by the lengths, rows that see nothing
@@ -243,6 +243,9 @@ RUNS = {
     ("vision", "natten2d"): (1, 1, None),
     ("extra", "ragged"): (2, 1, None),
     ("extra", "bigbird"): (2, 1, None),
+    ("routed", "moba"): (1, 1, None),  # routed modules select from q and k: a batch of 1 for the reference
+    ("routed", "moba_token"): (1, 1, None),
+    ("routed", "vmoba"): (1, 1, 0.5),
 }
 TOLERANCE = 1e-5
 
@@ -314,8 +317,8 @@ def fresh_run(compiled, tmp_path_factory):
 
 
 def test_every_example_pattern_compiles(compiled):
-    expected = {name for f in ("llm.pat", "design.pat", "vision.pat") for name, p in patternc.load(EXAMPLES / f).items()
-                if not p.is_routed and (CI or name != "video")}
+    expected = {name for f in ("llm.pat", "design.pat", "vision.pat", "routed.pat")
+                for name in patternc.load(EXAMPLES / f) if CI or name != "video"}
     assert {m for tag, m in compiled if tag != "extra"} == expected
     for path, _ in compiled.values():
         assert path.with_suffix(".md").read_text().startswith("<!-- written by patternc compile -->")

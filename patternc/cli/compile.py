@@ -42,10 +42,6 @@ def cmd_compile(args) -> int:
     config = dict(args.config or {}, memory=args.memory, order=args.order)
     status, written = 0, 0
     for name, pattern in patterns:
-        if pattern.is_routed and len(patterns) > 1:
-            print(f"skipped {name}: routed patterns (topk) run through patternc.attention, not as standalone "
-                  "modules", file=sys.stderr)
-            continue
         try:
             built = build_module(pattern, args.seq_len, args.kv_len, args.heads, args.head_dim, args.dtype,
                                  config, name)
@@ -59,7 +55,8 @@ def cmd_compile(args) -> int:
         written += 1
         layout = built.layout
         speedup = "inf" if layout.density == 0 else f"{layout.ideal_speedup:.2f}x"
-        print(f"wrote {path} ({built.name}.md): density {layout.density:.4f}, ideal speedup {speedup}, "
+        most = " at most (routed: every key block chosen)" if built.routed else ""
+        print(f"wrote {path} ({built.name}.md): density {layout.density:.4f}{most}, ideal speedup {speedup}, "
               f"{config_text(built.config)} {args.memory}")
     if not written and status == 0:
         print(f"patternc: error: {args.file} has no pattern that can be compiled yet", file=sys.stderr)

@@ -18,7 +18,11 @@ def routed_node(pattern: Pattern) -> Primitive:
     if len(nodes) != 1 or isinstance(pattern.body, tuple):
         raise PatternError("routed patterns with more than one topk, or with per-head sections, are not supported yet",
                            pattern.span)
-    return nodes[0]
+    return _routed_in(pattern.expr)  # with the pattern's parameters substituted
+
+
+def _routed_in(expr: Node) -> Primitive:
+    return next(n for n in expr.walk() if isinstance(n, Primitive) and n.routed)
 
 
 def _replace(node: Node, target: Node, by: Node) -> Node:
@@ -31,8 +35,9 @@ def _replace(node: Node, target: Node, by: Node) -> Node:
 
 def static_variants(pattern: Pattern) -> tuple[Pattern, Pattern, int, int]:
     """(pattern with topk := every key, pattern with topk := no key, k or None, routing block)."""
-    target = routed_node(pattern)
+    routed_node(pattern)
     expr = pattern.expr
+    target = _routed_in(expr)  # this very node: `_replace` finds it by identity
     if not (target.block.is_const and (target.count is None or target.count.is_const)):
         raise PatternError("topk's k and block must be constants at run time", target.span)
     every, none = target.routed_variants()

@@ -128,10 +128,6 @@ class TopK(Primitive):
             self.fail("threshold", f"threshold must be in (0, 1], got {format_value(p.threshold)}",
                       "the share of the routing softmax to keep, e.g. threshold=0.9")
 
-    def standalone_error(self):
-        return ("routed patterns (topk) can't be compiled to a standalone module: their block selection runs in "
-                "patternc's routing kernels")
-
     def routed_variants(self):
         return Full(), Difference(Full(), Full())
 

@@ -206,14 +206,9 @@ def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag, backward=False):
     is a `RoutedPlan`, and tiles that do not divide the routing block are halved until they do.
     `backward`: the module also holds the backward kernels."""
     if pattern.is_routed:
-        from ..layout.routed import static_variants
-        from .routed import routed_plan
+        from .routed import fit_tiles, routed_plan
 
-        block = static_variants(pattern)[3]
-        cfg = dict(cfg)
-        for side in ("block_m", "block_n"):
-            while block % cfg[side] and cfg[side] > 16:
-                cfg[side] //= 2
+        cfg = fit_tiles(pattern, cfg)
         plan = routed_plan(pattern, M, N, H, cfg["block_m"], cfg["block_n"], device)
         module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],
                          None, cfg.get("memory", "pointers") == "tma", None, device_tag, routed=plan.topk.query,

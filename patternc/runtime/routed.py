@@ -51,64 +51,32 @@ class RoutedPlan:
     cand_cls: object
     tables: tuple = ()  # the predicate's tables of bits (static primitives that look one up: random)
 
+    # the topk's options, as the routing kernels take them (`routing.route`)
+    block = property(lambda self: int(self.topk.block.value))
+    count = property(lambda self: None if self.topk.count is None else int(self.topk.count.value))
+    threshold = property(lambda self: self.topk.threshold)
+    shared = property(lambda self: self.topk.shared)
+    query = property(lambda self: self.topk.query)
+
     def layout(self, q, k) -> RoutedLayout:
         """Select on the device (q `[B, H, M, D]`, k `[B, Hkv, N, D]`) and build the index tables."""
-        import torch
-        from triton import next_power_of_2 as pow2
+        from .routing import route
 
-        from .routing import pool_blocks, select_blocks, select_tokens
-
-        B, H, M, D = q.shape
-        Hkv, N = k.shape[1], k.shape[2]
-        b, node = int(self.topk.block.value), self.topk
-        n_q, n_k, Mt, key_tiles = -(-M // b), -(-N // b), -(-M // self.block_m), -(-N // self.block_n)
-        q = q if q.stride(-1) == 1 else q.contiguous()
-        k = k if k.stride(-1) == 1 else k.contiguous()
-        device = q.device
-        if node.query == "token" and n_k > 1024:
-            raise PatternError(f"topk(query=token) routes among at most 1024 key blocks, got {n_k}", node.span,
+        n_k = -(-k.shape[2] // self.block)
+        if self.query == "token" and n_k > 1024:
+            raise PatternError(f"topk(query=token) routes among at most 1024 key blocks, got {n_k}", self.topk.span,
                                "use a larger block= or query=block")
+        return RoutedLayout(**route(self, q, k), tables=self.tables)
 
-        def means(x, n):
-            out = torch.empty(x.shape[0], x.shape[1], n, D, dtype=torch.float32, device=device)
-            pool_blocks[(n, x.shape[0] * x.shape[1])](x, x.stride(0), x.stride(1), x.stride(2), out, x.shape[1],
-                                                      x.shape[2], n, b, HEAD_DIM=D, ROWS=min(64, pow2(b)),
-                                                      num_warps=4)
-            return out
 
-        kbar = means(k, n_k)
-        tables = [torch.empty(B * H, Mt, self.width, dtype=torch.int32, device=device) for _ in range(2)]
-        counts = [torch.empty(B * H, Mt, dtype=torch.int32, device=device) for _ in range(2)]
-        unit = H // Hkv if node.shared == "group" else 1
-        shared_plan = self.cand_kt.shape[0] == 1
-        plan = (self.static_ptr, self.static_kt, self.static_cls, self.block_ptr, self.cand_kt, self.cand_cls,
-                0 if shared_plan else 1, self.static_ptr.stride(0), self.static_kt.stride(0),
-                self.block_ptr.stride(0), self.block_ptr.stride(1), self.cand_kt.stride(0),
-                counts[0], tables[0], counts[1], tables[1], counts[0].stride(0), tables[0].stride(0),
-                tables[0].stride(1))
-        count = n_k if node.count is None else int(node.count.value) - 1
-        after = (count, 2.0 if node.threshold is None else float(node.threshold), D ** -0.5, H // Hkv, unit)
-        options = dict(CAUSAL=self.causal, THRESHOLD=node.threshold is not None, HEAD_DIM=D, STATIC_CHUNK=64,
-                       BLOCK_CHUNK=max(16, pow2(b // self.block_n)), BLOCK_M=self.block_m, BLOCK_N=self.block_n,
-                       num_warps=4)
-        if node.query == "block":
-            nkp = pow2(n_k)
-            choice = torch.empty(B, H, n_q, n_k, dtype=torch.uint8, device=device)
-            picked = torch.empty(B * (H // unit), n_q, nkp, dtype=torch.int32, device=device)
-            select_blocks[(n_q, B * (H // unit))](means(q, n_q), kbar, choice, picked, *plan, H, n_q, n_k, Mt, b,
-                                                  *after, D_CHUNK=max(16, min(D, 4096 // nkp)), NKP=nkp, **options)
-            return RoutedLayout(counts[1], tables[1], counts[0], tables[0], self.row_order, key_tiles, b, B,
-                                block_choice=choice.view(torch.bool), tables=self.tables)
-        nkp = max(32, pow2(n_k))
-        words = torch.empty(B * H, M, nkp // 32, dtype=torch.int32, device=device)
-        state = torch.empty(B * H, Mt, n_k, dtype=torch.uint8, device=device)
-        picked = torch.empty(B * (H // unit), Mt, nkp, dtype=torch.int32, device=device)
-        select_tokens[(Mt, B * (H // unit))](q, q.stride(0), q.stride(1), q.stride(2), kbar, words, state, picked,
-                                             *plan, H, M, N, n_k, Mt, b, *after, D_CHUNK=min(D, 32),
-                                             SUB_M=min(self.block_m, max(16, 2048 // nkp)), NKP=nkp,
-                                             WORDS_PER_ROW=nkp // 32, **options)
-        return RoutedLayout(counts[1], tables[1], counts[0], tables[0], self.row_order, key_tiles, b, B,
-                            choice_words=words, key_blocks=n_k, tables=self.tables)
+def fit_tiles(pattern: Pattern, cfg: dict) -> dict:
+    """`cfg` with its tiles halved (down to 16) until they divide the routing block."""
+    block = static_variants(pattern)[3]
+    cfg = dict(cfg)
+    for side in ("block_m", "block_n"):
+        while block % cfg[side] and cfg[side] > 16:
+            cfg[side] //= 2
+    return cfg
 
 
 @lru_cache(maxsize=64)
@@ -198,29 +166,10 @@ class RoutedLayout:
 
     @cached_property
     def _transposed(self) -> dict:
-        """Per (batch x head, key tile) the query tiles that visit it, ascending, an entry being
-        `query tile | choice << 30` like the forward's; built on the device with no host
-        synchronisation (a dense [B*H, Nt, Mt] scatter, then a sort), width Mt."""
-        import torch
+        from .routing import transposed
 
-        out = {}
-        for name, counts, table in (("full_q", self.full_kv_num_blocks, self.full_kv_indices),
-                                    ("q", self.kv_num_blocks, self.kv_indices)):
-            BH, Mt, W = table.shape
-            Nt, device = self.key_tiles, table.device
-            unused = torch.iinfo(torch.int32).max
-            valid = torch.arange(W, device=device) < counts[..., None]
-            rows = torch.arange(Mt, device=device, dtype=torch.int32).view(1, Mt, 1)
-            key_tile = (table & (SELECTED_BIT - 1)).clamp(max=Nt - 1)  # entries past a row's count: anything
-            slot = (torch.arange(BH, device=device).view(BH, 1, 1) * Nt + key_tile) * Mt + rows
-            dense = torch.full((BH * Nt * Mt + 1,), unused, dtype=torch.int32, device=device)
-            dense.scatter_(0, torch.where(valid, slot, BH * Nt * Mt).flatten(),  # the last slot takes the unused
-                           (rows | (table & ~(SELECTED_BIT - 1))).expand(BH, Mt, W).flatten())
-            dense = dense[:-1].view(BH, Nt, Mt)
-            order = torch.where(dense == unused, unused, dense & (SELECTED_BIT - 1)).argsort(dim=-1)
-            out[f"{name}_num_blocks"] = (dense != unused).sum(-1, dtype=torch.int32)
-            out[f"{name}_indices"] = dense.gather(-1, order)
-        return out
+        return transposed(self.full_kv_num_blocks, self.full_kv_indices, self.kv_num_blocks, self.kv_indices,
+                          self.key_tiles)
 
     @property
     def selection(self):

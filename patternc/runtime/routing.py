@@ -13,15 +13,20 @@ itself, and a tile row records per key block whether any / all of its rows chose
 A tile row's tables are written in two passes over the plan (see `RoutedPlan`): the static part's
 tiles (visible whatever is chosen), each classed by its key block's choice, then the tiles only
 chosen blocks add. Work and memory per call are O(tiles visited), never O(N^2); no copy of K or V.
+
+`route(plan, q, k)` launches them and returns the call's layout tables; `transposed(...)` turns
+them into the dK/dV kernel's (on the device, no host synchronisation). This file needs torch and
+triton only: `patternc compile` writes it, as it is, into the standalone modules of routed
+patterns, beside the plan's tables.
 """
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from .. import layout
-
-FULL, PARTIAL = tl.constexpr(layout.FULL), tl.constexpr(layout.PARTIAL)  # tile classes, as kernel constants
+# tile classes, as kernel constants: patternc.layout's FULL and PARTIAL (tests/test_routed.py checks)
+FULL, PARTIAL = tl.constexpr(2), tl.constexpr(1)
+SELECTED = 1 << 30  # a partial entry's choice bit (runtime.routed.SELECTED_BIT)
 
 
 @triton.jit
@@ -261,3 +266,88 @@ def select_tokens(
                    tl.sum(any_row, axis=0), STATIC_PTR, STATIC_KT, STATIC_CLS, BLOCK_PTR, CAND_KT, CAND_CLS,
                    s_ptr, s_cand, b_ptr, b_row, cand, FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, s_num, s_idx, s_idx_m, block,
                    True, STATIC_CHUNK, BLOCK_CHUNK, BLOCK_N)
+
+
+def route(plan, q, k) -> dict:
+    """Select on the device (q `[B, H, M, D]`, k `[B, Hkv, N, D]`) and write the index tables of
+    one call: `kv_num_blocks`, `kv_indices`, `full_kv_num_blocks`, `full_kv_indices` per (batch x
+    head) and what the attention kernel reads besides (`row_order`, `block`, the choice).
+    `plan`: a `RoutedPlan`, or an object with its tensors and its topk's options (`block`,
+    `count`, `threshold`, `shared`, `query`)."""
+    import torch
+    from triton import next_power_of_2 as pow2
+
+    B, H, M, D = q.shape
+    Hkv, N = k.shape[1], k.shape[2]
+    b = plan.block
+    n_q, n_k, Mt, key_tiles = -(-M // b), -(-N // b), -(-M // plan.block_m), -(-N // plan.block_n)
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    k = k if k.stride(-1) == 1 else k.contiguous()
+    device = q.device
+
+    def means(x, n):
+        out = torch.empty(x.shape[0], x.shape[1], n, D, dtype=torch.float32, device=device)
+        pool_blocks[(n, x.shape[0] * x.shape[1])](x, x.stride(0), x.stride(1), x.stride(2), out, x.shape[1],
+                                                  x.shape[2], n, b, HEAD_DIM=D, ROWS=min(64, pow2(b)), num_warps=4)
+        return out
+
+    kbar = means(k, n_k)
+    tables = [torch.empty(B * H, Mt, plan.width, dtype=torch.int32, device=device) for _ in range(2)]
+    counts = [torch.empty(B * H, Mt, dtype=torch.int32, device=device) for _ in range(2)]
+    unit = H // Hkv if plan.shared == "group" else 1
+    shared_plan = plan.cand_kt.shape[0] == 1
+    tensors = (plan.static_ptr, plan.static_kt, plan.static_cls, plan.block_ptr, plan.cand_kt, plan.cand_cls,
+               0 if shared_plan else 1, plan.static_ptr.stride(0), plan.static_kt.stride(0), plan.block_ptr.stride(0),
+               plan.block_ptr.stride(1), plan.cand_kt.stride(0), counts[0], tables[0], counts[1], tables[1],
+               counts[0].stride(0), tables[0].stride(0), tables[0].stride(1))
+    count = n_k if plan.count is None else plan.count - 1
+    after = (count, 2.0 if plan.threshold is None else float(plan.threshold), D ** -0.5, H // Hkv, unit)
+    options = dict(CAUSAL=plan.causal, THRESHOLD=plan.threshold is not None, HEAD_DIM=D, STATIC_CHUNK=64,
+                   BLOCK_CHUNK=max(16, pow2(b // plan.block_n)), BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
+                   num_warps=4)
+    out = dict(kv_num_blocks=counts[1], kv_indices=tables[1], full_kv_num_blocks=counts[0], full_kv_indices=tables[0],
+               row_order=plan.row_order, key_tiles=key_tiles, block=b, batch=B)
+    if plan.query == "block":
+        nkp = pow2(n_k)
+        choice = torch.empty(B, H, n_q, n_k, dtype=torch.uint8, device=device)
+        picked = torch.empty(B * (H // unit), n_q, nkp, dtype=torch.int32, device=device)
+        select_blocks[(n_q, B * (H // unit))](means(q, n_q), kbar, choice, picked, *tensors, H, n_q, n_k, Mt, b,
+                                              *after, D_CHUNK=max(16, min(D, 4096 // nkp)), NKP=nkp, **options)
+        return dict(out, block_choice=choice.view(torch.bool))
+    if n_k > 1024:
+        raise ValueError(f"topk(query=token) routes among at most 1024 key blocks, got {n_k}")
+    nkp = max(32, pow2(n_k))
+    words = torch.empty(B * H, M, nkp // 32, dtype=torch.int32, device=device)
+    state = torch.empty(B * H, Mt, n_k, dtype=torch.uint8, device=device)
+    picked = torch.empty(B * (H // unit), Mt, nkp, dtype=torch.int32, device=device)
+    select_tokens[(Mt, B * (H // unit))](q, q.stride(0), q.stride(1), q.stride(2), kbar, words, state, picked,
+                                         *tensors, H, M, N, n_k, Mt, b, *after, D_CHUNK=min(D, 32),
+                                         SUB_M=min(plan.block_m, max(16, 2048 // nkp)), NKP=nkp,
+                                         WORDS_PER_ROW=nkp // 32, **options)
+    return dict(out, choice_words=words, key_blocks=n_k)
+
+
+def transposed(full_kv_num_blocks, full_kv_indices, kv_num_blocks, kv_indices, key_tiles: int) -> dict:
+    """The tables the backward's dK/dV kernel reads, from a call's (`route`): per (batch x head,
+    key tile) the query tiles that visit it, ascending, an entry being `query tile | choice << 30`
+    like the forward's; built on the device with no host synchronisation (a dense [B*H, Nt, Mt]
+    scatter, then a sort), width Mt."""
+    import torch
+
+    out = {}
+    for name, counts, table in (("full_q", full_kv_num_blocks, full_kv_indices), ("q", kv_num_blocks, kv_indices)):
+        BH, Mt, W = table.shape
+        Nt, device = key_tiles, table.device
+        unused = torch.iinfo(torch.int32).max
+        valid = torch.arange(W, device=device) < counts[..., None]
+        rows = torch.arange(Mt, device=device, dtype=torch.int32).view(1, Mt, 1)
+        key_tile = (table & (SELECTED - 1)).clamp(max=Nt - 1)  # entries past a row's count: anything
+        slot = (torch.arange(BH, device=device).view(BH, 1, 1) * Nt + key_tile) * Mt + rows
+        dense = torch.full((BH * Nt * Mt + 1,), unused, dtype=torch.int32, device=device)
+        dense.scatter_(0, torch.where(valid, slot, BH * Nt * Mt).flatten(),  # the last slot takes the unused
+                       (rows | (table & ~(SELECTED - 1))).expand(BH, Mt, W).flatten())
+        dense = dense[:-1].view(BH, Nt, Mt)
+        order = torch.where(dense == unused, unused, dense & (SELECTED - 1)).argsort(dim=-1)
+        out[f"{name}_num_blocks"] = (dense != unused).sum(-1, dtype=torch.int32)
+        out[f"{name}_indices"] = dense.gather(-1, order)
+    return out

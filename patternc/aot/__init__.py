@@ -9,25 +9,25 @@ The module is the generated kernel source (`patternc.codegen.module_source`, the
 summary in its header) followed by a short section holding the problem it was compiled for and
 the layout's int32 tables (or runs), zlib-compressed and base64-encoded in the file itself, and
 `attention(q, k, v, scale=None, return_lse=False)`, which checks the inputs against that problem
-and calls the generated `launch`. It imports torch and triton only, and the same inputs give
+and calls the generated `launch` (`module.py`). A routed pattern's module carries patternc's
+routing kernels and their plan instead of a layout, and chooses its key blocks from q and k on
+every call (`routed.py`). It imports torch and triton only, and the same inputs give
 byte-identical files.
 """
 from __future__ import annotations
 
-import base64
 import keyword
 import os
 import re
 import sys
 import tempfile
-import textwrap
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PatternError
-from .ir import Pattern
-from .runtime.attention import DTYPES
+from ..errors import PatternError
+from ..ir import Pattern
+from ..runtime.attention import DTYPES
+from .module import layout_data, layout_reads, tail_source
 
 _DTYPE_ALIASES = {**{v: v for v in DTYPES.values()}, **DTYPES, "half": "float16", "float": "float32"}
 MODULE_MARK = '"""patternc generated'  # how a module we wrote begins (the kernel header)
@@ -81,7 +81,7 @@ def resolve_config(head_dim: int, dtype: str, config) -> dict:
     """The full kernel config: `config` (a dict or "128x64/w8/s3" text) over the GPU default."""
     import torch
 
-    from .runtime.attention import default_config
+    from ..runtime.attention import default_config
 
     given = parse_config(config) if isinstance(config, str) else dict(config or {})
     cfg = dict(default_config(head_dim, getattr(torch, dtype), interpret=False), **given)
@@ -109,155 +109,6 @@ def check_compilable(pattern: Pattern) -> None:
             raise PatternError(reason, p.span, hint)
 
 
-# --------------------------------------------------------------------------- the written module
-
-TAIL = '''
-
-# ---------------------------------------------------------------------------- compiled problem
-# Written by `patternc compile`: the problem this module serves, the layout's tables for it, and
-# `attention()`, which checks its inputs against them and calls `launch` above.
-import base64 as _base64
-import os as _os
-import types as _types
-import zlib as _zlib
-
-PATTERN_NAME = {name!r}
-SEQ_LEN = {M}  # queries
-KV_SEQ_LEN = {N}  # keys and values
-HEADS = {H}  # query heads (key/value heads: any divisor, for GQA/MQA)
-DTYPE = torch.{dtype}
-_INTERPRETED = _os.environ.get("TRITON_INTERPRET") == "1"  # read by triton.jit when the kernels above were defined
-
-# The layout data `launch` reads (`layout.<name>`; `name()` for a method): int32 tensors, each
-# (shape, shared by every head, zlib-compressed little-endian bytes in base64); a tensor shared
-# by every head is stored once and expanded.
-LAYOUT_DATA = {{
-{tables}
-}}
-_layouts = {{}}
-
-
-def _tensor(shape, shared, blob):
-    data = torch.frombuffer(bytearray(_zlib.decompress(_base64.b64decode(blob))), dtype=torch.int32).view(shape)
-    return data.expand(HEADS, *shape[1:]) if shared else data
-
-
-def _value(entry, device):
-    if isinstance(entry, list):  # a method returning a tuple of tensors
-        values = tuple(_tensor(*e).to(device) for e in entry)
-        return lambda: values
-    return _tensor(*entry).to(device)
-
-
-def layout_on(device):
-    """The layout object `launch` reads, its tensors on `device` (made once per device)."""
-    device = torch.device(device)
-    if device not in _layouts:
-        _layouts[device] = _types.SimpleNamespace(
-            **{{name.removesuffix("()"): _value(entry, device) for name, entry in LAYOUT_DATA.items()}})
-    return _layouts[device]
-
-
-def _check(q, k, v):
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, torch.Tensor) or x.dim() != 4:
-            raise ValueError(f"{{name}} must be a 4-D tensor [batch, heads, length, head_dim], "
-                             f"got {{getattr(x, 'shape', type(x).__name__)}}")
-    B, H, M, D = q.shape
-    expect = {{"q": (B, HEADS, SEQ_LEN, HEAD_DIM), "k": (B, k.shape[1], KV_SEQ_LEN, HEAD_DIM),
-              "v": (B, k.shape[1], KV_SEQ_LEN, HEAD_DIM)}}
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if tuple(x.shape) != expect[name]:
-            raise ValueError(f"{{name}} has shape {{tuple(x.shape)}} but this module was compiled for {{expect[name]}} "
-                             f"(batch, heads, length, head_dim); recompile with patternc compile for other shapes")
-    if k.shape[1] < 1 or HEADS % k.shape[1]:
-        raise ValueError(f"key/value heads ({{k.shape[1]}}) must divide the query heads ({{HEADS}}) for GQA/MQA")
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if x.dtype != DTYPE:
-            raise ValueError(f"{{name}} is {{x.dtype}} but this module was compiled for {{DTYPE}}; "
-                             f"recompile with patternc compile --dtype for another")
-    if not (q.device == k.device == v.device):
-        raise ValueError(f"q, k, v must be on one device, got {{q.device}}, {{k.device}}, {{v.device}}")
-    if q.device.type == "cpu" and not _INTERPRETED:
-        raise ValueError("CPU tensors run only in Triton's interpreter: set TRITON_INTERPRET=1 before importing "
-                         "this module, or move q, k, v to the GPU")
-
-
-class _Attention(torch.autograd.Function):
-    """The kernels above with their gradients: launch forward, launch_backward backward."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, scale):
-        lse = torch.empty(q.shape[0], HEADS, SEQ_LEN, dtype=torch.float32, device=q.device)
-        out, lse = launch(q, k, v, layout_on(q.device), scale=scale, lse=lse)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.scale = scale
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, dout, dlse):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = launch_backward(q, k, v, out, lse, dout.contiguous(), layout_on(q.device), scale=ctx.scale,
-                                     dlse=dlse)
-        return dq, dk, dv, None
-
-
-def attention(q, k, v, scale=None, return_lse=False):
-    """Sparse attention with this module's pattern: q [B, HEADS, SEQ_LEN, HEAD_DIM], k and v
-    [B, Hkv, KV_SEQ_LEN, HEAD_DIM] (Hkv divides HEADS), all DTYPE on one device; `scale` defaults
-    to HEAD_DIM ** -0.5. Returns out [B, HEADS, SEQ_LEN, HEAD_DIM], and with return_lse=True also
-    the log-sum-exp [B, HEADS, SEQ_LEN] (float32, natural log). Rows that see no key get 0 and
-    LSE = -inf. Differentiable in q, k, v (and through the LSE): the backward kernels above run
-    when a gradient is asked for."""
-    _check(q, k, v)
-    if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad):
-        out, lse = _Attention.apply(q, k, v, scale)
-        return (out, lse) if return_lse else out
-    lse = torch.empty(q.shape[0], HEADS, SEQ_LEN, dtype=torch.float32, device=q.device) if return_lse else None
-    out, lse = launch(q, k, v, layout_on(q.device), scale=scale, lse=lse)
-    return (out, lse) if return_lse else out
-'''
-
-def layout_reads(source: str) -> list[str]:
-    """The layout attributes the generated `launch` reads, in order of first use (`runs()` for a
-    method call): they are what the written module must carry."""
-    launch = source[source.index("\ndef launch("):]
-    found = re.findall(r"\blayout\.(\w+)(\(\))?", launch)
-    return list(dict.fromkeys(name + call for name, call in found))
-
-
-def _encode_tensor(tensor, heads: int, indent: str = "    ") -> str:
-    import numpy as np
-    import torch
-
-    tensor = tensor.cpu()
-    shared = heads > 1 and tensor.shape[0] == heads and torch.equal(tensor, tensor[:1].expand_as(tensor))
-    data = np.ascontiguousarray((tensor[:1] if shared else tensor).numpy(), dtype="<i4")
-    blob = base64.b64encode(zlib.compress(data.tobytes(), 9)).decode()
-    lines = "\n".join(f'{indent}    "{line}"' for line in textwrap.wrap(blob, 96) or [""])
-    return f"({tuple(data.shape)!r}, {shared}, (\n{lines}\n{indent}))"
-
-
-def _encode(name: str, value, heads: int) -> str:
-    if isinstance(value, tuple):
-        items = "".join(f"        {_encode_tensor(t, heads, ' ' * 8)},\n" for t in value)
-        return f'    "{name}": [\n{items}    ],'
-    return f'    "{name}": {_encode_tensor(value, heads)},'
-
-
-def layout_data(layout, names: list[str]) -> dict:
-    """{name: tensor or tuple of tensors} for `layout_reads` names."""
-    out = {}
-    for name in names:
-        value = getattr(layout, name.removesuffix("()"))
-        out[name] = value() if name.endswith("()") else value
-        items = out[name] if isinstance(out[name], tuple) else (out[name],)
-        if out[name] is None or not all(hasattr(t, "dtype") and str(t.dtype) == "torch.int32" for t in items):
-            raise TypeError(f"the generated launch reads layout.{name}, which is not int32 tensors; "
-                            "patternc.aot can't write it out")
-    return out
-
-
 def summary_text(layout) -> str:
     """Layout.summary() as the lines of the generated module's header."""
     s = layout.summary()
@@ -281,8 +132,9 @@ class CompiledModule:
     name: str
     source: str
     report: str
-    layout: object
+    layout: object  # a routed pattern's: with every key block chosen (the most a call visits)
     config: dict
+    routed: bool = False
 
     def write(self, out_dir: str | Path, report: bool = True) -> Path:
         """Write `out_dir/<name>.py` (and `.md`) atomically, creating `out_dir`; refuses to replace a
@@ -302,8 +154,8 @@ class CompiledModule:
 def build_module(pattern: Pattern, seq_len: int, kv_len: int | None = None, heads: int | None = None,
                  head_dim: int = 128, dtype="bf16", config=None, name: str | None = None) -> CompiledModule:
     """The module and report of `compile_module`, in memory."""
-    from .codegen import make_spec, module_source
-    from .runtime.attention import SUPPORTED_HEAD_DIMS
+    from ..codegen import make_spec, module_source
+    from ..runtime.attention import SUPPORTED_HEAD_DIMS
 
     check_compilable(pattern)
     M = seq_len
@@ -314,6 +166,13 @@ def build_module(pattern: Pattern, seq_len: int, kv_len: int | None = None, head
     dtype = dtype_name(dtype)
     cfg = resolve_config(head_dim, dtype, config)
     name = module_name(name or pattern.name or "pattern")
+    if pattern.is_routed:
+        from .routed import routed_parts
+
+        kernel, data, layout, routing, cfg = routed_parts(pattern, M, N, heads, head_dim, cfg, summary_text)
+        source = kernel + tail_source(name, M, N, layout.heads, dtype, data, routing)
+        report = report_text(pattern, name, layout, head_dim, dtype, cfg, None, routed=True)
+        return CompiledModule(name, source, report, layout, cfg, routed=True)
     layout = pattern.layout(M, N, heads=heads, block_m=cfg["block_m"], block_n=cfg["block_n"],
                             order=cfg.get("order", "auto"))
     runs = layout.runs() if cfg.get("iteration", "auto") != "table" else None
@@ -323,9 +182,7 @@ def build_module(pattern: Pattern, seq_len: int, kv_len: int | None = None, head
                      runs=None if runs is None else (runs[0].shape[2], runs[1].shape[2]),
                      tma=cfg.get("memory", "pointers") == "tma", residue=residue)
     kernel = module_source(spec, summary=summary_text(layout), backward=True)
-    data = layout_data(layout, layout_reads(kernel))
-    source = kernel + TAIL.format(name=name, M=M, N=N, H=layout.heads, dtype=dtype,
-                                  tables="\n".join(_encode(n, v, layout.heads) for n, v in data.items()))
+    source = kernel + tail_source(name, M, N, layout.heads, dtype, layout_data(layout, layout_reads(kernel)))
     report = report_text(pattern, name, layout, head_dim, dtype, cfg, runs)
     return CompiledModule(name, source, report, layout, cfg)
 
@@ -343,8 +200,9 @@ def compile_module(pattern: Pattern, seq_len: int, kv_len: int | None = None, he
     dict keys also `memory` ("pointers" or "tma"), `iteration` ("auto": runs of key tiles where
     every row has few, "table": index tables) and `order` ("auto": residue order for dilated or
     strided patterns, "natural"). Files are written atomically, and a file that patternc didn't
-    write is never overwritten. Raises `PatternError` for routed (topk) and random patterns,
-    which need data the generated code can't hold yet.
+    write is never overwritten. A routed pattern's (topk) module chooses its key blocks from q and
+    k on every call, with patternc's routing kernels written into it; its tiles are halved where
+    they don't divide the routing block.
     """
     out_dir = Path(out_dir)
     target = out_dir / f"{module_name(name or pattern.name or 'pattern')}.py"
@@ -353,30 +211,32 @@ def compile_module(pattern: Pattern, seq_len: int, kv_len: int | None = None, he
     return built.write(out_dir, report)
 
 
-def report_text(pattern: Pattern, name: str, layout, head_dim: int, dtype: str, cfg: dict, runs) -> str:
-    """The Markdown report written beside the module."""
+def report_text(pattern: Pattern, name: str, layout, head_dim: int, dtype: str, cfg: dict, runs,
+                routed: bool = False) -> str:
+    """The Markdown report written beside the module (routed: `layout` with every key block chosen)."""
     from tabulate import tabulate
 
     s = layout.summary()
     lengths = f"M = N = {s['M']}" if s["M"] == s["N"] else f"M = {s['M']}, N = {s['N']}"
     speedup = "inf" if s["ideal_speedup"] == float("inf") else f"{s['ideal_speedup']:.2f}x"
-    iteration = ("index tables" if runs is None else
-                 f"runs of key tiles ({runs[0].shape[2]} full, {runs[1].shape[2]} partial per row)")
+    iteration = ("index tables" + (", written per call by the routing kernels" if routed else "") if runs is None
+                 else f"runs of key tiles ({runs[0].shape[2]} full, {runs[1].shape[2]} partial per row)")
+    most = " at most (every key block chosen)" if routed else ""
     order = ("natural" if layout.permutation is None else
              f"residue classes mod {layout.permutation.modulus} (tiles read rows {layout.permutation.modulus} apart)")
-    empty = layout.empty_rows
-    n_empty = sum(len(e) for e in empty)
+    n_empty = 0 if routed else sum(len(e) for e in layout.empty_rows)
     where = f" ({pattern.span})" if pattern.span is not None else ""
     rows = [
         ["problem", f"{lengths}, {_heads(s['heads'])}, head_dim {head_dim}, {dtype}"],
         ["tile config", f"{config_text(cfg)}, memory {cfg.get('memory', 'pointers')}, {iteration}"],
         ["token order", order],
-        ["density", f"{s['density']:.4f}"],
+        ["density", f"{s['density']:.4f}{most}"],
         ["ideal speedup", speedup],
-        ["tiles", f"{s['full']} full, {s['partial']} partial, {s['empty']} empty (of {layout.counts['total']})"],
+        ["tiles", f"{s['full']} full, {s['partial']} partial, {s['empty']} empty (of {layout.counts['total']}){most}"],
         ["partial share", f"{s['partial_share']:.3f}"],
         ["refined tiles", str(s["refined_tiles"])],
-        ["empty query rows", "none" if not n_empty else f"{n_empty} over all heads (output 0, LSE -inf)"],
+        ["empty query rows", "per call, from the choice" if routed else "none" if not n_empty else
+         f"{n_empty} over all heads (output 0, LSE -inf)"],
     ]
     return (f"{REPORT_MARK}\n# {name}\n\npattern{where}:\n\n```\n{pattern}\n```\n\n"
             + tabulate(rows, headers=["", "value"], tablefmt="github") + "\n\n"
