@@ -8,7 +8,6 @@ forward (`launch`, with its LSE) of the same module.
 """
 from __future__ import annotations
 
-import functools
 import types
 
 import pytest
@@ -19,6 +18,7 @@ from hypothesis import strategies as st
 
 import patternc
 from patternc.codegen import make_spec, module_source
+from patternc.runtime.interpreter import bf16_dot_works
 from patternc.runtime.attention import _device_tag
 from patternc.runtime.cache import load_module
 from patternc.runtime.routed import SELECTED_BIT, routed_plan
@@ -36,28 +36,8 @@ def interpret(monkeypatch, tmp_path):
     monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path))
 
 
-@functools.lru_cache(maxsize=1)
-def interpreter_bf16_dot_broken() -> bool:
-    """Triton's interpreter keeps bfloat16 tiles as their uint16 bits, and its `tl.dot`
-    (InterpreterBuilder.create_dot, seen in triton 3.9) multiplies those bits as integers: any
-    bfloat16 kernel with a dot returns garbage there. Checked on one 16 x 16 product."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def square(X, Y):
-        offs = tl.arange(0, 16)[:, None] * 16 + tl.arange(0, 16)[None, :]
-        x = tl.load(X + offs)
-        tl.store(Y + offs, tl.dot(x, x))
-
-    x = torch.eye(16, dtype=torch.bfloat16) * 2
-    y = torch.zeros(16, 16)
-    square[(1,)](x, y)
-    return not torch.equal(y, torch.eye(16) * 4)
-
-
 def skip_broken_bf16(dtype, device):
-    if dtype == torch.bfloat16 and device == "cpu" and interpreter_bf16_dot_broken():
+    if dtype == torch.bfloat16 and device == "cpu" and not bf16_dot_works():
         pytest.skip("Triton's interpreter multiplies bfloat16 tiles as their uint16 bits (create_dot); "
                     "bfloat16 runs on the GPU only")
 

@@ -122,3 +122,34 @@ def test_layouts_of_head_dependent_global_ranges_differ_per_head():
     layout = p.layout(128, block_m=16, block_n=16)
     visible = p.mask(128).numpy().reshape(4, 8, 16, 8, 16).any((2, 4))
     assert np.array_equal(layout.block_map().numpy() > 0, visible)
+
+
+def test_bf16_in_the_interpreter_is_right_or_refused(monkeypatch, tmp_path):
+    import torch
+
+    from patternc.runtime.interpreter import bf16_dot_works
+
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path))
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 48, 16, generator=g).to(torch.bfloat16) for _ in range(3))
+    pattern = patternc.compile("causal & window(16)")
+    if not bf16_dot_works():  # triton 3.9's interpreter: never a silent garbage answer
+        with pytest.raises(PatternError, match="bfloat16 under TRITON_INTERPRET=1 would give wrong results"):
+            patternc.attention(q, k, v, pattern)
+        return
+    ref = patternc.reference_attention(q.double(), k.double(), v.double(), pattern)
+    assert (patternc.attention(q, k, v, pattern).double() - ref).abs().max() < 3e-2
+
+
+def test_meta_tensors_are_a_clear_error():
+    import torch
+
+    q, k, v = (torch.empty(1, 2, 16, 16, device="meta") for _ in range(3))
+    with pytest.raises(PatternError, match="meta tensors hold no data"):
+        patternc.attention(q, k, v, "causal")
+
+
+def test_inputs_that_are_not_tensors_are_a_clear_error():
+    with pytest.raises(PatternError, match="q must be a 4-D tensor"):
+        patternc.attention(1, 2, 3, "causal")

@@ -48,6 +48,10 @@ def _check_inputs(q, k, v):
         raise PatternError(f"q, k, v must share one dtype of float16, bfloat16, float32; got {q.dtype}, {k.dtype}, {v.dtype}")
     if not (q.device == k.device == v.device):
         raise PatternError(f"q, k, v must be on one device; got {q.device}, {k.device}, {v.device}")
+    if q.device.type not in ("cuda", "cpu"):
+        raise PatternError(f"q, k, v are on '{q.device}', which patternc can't run on", None,
+                           "meta tensors hold no data to attend over; move the tensors to a CUDA GPU "
+                           "(or the CPU)" if q.device.type == "meta" else "move the tensors to a CUDA GPU (or the CPU)")
     B, H, M, D = q.shape
     if k.shape[0] != B or v.shape[0] != B or k.shape[1] != v.shape[1] or k.shape[2] != v.shape[2]:
         raise PatternError(f"shapes don't match: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}",
@@ -59,6 +63,18 @@ def _check_inputs(q, k, v):
     if D not in SUPPORTED_HEAD_DIMS:
         raise PatternError(f"head_dim {D} is not supported", None,
                            f"supported: {', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
+
+
+def _check_interpreter_dtype(q, interpret: bool):
+    import torch
+
+    from .interpreter import bf16_dot_works
+
+    if interpret and q.dtype == torch.bfloat16 and not bf16_dot_works():
+        raise PatternError("bfloat16 under TRITON_INTERPRET=1 would give wrong results: this Triton's interpreter "
+                           "multiplies bfloat16 tiles as their integer bits", None,
+                           "use float16 or float32 in the interpreter (bfloat16 runs on the GPU), or unset "
+                           "TRITON_INTERPRET for patternc's dense CPU path")
 
 
 def default_config(head_dim: int, dtype, interpret: bool) -> dict:
@@ -124,8 +140,12 @@ def forward(q, k, v, pattern, scale, config):
 
 
 def _attention(q, k, v, pattern, scale, return_lse, config, return_layout):
-    key = (id(pattern), q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device,
-           None if config is None else tuple(sorted(config.items())))
+    try:
+        key = (id(pattern), q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device,
+               None if config is None else tuple(sorted(config.items())))
+    except AttributeError:  # not tensors: the checks say which and what they should be
+        _check_inputs(q, k, v)
+        raise
     hit = _ready.get(key)
     if hit is not None and hit[0] is pattern and not return_layout:  # the cached path: no checks, no lookups
         return _run(hit[1], hit[2], q, k, v, scale, return_lse, False)
@@ -138,6 +158,7 @@ def _attention(q, k, v, pattern, scale, return_lse, config, return_layout):
     if q.device.type == "cpu" and not interpret:
         _warn_cpu_once()
         return reference_attention(q, k, v, pattern_obj, scale, return_lse)
+    _check_interpreter_dtype(q, interpret)
     pattern, user_pattern = pattern_obj, pattern
     device_tag = _device_tag(q.device)
     cfg = _config(q, k, v, pattern, scale, config, device_tag)
