@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from suite import SUITE  # noqa: E402
 
 import patternc  # noqa: E402
-from patternc.runtime.attention import _device_tag, _layout, _prepare  # noqa: E402
+from patternc.layout.cache import cached_layout  # noqa: E402
+from patternc.runtime.attention import _device_tag, _prepare  # noqa: E402
 
 ITERATIONS = ("runs",)  # "table" too, to compare the loop forms
 
@@ -135,7 +136,7 @@ def run_pattern(name, text, S, args, flex, dense):
     if best is None:
         return row
     ms, cfg, err, first = best
-    layout = _layout(pattern, S, S, H, cfg["block_m"], cfg["block_n"], "cuda:0", "auto")
+    layout = cached_layout(pattern, S, S, H, cfg["block_m"], cfg["block_n"], "auto", "cuda:0")
     row.update(patternc_ms=ms, config=config_name(cfg),
                rel_err_vs_flex=err, first_call_ms=first, patternc_density=layout.density,
                speedup_vs_flex=row["flex_ms"] / ms)

@@ -7,6 +7,7 @@ from functools import lru_cache
 
 from ..errors import PatternError
 from ..ir.pattern import Pattern
+from ..layout.cache import cached_layout
 from ..layout.routed import routed_node
 from .routed import RoutedPlan
 
@@ -89,11 +90,6 @@ def default_config(head_dim: int, dtype, interpret: bool) -> dict:
     if head_dim == 128:
         return {"block_m": 128, "block_n": 64 if not wide else 32, "num_warps": 8, "num_stages": 3}
     return {"block_m": 64, "block_n": 32, "num_warps": 4, "num_stages": 2}
-
-
-@lru_cache(maxsize=256)
-def _layout(pattern: Pattern, M: int, N: int, H: int, block_m: int, block_n: int, device: str, order: str = "auto"):
-    return pattern.layout(M, N, heads=H, block_m=block_m, block_n=block_n, device=device, order=order)
 
 
 @lru_cache(maxsize=256)
@@ -235,7 +231,7 @@ def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag, backward=False):
                          None, cfg.get("memory", "pointers") == "tma", None, device_tag, routed=plan.topk.query,
                          backward=backward)
         return module, plan
-    layout = _layout(pattern, M, N, H, cfg["block_m"], cfg["block_n"], device, cfg.get("order", "auto"))
+    layout = cached_layout(pattern, M, N, H, cfg["block_m"], cfg["block_n"], cfg.get("order", "auto"), device)
     runs = layout.runs() if cfg.get("iteration", "auto") != "table" else None
     runs_shape = None if runs is None else (runs[0].shape[2], runs[1].shape[2])
     module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],

@@ -83,7 +83,7 @@ class _Layouts:
     """Layouts and op counts shared between measurements of one pattern and shape."""
 
     def __init__(self):
-        self.layouts, self.patterns, self.ops = {}, {}, {}
+        self.patterns, self.ops = {}, {}
 
     def pattern(self, text):
         if text not in self.patterns:
@@ -93,14 +93,9 @@ class _Layouts:
         return self.patterns[text]
 
     def layout(self, text, M, N, heads, bm, bn, order, head_dim=128):
-        key = (text, M, N, heads, bm, bn, order, head_dim)
-        if key not in self.layouts:
-            from ..analysis import routed_data
+        from ..layout.cache import cached_layout
 
-            p = self.pattern(text)
-            data = routed_data(p, M, N, heads, dim=head_dim) or {}
-            self.layouts[key] = p.layout(M, N, heads=heads, block_m=bm, block_n=bn, order=order, **data)
-        return self.layouts[key]
+        return cached_layout(self.pattern(text), M, N, heads, bm, bn, order, routed_dim=head_dim)
 
     def op_count(self, text, heads, M, N):
         key = (text, heads, M, N)

@@ -10,19 +10,18 @@ is the one reported, as the autotuner would pick it on the GPU; `config=` fixes 
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..errors import PatternError
-from ..runtime.attention import as_pattern  # noqa: F401 - re-used by formulas and sweeps
+from ..layout.cache import cached_layout
+from ..runtime.attention import SUPPORTED_HEAD_DIMS, as_pattern  # noqa: F401 - as_pattern: formulas, sweeps
 from .model import Shape, dense_ms, flex_times, flex_workload, kernel_workload, memory_floor_us, resolve_costs
 from .ops import pattern_ops
 from .profile import Profile, config_name, dtype_name, parse_config
 from .schedule import list_schedule, longest_first
 
-SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
 DEFAULT_OPS = 4  # predicates the kernel can't print (run-time tables) are charged like a window
 
 
@@ -192,26 +191,10 @@ def candidate_configs(shape: Shape, profile: Profile) -> list[dict]:
 
 # ------------------------------------------------------------------------------ layouts
 
-_LAYOUTS: OrderedDict = OrderedDict()
-_LAYOUT_CACHE_SIZE = 32
-
-
 def _layout(pattern, M, N, heads, bm, bn, order, head_dim=128):
     """The layout the kernel would get; routed patterns select on random q, k with `head_dim`
     features (as real ones have: how alike the queries' choices are depends on it)."""
-    key = (pattern, M, N, heads, bm, bn, order, head_dim if pattern.is_routed else None)
-    hit = _LAYOUTS.get(key)
-    if hit is not None:
-        _LAYOUTS.move_to_end(key)
-        return hit
-    from ..analysis import routed_data
-
-    data = routed_data(pattern, M, N, heads, dim=head_dim) or {}
-    layout = pattern.layout(M, N, heads=heads, block_m=bm, block_n=bn, order=order, **data)
-    _LAYOUTS[key] = layout
-    if len(_LAYOUTS) > _LAYOUT_CACHE_SIZE:
-        _LAYOUTS.popitem(last=False)
-    return layout
+    return cached_layout(pattern, M, N, heads, bm, bn, order, routed_dim=head_dim)
 
 
 # ------------------------------------------------------------------------------ the model, per config
