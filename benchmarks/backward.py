@@ -26,17 +26,10 @@ from attention import bench, environment, rel_err  # noqa: E402
 from suite import SUITE  # noqa: E402
 
 import patternc  # noqa: E402
+from patternc.aot import parse_config  # noqa: E402
 
 CONFIGS = ("auto", "64x64/w4/s2", "128x64/w8/s3")  # auto: what training gets by default
 STATIC = [name for name, (text, _) in SUITE.items() if "topk" not in text]
-
-
-def parse(cfg: str) -> dict | None:
-    if cfg == "auto":
-        return None
-    tiles, warps, stages = cfg.split("/")
-    bm, bn = tiles.split("x")
-    return {"block_m": int(bm), "block_n": int(bn), "num_warps": int(warps[1:]), "num_stages": int(stages[1:])}
 
 
 def fwd_bwd(attend, q, k, v, do):
@@ -58,7 +51,7 @@ def run(name, text, S, args, flex, cudnn):
     row["cudnn_ms"] = cudnn
     best = None
     for cfg_text in args.configs:
-        cfg = parse(cfg_text)
+        cfg = None if cfg_text == "auto" else parse_config(cfg_text)
         attend = lambda q, k, v: patternc.attention(q, k, v, pattern, config=cfg)  # noqa: E731
         try:
             t0 = time.perf_counter()

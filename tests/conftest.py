@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +57,13 @@ _SCALE = {"dev": 1.0, "ci": 4.0, "quick": 0.15}.get(os.environ.get("HYPOTHESIS_P
 def examples(n: int) -> int:
     """`n` examples under the dev profile, scaled for the others."""
     return max(5, int(n * _SCALE))
+
+
+@pytest.fixture
+def interpret(monkeypatch, tmp_path):
+    """Generated kernels run in Triton's interpreter for this test, with a kernel cache of its own."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path))
 
 
 def pytest_addoption(parser):

@@ -16,6 +16,7 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+import torch
 from hypothesis import strategies as st
 
 import patternc
@@ -103,3 +104,22 @@ def leaf_case(draw, allow_block=True):
         b = draw(st.integers(1, 12))
         return with_block(text, b), on_blocks(ref, b)
     return text, ref
+
+
+def reference_grads(q, k, v, pattern, dout, dlse=None, scale=None):
+    """(dq, dk, dv) by torch.autograd of the fp64 dense reference, for the output's gradient `dout`
+    and, given, the LSE's `dlse` (rows with no visible key contribute none); unused inputs get 0."""
+    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
+    out, lse = patternc.reference_attention(qd, kd, vd, pattern, scale=scale, return_lse=True)
+    loss = (out * dout.double()).sum()
+    if dlse is not None:
+        loss = loss + (torch.where(torch.isinf(lse), 0.0, lse) * dlse.double()).sum()
+    grads = torch.autograd.grad(loss, (qd, kd, vd), allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, (qd, kd, vd))]
+
+
+def assert_close(got, want, tol, what):
+    """No NaN, and a relative error within `tol` (or both exactly zero)."""
+    assert not torch.isnan(got).any(), f"{what}: NaN in the gradient"
+    err = (got.double() - want).norm() / want.norm().clamp_min(1e-30)
+    assert err <= tol or want.norm() == 0 and got.abs().max() == 0, f"{what}: relative error {err:.2e}"

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_aot_backward import interpret, load  # noqa: F401 - interpret is a fixture
+from test_aot_backward import load
 
 import patternc
 from patternc.aot import compile_module

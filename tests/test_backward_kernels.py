@@ -15,6 +15,7 @@ import torch
 from conftest import examples
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference import reference_grads
 
 import patternc
 from patternc.codegen import make_spec, module_source
@@ -28,12 +29,6 @@ SMALL = {"block_m": 16, "block_n": 16, "num_warps": 4, "num_stages": 1}
 MIXED = """pattern mixed:
     heads 0..1: causal & window(12)
     heads 2..3: causal & (window(8) | pow2(block = 16) | sink(8))"""
-
-
-@pytest.fixture
-def interpret(monkeypatch, tmp_path):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path))
 
 
 def skip_broken_bf16(dtype, device):
@@ -68,17 +63,6 @@ def run(module, layout, q, k, v, do, scale=None, dlse=None):
     return module.launch_backward(q, k, v, out, lse, do, layout, scale, *poisoned, dlse=dlse)
 
 
-def reference(q, k, v, do, pattern, scale=None, dlse=None):
-    """(dq, dk, dv) by torch.autograd of the fp64 dense masked reference."""
-    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
-    out, lse = patternc.reference_attention(qd, kd, vd, pattern, scale=scale, return_lse=True)
-    if dlse is None:
-        out.backward(do.double())
-    else:
-        torch.autograd.backward([out, lse], [do.double(), dlse.double()])
-    return qd.grad, kd.grad, vd.grad
-
-
 def compare(grads, ref, mask, dtype, label=""):
     """Relative errors of dq, dk, dv; the rows of queries that see no key and of keys that no
     query sees (`mask`: Pattern.mask, [H, M, N]) must be exactly 0."""
@@ -102,7 +86,7 @@ def check(pattern_text, M, N, H, Hkv, D, dtype, config, device="cpu", scale=None
     pattern = patternc.compile(pattern_text)
     module, layout = build(pattern, H, M, N, D, config, device)
     q, k, v, do = inputs(H, Hkv, M, N, D, dtype, device, seed)
-    ref = reference(q, k, v, do, pattern, scale)
+    ref = reference_grads(q, k, v, pattern, do, scale=scale)
     return compare(run(module, layout, q, k, v, do, scale), ref, pattern.mask(M, N, heads=H), dtype,
                    f"{pattern_text!r} M={M} N={N} {config}")
 
@@ -157,7 +141,7 @@ def test_lse_gradient(interpret):
     module, layout = build(pattern, 2, 40, 40, 16, SMALL)
     q, k, v, do = inputs(2, 1, 40, 40, 16, torch.float32, "cpu", 5)
     dlse = torch.randn(1, 2, 40, generator=torch.Generator().manual_seed(6))
-    compare(run(module, layout, q, k, v, do, dlse=dlse), reference(q, k, v, do, pattern, dlse=dlse),
+    compare(run(module, layout, q, k, v, do, dlse=dlse), reference_grads(q, k, v, pattern, do, dlse),
             pattern.mask(40, 40, heads=2), torch.float32)
 
 
@@ -206,7 +190,7 @@ def test_routed_block(interpret):
     layout = with_transposed_tables(routed_plan(pattern, M, N, H, 16, 16, "cpu").layout(q, k), N // 16)
     spec = make_spec(pattern, heads=H, M=M, N=N, head_dim=D, **SMALL, routed="block")
     module = load_module(module_source(spec, backward=True), "cpu-interpret")
-    compare(run(module, layout, q, k, v, do), reference(q, k, v, do, pattern),
+    compare(run(module, layout, q, k, v, do), reference_grads(q, k, v, pattern, do),
             pattern.mask(M, N, heads=H, q=q[0], k=k[0]), torch.float32)
     forward_only = types.SimpleNamespace(**{n: getattr(layout, n) for n in vars(layout) if not n.startswith("q_")
                                             and not n.startswith("full_q_")})

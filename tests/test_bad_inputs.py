@@ -124,13 +124,11 @@ def test_layouts_of_head_dependent_global_ranges_differ_per_head():
     assert np.array_equal(layout.block_map().numpy() > 0, visible)
 
 
-def test_bf16_in_the_interpreter_is_right_or_refused(monkeypatch, tmp_path):
+def test_bf16_in_the_interpreter_is_right_or_refused(interpret):
     import torch
 
     from patternc.runtime.interpreter import bf16_dot_works
 
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path))
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, 2, 48, 16, generator=g).to(torch.bfloat16) for _ in range(3))
     pattern = patternc.compile("causal & window(16)")

@@ -46,12 +46,6 @@ KERNEL_CONFIG = {"block_m": 16, "block_n": 16, "num_warps": 4, "num_stages": 1}
 FIXTURE = dict(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
-@pytest.fixture
-def interpret(monkeypatch, tmp_path):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path))
-
-
 @st.composite
 def small_grid(draw, tokens):
     """A grid of 1-3 dimensions holding at most `tokens` tokens."""

@@ -239,10 +239,9 @@ def test_configuration_errors():
 # --------------------------------------------------------------------------- the generated kernels
 
 
-def test_generated_kernels(monkeypatch):
+def test_generated_kernels(interpret):
     """The same comparisons through the generated Triton kernels (interpreter): prefill, decode
     steps with the cache, and one backward."""
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
     eager, ours = models(MistralConfig(**SHAPE, sliding_window=8), pattern=WINDOW, config=LlamaConfig(**SHAPE))
     ids = prompt(batch=1, length=12)
     assert_same_logits(eager, ours, ids)

@@ -39,12 +39,6 @@ GRID_PATTERNS = [
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 5e-3}
 
 
-@pytest.fixture
-def interpret(monkeypatch, tmp_path):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path))
-
-
 def run_kernel(q, k, v, pattern, config, scale=None):
     """Launch the generated kernel into a NaN-poisoned output; return (out, lse)."""
     B, H, M, D = q.shape

@@ -83,12 +83,6 @@ KERNEL_PATTERNS = [
 CONFIG = {"block_m": 16, "block_n": 16, "num_warps": 4, "num_stages": 1}
 
 
-@pytest.fixture
-def interpret(monkeypatch, tmp_path):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path))
-
-
 @pytest.mark.parametrize("text", KERNEL_PATTERNS)
 def test_chunked_prefill_kernels(interpret, text):
     N, M, H = 80, 37, 2  # 8 doesn't divide N - M: query tiles and blocks of positions straddle

@@ -185,18 +185,12 @@ def test_neighborhood_scalar_broadcasts_over_the_grid():
     assert c.any() and np.array_equal(c, d)
 
 
-@pytest.fixture
-def interpreter(monkeypatch, tmp_path):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path))
-
-
 @pytest.mark.parametrize("text,P", [
     ("grid(4, 3, 4)\nneighborhood((2, 3, 3), stride=(2, 1, 2), causal=(true, false, false))", 48),
     ("grid(6, 8)\nneighborhood((3, 4), stride=(3, 2), dilation=(2, 1), causal=(false, true))", 48),
     ("neighborhood(5, stride=3, dilation=2, causal=true)", 45),
 ])
-def test_layouts_and_kernels(interpreter, text, P):
+def test_layouts_and_kernels(interpret, text, P):
     """Per-dimension causal and causal strides through the layout (exact tiles) and the kernel."""
     pattern = patternc.compile(text)
     mask = pattern.mask(P).numpy()

@@ -10,9 +10,9 @@ import torch
 from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reference import cdiv, leaf_case, mask_of, same
+from reference import assert_close, cdiv, leaf_case, mask_of, reference_grads, same
 from test_kernels import check
-from test_training import assert_close, inputs, reference_grads
+from test_training import inputs
 
 import patternc
 
@@ -77,12 +77,6 @@ def test_combinators_with_random_blocks(M, count, seed, b, other):
 
 BIGBIRD = "window(3, block=16) | global(0..1, block=16) | random(3, block=16)"  # BigBird, on small blocks
 TILES = {"block_m": 16, "block_n": 16, "num_warps": 4, "num_stages": 1}
-
-
-@pytest.fixture
-def interpret(monkeypatch, tmp_path):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path))
 
 
 @pytest.mark.parametrize("text, M, N, H, Hkv, config", [

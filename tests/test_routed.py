@@ -11,12 +11,6 @@ import patternc
 from patternc.runtime.routed import routed_plan, select
 
 
-@pytest.fixture
-def interpret(monkeypatch, tmp_path):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path))
-
-
 def moba_reference(q, k, count, block, causal):
     """Plain loops: per (batch, head, query block) the own block plus the best count-1 earlier
     (causal) or other blocks by mean-pooled dot product; ties to the lower block index."""

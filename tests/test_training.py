@@ -13,6 +13,7 @@ import torch
 from conftest import examples
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import assert_close, reference_grads
 
 import patternc
 from patternc.errors import PatternError
@@ -32,22 +33,6 @@ def inputs(B, H, Hkv, M, N, D, seed, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(B, h, n, D, generator=g, dtype=dtype).requires_grad_()
             for h, n in ((H, M), (Hkv, N), (Hkv, N))]
-
-
-def reference_grads(q, k, v, pattern, dout, dlse=None, scale=None):
-    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
-    out, lse = patternc.reference_attention(qd, kd, vd, pattern, scale=scale, return_lse=True)
-    loss = (out * dout.double()).sum()
-    if dlse is not None:
-        loss = loss + (torch.where(torch.isinf(lse), 0.0, lse) * dlse.double()).sum()
-    grads = torch.autograd.grad(loss, (qd, kd, vd), allow_unused=True)
-    return [torch.zeros_like(x) if g is None else g for g, x in zip(grads, (qd, kd, vd))]
-
-
-def assert_close(got, want, tol, what):
-    assert not torch.isnan(got).any(), f"{what}: NaN in the gradient"
-    err = (got.double() - want).norm() / want.norm().clamp_min(1e-30)
-    assert err <= tol or want.norm() == 0 and got.abs().max() == 0, f"{what}: relative error {err:.2e}"
 
 
 @pytest.mark.parametrize("text", PATTERNS)
@@ -150,12 +135,6 @@ def test_return_layout_takes_no_gradients():
     q, k, v = inputs(1, 2, 2, 8, 8, 16, seed=5)
     with pytest.raises(PatternError, match="return_layout=True takes no gradients"):
         patternc.attention(q, k, v, "causal", return_layout=True)
-
-
-@pytest.fixture
-def interpret(monkeypatch, tmp_path):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path))
 
 
 @pytest.mark.parametrize("text, H, Hkv, M, N", [

@@ -3,7 +3,7 @@ training (inputs that need grad) and `torch.compile` go through the custom op wi
 from __future__ import annotations
 
 from ..errors import PatternError
-from .attention import _attention
+from .attention import _attention, config_key
 
 
 def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = False, config: dict | None = None,
@@ -38,7 +38,7 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
 
     device = getattr(q, "device", None)  # anything else gets its error from the checks
     if device is not None and device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
-        dtype = torch.get_autocast_dtype(q.device.type)
+        dtype = torch.get_autocast_dtype(device.type)
         q, k, v = (x.to(dtype) for x in (q, k, v))
     if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(getattr(x, "requires_grad", False)
                                                                          for x in (q, k, v))):
@@ -48,7 +48,6 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
         # imported on first use: it brings in torch.compile's machinery (seconds, and triton)
         from .autograd import attention_op, problem_key
 
-        out, lse = attention_op(q, k, v, problem_key(pattern, None if config is None else
-                                                     tuple(sorted(config.items()))), scale)
+        out, lse = attention_op(q, k, v, problem_key(pattern, config_key(config)), scale)
         return (out, lse) if return_lse else out
     return _attention(q, k, v, pattern, scale, return_lse, config, return_layout)

@@ -17,6 +17,19 @@ DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # short nam
 
 _ready: dict = {}  # (id(pattern), shapes, dtypes, device, config) -> (pattern, module, layout)
 _ready_backward: dict = {}  # the same for the backward kernels
+_READY_LIMIT = 4096
+
+
+def config_key(config: dict | None):
+    """A config as a hashable key (cache keys, the custom op's problem key)."""
+    return None if config is None else tuple(sorted(config.items()))
+
+
+def _remember(ready: dict, key, user_pattern, module, layout):
+    """Keep a prepared call for the cached path; holding the pattern object keeps its id unique."""
+    if len(ready) > _READY_LIMIT:
+        ready.clear()
+    ready[key] = (user_pattern, module, layout)
 
 
 @lru_cache(maxsize=256)
@@ -137,8 +150,7 @@ def forward(q, k, v, pattern, scale, config):
 
 def _attention(q, k, v, pattern, scale, return_lse, config, return_layout):
     try:
-        key = (id(pattern), q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device,
-               None if config is None else tuple(sorted(config.items())))
+        key = (id(pattern), q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, config_key(config))
     except AttributeError:  # not tensors: the checks say which and what they should be
         _check_inputs(q, k, v)
         raise
@@ -160,16 +172,14 @@ def _attention(q, k, v, pattern, scale, return_lse, config, return_layout):
     cfg = _config(q, k, v, pattern, scale, config, device_tag)
     module, layout = _prepare(pattern, B, H, M, N, D, cfg, str(q.device), device_tag)
     if not return_layout:
-        if len(_ready) > 4096:
-            _ready.clear()
-        _ready[key] = (user_pattern, module, layout)  # holding the object keeps its id unique
+        _remember(_ready, key, user_pattern, module, layout)
     return _run(module, layout, q, k, v, scale, return_lse, return_layout)
 
 
 def backward(do, q, k, v, out, lse, dlse, pattern, scale, config):
     """(dq, dk, dv): the custom op's backward, through the generated backward kernels with the
     forward's config and layout (on a CPU without the interpreter: the dense formula)."""
-    key = (id(pattern), q.shape, k.shape, q.dtype, q.device, None if config is None else tuple(sorted(config.items())))
+    key = (id(pattern), q.shape, k.shape, q.dtype, q.device, config_key(config))
     hit = _ready_backward.get(key)
     if hit is not None and hit[0] is pattern:  # the cached path, as the forward's
         return _run_backward(hit[1], hit[2], do, q, k, v, out, lse, dlse, scale)
@@ -185,9 +195,7 @@ def backward(do, q, k, v, out, lse, dlse, pattern, scale, config):
     config = config if config is not None else training_config(D, q.dtype)
     cfg = _config(q, k, v, pattern, scale, config, device_tag)
     module, layout = _prepare(pattern, B, H, M, k.shape[2], D, cfg, str(q.device), device_tag, backward=True)
-    if len(_ready_backward) > 4096:
-        _ready_backward.clear()
-    _ready_backward[key] = (user_pattern, module, layout)  # holding the object keeps its id unique
+    _remember(_ready_backward, key, user_pattern, module, layout)
     return _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale)
 
 
