@@ -106,11 +106,11 @@ def leaf_case(draw, allow_block=True):
     return text, ref
 
 
-def reference_grads(q, k, v, pattern, dout, dlse=None, scale=None):
+def reference_grads(q, k, v, pattern, dout, dlse=None, scale=None, documents=None):
     """(dq, dk, dv) by torch.autograd of the fp64 dense reference, for the output's gradient `dout`
     and, given, the LSE's `dlse` (rows with no visible key contribute none); unused inputs get 0."""
     qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
-    out, lse = patternc.reference_attention(qd, kd, vd, pattern, scale=scale, return_lse=True)
+    out, lse = patternc.reference_attention(qd, kd, vd, pattern, scale=scale, return_lse=True, documents=documents)
     loss = (out * dout.double()).sum()
     if dlse is not None:
         loss = loss + (torch.where(torch.isinf(lse), 0.0, lse) * dlse.double()).sum()

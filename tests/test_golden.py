@@ -56,6 +56,9 @@ VARIANTS = {
                                            {"tma": True, "residue": 8}, ""),
     "mixed_sections_table_backward": (MIXED, 16, 8192, 8192, SMALL_TILES, {}, ""),
     "topk_block_table_backward": ("causal & topk(4, block=128)", 4, 2048, 2048, TILES, {"routed": "block"}, ""),
+    "documents_runs": ("causal & (window(1024) | sink(4))", 4, 8192, 8192, TILES, {"runs": (1, 2), "documents": True},
+                       ""),
+    "documents_table_backward": ("window(512) | blocked(256)", 4, 8192, 8192, SMALL_TILES, {"documents": True}, ""),
     "bigbird_tables_backward": ("window(3, block=64) | global(0..1, block=64) | random(3, block=64)", 4, 4096, 4096,
                                 TILES, {}, ""),
 }

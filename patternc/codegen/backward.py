@@ -20,10 +20,11 @@ forward's; routed patterns with per-token choices (`query=token`) have no dK/dV 
 """
 from __future__ import annotations
 
-from .forward import ROW_ORDER, ROW_PROGRAM, SHAPE_CHECKS, KernelSpec, emitters
+from .forward import SHAPE_CHECKS, KernelSpec, emitters
 from .iteration import COLUMNS, ROWS, Table
 from .memory import OUT, Pointers, Q, Tensor
 from .order import KEYS, QUERIES, Order, Tile
+from .programs import shifts
 from .template import Arg, fill, keywords, signature
 
 BACKWARD_DOC = (" Backward (`launch_backward`): delta = rowsum(dO * O) and the LSE in base 2 per row, then dK/dV"
@@ -49,6 +50,7 @@ OWN_KEYS = Tile(KEYS, "start_n * BLOCK_N", "kv_idx", "tl.arange(0, BLOCK_N)", ow
 LOOP_QUERIES = Tile(QUERIES, COLUMNS.loop, "q_idx", "offs_m", own=False)
 
 STATS = [Arg("Delta", "delta"), Arg("Lse2", "lse2")]
+STATS_ROWS = STATS + [Arg("stride_dh", "delta.stride(0)")]  # the gradient kernels' view: a (batch, head) row each
 LSE_IN = [Arg("Lse", "lse"), Arg("stride_lz", "lse.stride(0)"), Arg("stride_lh", "lse.stride(1)"),
           Arg("DLse", "dlse_arg"), Arg("stride_dlz", "dlse_arg.stride(0)"), Arg("stride_dlh", "dlse_arg.stride(1)")]
 SCALARS = [Arg("qk_scale", "scale * LOG2E"), Arg("sm_scale", "scale"), Arg("Q_LEN", "M"), Arg("KV_LEN", "N"),
@@ -142,10 +144,7 @@ def attention_bwd_dkdv(
     sharing the key/value head, the query tiles that see the key tile, from the layout's
     transposed index tables (full tiles, then partial ones with the predicate). dK and dV are
     summed over the group in registers: no atomics, deterministic."""
-    off_kz = tl.program_id(0)
-    off_z = off_kz // (H // GROUP)
-    off_kh = off_kz % (H // GROUP)
-    start_n = tl.program_id(1)
+    {program}
 
     {key_tokens}
     offs_m = tl.arange(0, BLOCK_M)
@@ -157,8 +156,8 @@ def attention_bwd_dkdv(
         off_h = off_kh * GROUP + g  # the query heads of this key/value head, one after another
         off_hz = off_z * H + off_h
         # this head's rows of delta and lse2 ([B x H, M], written by attention_bwd_rows)
-        delta_row = Delta + off_hz.to(tl.int64) * Q_LEN
-        lse2_row = Lse2 + off_hz.to(tl.int64) * Q_LEN
+        delta_row = Delta + off_hz.to(tl.int64) * stride_dh
+        lse2_row = Lse2 + off_hz.to(tl.int64) * stride_dh
         {bases}
         {loops}
     dk = dk * sm_scale  # the scores are scale * q k^T: dK takes the scale once, here
@@ -209,8 +208,8 @@ def attention_bwd_dq(
     offs_n = tl.arange(0, BLOCK_N)
     {load_q}
     # this head's rows of delta and lse2 ([B x H, M], written by attention_bwd_rows)
-    delta_row = Delta + off_hz.to(tl.int64) * Q_LEN
-    lse2_row = Lse2 + off_hz.to(tl.int64) * Q_LEN
+    delta_row = Delta + off_hz.to(tl.int64) * stride_dh
+    lse2_row = Lse2 + off_hz.to(tl.int64) * stride_dh
     {stats}
     dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
@@ -221,7 +220,7 @@ def attention_bwd_dq(
 
 LAUNCH = '''
 
-def launch_backward(q, k, v, out, lse, do, layout, scale=None, dq=None, dk=None, dv=None, dlse=None):
+def launch_backward(q, k, v, out, lse, do, layout, scale=None, dq=None, dk=None, dv=None, dlse=None{documents_param}):
     """Gradients of `launch`. q [B, H, M, D], k/v [B, Hkv, N, D]; `out` and `lse` [B, H, M]
     (float32, natural log) as `launch(..., lse=lse)` wrote them; `do` the gradient of `out`, and
     `dlse` [B, H, M] that of `lse` where the LSE was used too; `layout`: the one the forward ran
@@ -256,13 +255,15 @@ def launch_backward(q, k, v, out, lse, do, layout, scale=None, dq=None, dk=None,
     attention_bwd_rows[(B * H, triton.cdiv(M, BLOCK_M))](
         {rows_args}
     )
-    grid = (B * k.shape[1], triton.cdiv(N, BLOCK_N))  # a program per key tile of each key/value head
+    {column_tables}
+    grid = (B * k.shape[1], {column_programs})  # a program per key tile of each key/value head
     attention_bwd_dkdv[grid](
         {dkdv_args}
         num_warps=NUM_WARPS, num_stages=NUM_STAGES_BWD,
     )
     {layout_tables}
-    grid = (B * H, triton.cdiv(M, BLOCK_M))
+    {row_tables}
+    grid = (B * H, {row_programs})
     attention_bwd_dq[grid](
         {dq_args}
         num_warps=NUM_WARPS, num_stages=NUM_STAGES_BWD,
@@ -295,20 +296,24 @@ def _call(returns: str, helper: str, args: list[str], side, order: Order, routed
 def backward_source(spec: KernelSpec) -> str:
     """The backward family for `spec`, to append to its forward module: the kernels and
     `launch_backward()`. Raises ValueError for routing with per-token choices (no dK/dV yet)."""
-    memory, iteration, order, routed, tables = emitters(spec)
+    memory, iteration, order, routed, tables, program = emitters(spec)
     if spec.routed == "token":
         raise ValueError("routed backward: topk(query=token) has no dK/dV kernel yet (each query row chooses its "
                          "own key blocks, which the transposed tables can't carry); use query=block")
     rows, rows_params = _rows_kernel()
-    dkdv, dkdv_params = _dkdv_kernel(memory, order, routed, tables)
-    dq, dq_params = _dq_kernel(memory, iteration, order, routed, tables)
-    launch = fill("LAUNCH", LAUNCH, layout_doc=_layout_doc(iteration) + tables.layout_doc, checks=SHAPE_CHECKS,
+    dkdv, dkdv_params = _dkdv_kernel(memory, order, routed, tables, program)
+    dq, dq_params = _dq_kernel(memory, iteration, order, routed, tables, program)
+    launch = fill("LAUNCH", LAUNCH, documents_param=program.launch_param,
+                  layout_doc=_layout_doc(iteration, program) + tables.layout_doc,
+                  checks=SHAPE_CHECKS + program.checks(),
                   routed_check=ROUTED_CHECK if routed.selects else [], predicate_tables=tables.prepare(),
                   contiguous=memory.contiguous([Q, K_ROWS, V_ROWS, OUT, DO]),
                   descriptors=_once(memory.descriptors([Q, K_ROWS, V_ROWS, DO, DQ], order)
                                     + memory.descriptors([DK, DV], order)),
-                  rows_args=keywords(rows_params, 8), dkdv_args=keywords(dkdv_params, 8),
-                  layout_tables=iteration.prepare(ROWS), dq_args=keywords(dq_params, 8))
+                  rows_args=keywords(rows_params, 8), column_tables=program.prepare("n"),
+                  column_programs=program.programs("n"), dkdv_args=keywords(dkdv_params, 8),
+                  layout_tables=iteration.prepare(ROWS), row_tables=program.prepare("m"),
+                  row_programs=program.programs("m"), dq_args=keywords(dq_params, 8))
     return rows + dkdv + dq + launch
 
 
@@ -321,12 +326,14 @@ def _rows_kernel() -> tuple[str, list]:
     return fill("ROWS_KERNEL", ROWS_KERNEL, params=signature(params), load=load), params
 
 
-def _dkdv_kernel(memory, order: Order, routed, tables) -> tuple[str, list]:
+def _dkdv_kernel(memory, order: Order, routed, tables, program) -> tuple[str, list]:
     """dkdv_step and the dK/dV kernel: a column sweep through the transposed tables (layouts
     have no runs of query tiles per column)."""
     columns = Table()
-    params = (memory.params([Q_T, K_ROWS, V_ROWS, DO, DK, DV]) + [STATS] + columns.params(COLUMNS)
-              + routed.params() + [SCALARS] + order.params() + tables.params() + CONSTEXPRS)
+    layout = columns.params(COLUMNS) + routed.params()
+    params = (memory.params([Q_T, K_ROWS, V_ROWS, DO, DK, DV]) + [STATS_ROWS] + layout[:-1]
+              + [layout[-1] + program.params("n")] + [SCALARS] + order.params() + tables.params()
+              + program.constexprs(CONSTEXPRS))
     source = ", ".join(memory.step_params([Q_T, DO]))
     step = fill("DKDV_STEP", DKDV_STEP, q_source=source, order_params=signature(order.params()),
                 routed_params=routed.step_params(), routed_arg=routed.predicate_param,
@@ -335,24 +342,26 @@ def _dkdv_kernel(memory, order: Order, routed, tables) -> tuple[str, list]:
                 load_q=memory.shift([Q_T, DO], LOOP_QUERIES, order) + memory.load([Q_T, DO], LOOP_QUERIES, order),
                 stats=stats(LOOP_QUERIES))
     own = [K_ROWS, V_ROWS]
-    kernel = fill("DKDV_KERNEL", DKDV_KERNEL, params=signature(params), key_tokens=order.tokens(OWN_KEYS),
+    kernel = fill("DKDV_KERNEL", DKDV_KERNEL, params=signature(params),
+                  program=program.program("n", shifts([Q_T, K_ROWS, V_ROWS, DO, DK, DV], "Delta", "Lse2")),
+                  key_tokens=order.tokens(OWN_KEYS),
                   load_kv=(memory.dims() + [line for t in own for line in memory.tile_pointers(t, OWN_KEYS)]
                            + memory.rows(own) + memory.load(own, OWN_KEYS, order)),
                   bases=memory.bases([Q_T, DO], LOOP_QUERIES, order),
                   loops=columns.loops(COLUMNS, routed, lambda masked: _call(
                       "dk, dv", "dkdv_step", [f"dk, dv, k, v, {source}, start_m, kv_idx, offs_m, off_h",
                                               "delta_row, lse2_row, qk_scale, Q_LEN, KV_LEN"],
-                      QUERIES, order, routed, tables, masked)),
+                      QUERIES, order, routed, tables, masked), program.clips),
                   store=_once([line for t in (DK, DV) for line in memory.tile_pointers(t, OWN_KEYS)
                                + memory.store(t, OWN_KEYS, order, t.var)]))
     return step + kernel, params
 
 
-def _dq_kernel(memory, iteration, order: Order, routed, tables) -> tuple[str, list]:
+def _dq_kernel(memory, iteration, order: Order, routed, tables, program) -> tuple[str, list]:
     """dq_step and the dQ kernel: a row sweep, iterated as the forward's."""
     layout = iteration.params(ROWS) + routed.params()
-    params = (memory.params([Q, K_T, V_T, DO, DQ]) + [STATS] + layout[:-1] + [layout[-1] + ROW_ORDER] + [SCALARS]
-              + order.params() + tables.params() + CONSTEXPRS)
+    params = (memory.params([Q, K_T, V_T, DO, DQ]) + [STATS_ROWS] + layout[:-1] + [layout[-1] + program.params("m")]
+              + [SCALARS] + order.params() + tables.params() + program.constexprs(CONSTEXPRS))
     source = ", ".join(memory.step_params([K_T, V_T]))
     step = fill("DQ_STEP", DQ_STEP, kv_source=source, order_params=signature(order.params()),
                 routed_params=routed.step_params(), routed_arg=routed.predicate_param,
@@ -361,14 +370,16 @@ def _dq_kernel(memory, iteration, order: Order, routed, tables) -> tuple[str, li
                 load_kv=memory.shift([K_T, V_T], LOOP_KEYS, order) + memory.load([K_T, V_T], LOOP_KEYS, order))
     own = [Q, DO]
     kernel = fill("DQ_KERNEL", DQ_KERNEL, params=signature(params), iteration_doc=iteration.doc(ROWS),
-                  program=ROW_PROGRAM, query_tokens=order.tokens(OWN_QUERIES),
+                  program=program.program("m", shifts([Q, K_T, V_T, DO, DQ], "Delta", "Lse2")),
+                  query_tokens=order.tokens(OWN_QUERIES),
                   load_q=(memory.dims() + [line for t in own for line in memory.tile_pointers(t, OWN_QUERIES)]
                           + memory.bases([K_T, V_T], LOOP_KEYS, order) + memory.rows(own + [K_T, V_T])
                           + memory.load(own, OWN_QUERIES, order)),
                   stats=stats(OWN_QUERIES),
                   loops=iteration.loops(ROWS, routed, lambda masked: _call(
                       "dq", "dq_step", [f"dq, q, do, lse2, delta, {source}, start_n, offs_m, offs_n, off_h",
-                                        "qk_scale, Q_LEN, KV_LEN"], KEYS, order, routed, tables, masked)),
+                                        "qk_scale, Q_LEN, KV_LEN"], KEYS, order, routed, tables, masked),
+                                        program.clips),
                   store=memory.tile_pointers(DQ, OWN_QUERIES) + memory.store(DQ, OWN_QUERIES, order, "dq"))
     return step + kernel, params
 
@@ -384,7 +395,8 @@ def _once(lines: list[str]) -> list[str]:
     return kept
 
 
-def _layout_doc(iteration) -> str:
+def _layout_doc(iteration, program) -> str:
     """What launch_backward() reads of the layout: the dQ kernel's row iteration, and the
     transposed tables."""
-    return iteration.layout_doc(ROWS) + ", `row_order`;\n    for dK/dV the transposed " + Table().layout_doc(COLUMNS)
+    order = "" if program.packed else ", `row_order`"
+    return iteration.layout_doc(ROWS) + order + ";\n    for dK/dV the transposed " + Table().layout_doc(COLUMNS)

@@ -22,11 +22,12 @@ from .iteration import ROWS, Runs, Table
 from .memory import OUT, K, Pointers, Q, Tma, V
 from .order import KEYS, QUERIES, Order, Tile
 from .predicate import FLOOR_HELPERS, Predicate, predicate_lines, trace
+from .programs import programs, shifts
 from .routed import MODES
 from .tables import Tables
 from .template import Arg, fill, keywords, signature
 
-GENERATOR_VERSION = 9  # bump when the generated code changes: it is part of every cache key
+GENERATOR_VERSION = 10  # bump when the generated code changes: it is part of every cache key
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,7 @@ class KernelSpec:
     # topk at run time: per (batch, head) tables; "block": partial entries carry the choice of
     # their key block, "token": every query row reads its own choice (a bit per key block)
     routed: str = ""
+    documents: bool = False  # packed documents (`documents=` boundaries at launch)
 
     def __post_init__(self):
         if self.routed not in MODES:
@@ -56,23 +58,25 @@ class KernelSpec:
         if self.routed and self.runs is not None:
             raise ValueError(f"routed kernels read their choices from index tables: runs must be None, "
                              f"got {self.runs}")
+        if self.documents and (self.routed or self.tma or self.residue is not None):
+            raise ValueError("packed documents need static routing, pointers and natural token order (a document "
+                             "starts anywhere: no TMA box or residue class lines up with it)")
 
 
 def make_spec(pattern, *, heads: int, M: int, N: int, head_dim: int, block_m: int, block_n: int,
               num_warps: int, num_stages: int, runs: tuple[int, int] | None = None, tma: bool = False,
-              residue: int | None = None, routed: str = "") -> KernelSpec:
+              residue: int | None = None, routed: str = "", documents: bool = False) -> KernelSpec:
     """The kernel for `pattern` with `heads` query heads. Lengths matter only to patterns on a
     token grid (their index arithmetic uses the grid's shape); other kernels serve every length."""
     predicate = trace(pattern.sections(heads), pattern.rule_grid(M, N))
     return KernelSpec(str(pattern), predicate, head_dim, block_m, block_n, num_warps, num_stages, runs, tma,
-                      residue, routed)
+                      residue, routed, documents)
 
 
 QUERY_TILE = Tile(QUERIES, "start_m * BLOCK_M", "offs_m", "tl.arange(0, BLOCK_M)", own=True)
 KEY_TILE = Tile(KEYS, ROWS.loop, "kv_idx", "offs_n", own=False)
 
 LSE = [Arg("Lse", "lse_arg"), Arg("stride_lz", "lse_arg.stride(0)"), Arg("stride_lh", "lse_arg.stride(1)")]
-ROW_ORDER = [Arg("row_order", "layout.row_order"), Arg("stride_roh", "layout.row_order.stride(0)")]
 SCALARS = [Arg("qk_scale", "scale * LOG2E"), Arg("Q_LEN", "M"), Arg("KV_LEN", "N"), Arg("H", "H"),
            Arg("GROUP", "H // k.shape[1]")]
 CONSTEXPRS = [
@@ -159,16 +163,6 @@ STEP_CALL = '''acc, l_i, m_i = online_softmax_step(
     {routed_arg}MASKED={masked}, EVEN_N=EVEN_N, INPUT_PRECISION=INPUT_PRECISION, BLOCK_N=BLOCK_N,
     HEAD_DIM=HEAD_DIM)'''
 
-# the (batch, head, query tile) a program of a sweep over rows owns (the forward's, dQ's)
-ROW_PROGRAM = [
-    "off_hz = tl.program_id(0)",
-    "off_z = off_hz // H",
-    "off_h = off_hz % H",
-    "# longest rows first (the layout's row order), so the last wave is made of short programs",
-    "start_m = tl.load(row_order + off_h * stride_roh + tl.program_id(1))",
-    "off_kh = off_h // GROUP  # grouped-query attention: GROUP query heads share a key/value head",
-]
-
 KERNEL = '''
 
 @triton.jit
@@ -209,7 +203,7 @@ SHAPE_CHECKS = [
 
 LAUNCH = '''
 
-def launch(q, k, v, layout, scale=None, out=None, lse=None):
+def launch(q, k, v, layout, scale=None, out=None, lse=None{documents_param}):
     """Run the kernel. q [B, H, M, D], k/v [B, Hkv, N, D]; `layout`: a patternc Layout at
     BLOCK_M x BLOCK_N tiles (or any object with its {layout_doc}).
     Returns (out, lse or None)."""
@@ -223,7 +217,8 @@ def launch(q, k, v, layout, scale=None, out=None, lse=None):
     lse_arg = lse if lse is not None else torch.empty(1, 1, 1, device=q.device)  # unused unless WRITE_LSE
     {layout_tables}
     {predicate_tables}
-    grid = (B * H, triton.cdiv(M, BLOCK_M))  # x (heads) varies fastest: every head's long rows go first
+    {programs}
+    grid = (B * H, {row_programs})  # x (heads) varies fastest: every head's long rows go first
     attention_fwd[grid](
         {args}
         num_warps=NUM_WARPS, num_stages=NUM_STAGES,
@@ -233,16 +228,16 @@ def launch(q, k, v, layout, scale=None, out=None, lse=None):
 
 
 def emitters(spec: KernelSpec) -> tuple:
-    """(memory, iteration, order, routing, tables): the emitter of each axis for this spec."""
+    """(memory, iteration, order, routing, tables, programs): the emitter of each axis for this spec."""
     return (Tma() if spec.tma else Pointers(), Table() if spec.runs is None else Runs(*spec.runs),
-            Order(spec.residue), MODES[spec.routed], Tables(spec.predicate.tables))
+            Order(spec.residue), MODES[spec.routed], Tables(spec.predicate.tables), programs(spec.documents))
 
 
 def forward_source(spec: KernelSpec, summary: str = "", backward_doc: str = "") -> str:
     """The forward family as formatted Python source: the module's header, the predicate, the
     kernel and `launch()`. `summary` (lines ending in a newline) describes the layout in the
     header; `backward_doc`, when a backward family follows, what it adds."""
-    memory, iteration, order, routed, tables = emitters(spec)
+    memory, iteration, order, routed, tables, program = emitters(spec)
     kv_source = ", ".join(memory.step_params([K, V]))
     order_args = "".join(f" {a.call}," for group in order.params() for a in group)
 
@@ -254,12 +249,12 @@ def forward_source(spec: KernelSpec, summary: str = "", backward_doc: str = "") 
     # the token order's, constexprs; launch() passes the same list by keyword
     io = memory.params([Q, K, V, OUT])
     layout = iteration.params(ROWS) + routed.params()
-    params = (io[:-1] + [io[-1] + LSE] + layout[:-1] + [layout[-1] + ROW_ORDER] + [SCALARS] + order.params()
-              + tables.params() + CONSTEXPRS)
+    params = (io[:-1] + [io[-1] + LSE] + layout[:-1] + [layout[-1] + program.params("m")] + [SCALARS]
+              + order.params() + tables.params() + program.constexprs(CONSTEXPRS))
     description = textwrap.fill(
         f"tiles: BLOCK_M={spec.block_m} x BLOCK_N={spec.block_n}, head_dim {spec.head_dim}, {spec.num_warps} warps, "
         f"pipeline depth {spec.num_stages}; key tiles {iteration.doc(ROWS)}; memory through {memory.doc}; "
-        f"{order.doc}{tables.doc}.{backward_doc}".replace("\n    ", " "), width=96)
+        f"{order.doc}{tables.doc}{program.doc}.{backward_doc}".replace("\n    ", " "), width=96)
     header = fill("HEADER", HEADER, passes="forward and backward" if backward_doc else "forward",
                   pattern=textwrap.indent(spec.pattern_text, "    "), description=description, summary=summary,
                   version=__version__, generator=str(GENERATOR_VERSION), imports=list(memory.imports),
@@ -272,15 +267,18 @@ def forward_source(spec: KernelSpec, summary: str = "", backward_doc: str = "") 
                    table_params=tables.step_params(), table_arg=tables.predicate_param,
                    kv_tokens=order.tokens(KEY_TILE),
                    load_kv=memory.shift([K, V], KEY_TILE, order) + memory.load([K, V], KEY_TILE, order))
-    kernel = fill("KERNEL", KERNEL, params=signature(params), iteration_doc=iteration.doc(ROWS), program=ROW_PROGRAM,
+    kernel = fill("KERNEL", KERNEL, params=signature(params), iteration_doc=iteration.doc(ROWS),
+                  program=program.program("m", shifts([Q, K, V, OUT], "Lse")),
                   query_tokens=order.tokens(QUERY_TILE),
                   load_q=(memory.dims() + memory.tile_pointers(Q, QUERY_TILE) + memory.bases([K, V], KEY_TILE, order)
                           + memory.rows([Q, K, V]) + memory.load([Q], QUERY_TILE, order)),
-                  loops=iteration.loops(ROWS, routed, step),
+                  loops=iteration.loops(ROWS, routed, step, program.clips),
                   store_out=memory.tile_pointers(OUT, QUERY_TILE) + memory.store(OUT, QUERY_TILE, order, "out"))
-    launch = fill("LAUNCH", LAUNCH, layout_doc=iteration.layout_doc(ROWS) + tables.layout_doc, checks=SHAPE_CHECKS,
+    launch = fill("LAUNCH", LAUNCH, documents_param=program.launch_param,
+                  layout_doc=iteration.layout_doc(ROWS) + tables.layout_doc, checks=SHAPE_CHECKS + program.checks(),
                   contiguous=memory.contiguous([Q, K, V]),
                   descriptors=memory.descriptors([Q, K, V, OUT], order), layout_tables=iteration.prepare(ROWS),
-                  predicate_tables=tables.prepare(), args=keywords(params, 8))
-    helpers = (FLOOR_HELPERS if spec.predicate.uses_floor else "") + tables.helper
+                  predicate_tables=tables.prepare(), programs=program.prepare("m"), row_programs=program.programs("m"),
+                  args=keywords(params, 8))
+    helpers = (FLOOR_HELPERS if spec.predicate.uses_floor else "") + tables.helper + program.helper
     return header + helpers + predicate + step_fn + kernel + launch

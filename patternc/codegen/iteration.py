@@ -5,7 +5,9 @@ the loops software-pipeline like a dense one); `Table` reads the layout's index 
 follow a `Sweep`: `ROWS` (a program per query tile, looping over key tiles: the forward pass
 and dQ) or `COLUMNS` (a program per key tile, looping over query tiles through the
 transposed tables: dK/dV). The loop body is the kernel family's: `loops` takes it as a
-function of `masked` (partial tiles evaluate the predicate, full tiles don't).
+function of `masked` (partial tiles evaluate the predicate, full tiles don't). With `clip`,
+tiles at or past the end of the side looped over are skipped (packed documents: a layout line
+made for the packed length passes the end of a short document).
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ class Sweep:
     tile: str  # what a tile looped over is called
     tables: tuple[str, str, str, str]  # Layout's full counts, full indices, partial counts, partial indices
     runs: str | None  # the Layout method giving runs of tiles per line (None: the layout has none)
+    length: str  # the length of the side looped over (a tile at or past it holds no token)
 
     @property
     def strides(self) -> tuple[str, ...]:
@@ -37,9 +40,9 @@ class Sweep:
 
 
 ROWS = Sweep("start_m", "m", "start_n", "BLOCK_N", "row", "key tile",
-             ("full_kv_num_blocks", "full_kv_indices", "kv_num_blocks", "kv_indices"), "runs")
+             ("full_kv_num_blocks", "full_kv_indices", "kv_num_blocks", "kv_indices"), "runs", "KV_LEN")
 COLUMNS = Sweep("start_n", "n", "start_m", "BLOCK_M", "column", "query tile",
-                ("full_q_num_blocks", "full_q_indices", "q_num_blocks", "q_indices"), None)
+                ("full_q_num_blocks", "full_q_indices", "q_num_blocks", "q_indices"), None, "Q_LEN")
 
 FULL_WHY = "every (query, key) pair is visible"
 PARTIAL_WHY = "the pattern's predicate decides per element"
@@ -69,15 +72,22 @@ class Table:
     def prepare(self, sweep: Sweep) -> list[str]:
         return []
 
-    def loops(self, sweep: Sweep, routed, step: Step) -> list[str]:
+    def loops(self, sweep: Sweep, routed, step: Step, clip: bool = False) -> list[str]:
         full_n, full_i, part_n, part_i = sweep.tables
         s, own, head = sweep.strides, sweep.own, routed.table_row
+
+        def body(masked: bool) -> list[str]:
+            if not clip:
+                return indent(step(masked), 4)
+            return [f"    if {sweep.loop} < {sweep.length}:  # the {sweep.tile}s of a line may pass a document's end",
+                    *indent(step(masked), 8)]
+
         return [f"# full tiles: {FULL_WHY}",
                 f"n_full = tl.load({full_n} + {head} * {s[0]} + {own})",
                 f"full_{sweep.line} = {full_i} + {head} * {s[1]} + {own} * {s[2]}",
                 "for i in range(0, n_full):",
                 "    " + tile_start(sweep, f"tl.load(full_{sweep.line} + i)"),
-                *indent(step(False), 4),
+                *body(False),
                 "",
                 f"# partial tiles: {PARTIAL_WHY}",
                 f"n_partial = tl.load({part_n} + {head} * {s[3]} + {own})",
@@ -85,7 +95,7 @@ class Table:
                 *routed.partial_setup(sweep),
                 "for i in range(0, n_partial):",
                 *indent(routed.decode(sweep, f"partial_{sweep.line} + i"), 4),
-                *indent(step(True), 4),
+                *body(True),
                 ""]
 
 
@@ -114,7 +124,7 @@ class Runs:
     def prepare(self, sweep: Sweep) -> list[str]:
         return [f"full_runs, partial_runs = layout.{sweep.runs}()"]
 
-    def loops(self, sweep: Sweep, routed, step: Step) -> list[str]:
+    def loops(self, sweep: Sweep, routed, step: Step, clip: bool = False) -> list[str]:
         if routed.selects:
             raise ValueError("routed kernels read their tiles' choices from index tables, not from runs")
         lines = []
@@ -125,6 +135,8 @@ class Runs:
                       f"for r in tl.static_range({n}):",
                       f"    lo = tl.load({line} + 2 * r) * {sweep.block}",
                       f"    hi = tl.load({line} + 2 * r + 1) * {sweep.block}",
+                      *([f"    hi = tl.minimum(hi, {sweep.length})  # a line's runs may pass a document's end"]
+                        if clip else []),
                       f"    for {sweep.loop} in range(lo, hi, {sweep.block}):",
                       f"        {sweep.loop} = tl.multiple_of({sweep.loop}, {sweep.block})",
                       *indent(step(masked), 8),

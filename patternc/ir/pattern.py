@@ -189,17 +189,26 @@ class Pattern:
 
     # ------------------------------------------------------------------ semantics
 
-    def mask(self, M: int, N: int | None = None, heads: int | None = None, q=None, k=None, device="cpu"):
+    def mask(self, M: int, N: int | None = None, heads: int | None = None, q=None, k=None, device="cpu",
+             documents=None):
         """The reference semantics: `torch.bool [heads, M, N]`, True where query i may see key j.
 
         Brute force over every (query, key) pair; for tests and small lengths. Routed patterns
         (`topk`) need `q` `[heads, M, D]` and `k` `[kv_heads, N, D]` (a leading batch of 1 is
-        accepted).
+        accepted). `documents`: cumulative boundaries of packed documents (`patternc.ir.documents`):
+        the pattern inside each, with positions from the document's first token (M == N).
         """
         import torch
 
         N = M if N is None else N
         _check_lengths(M, N, self.span)
+        if documents is not None:
+            from .documents import document_mask
+
+            if q is not None or k is not None or M != N:
+                raise PatternError("documents= masks self-attention (M == N) of static patterns (no q=, k=)",
+                                   self.span)
+            return document_mask(self, N, heads, documents, device)
         data = {}
         if q is not None or k is not None:
             if q is None or k is None:
@@ -227,14 +236,20 @@ class Pattern:
         return out
 
     def layout(self, M: int, N: int | None = None, heads: int | None = None, block_m: int = 128,
-               block_n: int = 128, q=None, k=None, device="cpu", order: str = "auto"):
+               block_n: int = 128, q=None, k=None, device="cpu", order: str = "auto", documents=None):
         """The block-sparse `Layout` of this pattern for the given lengths and tile shape.
 
         `order="auto"` lays residue-closed patterns (dilated windows, strided) out class by
         class (`Layout.permutation`), so tiles hold only tokens that can see each other;
-        `order="natural"` keeps token order (as FlexAttention needs)."""
-        return delegate("layout")(self, M, M if N is None else N, heads, block_m, block_n, q=q, k=k,
-                                   device=device, order=order)
+        `order="natural"` keeps token order (as FlexAttention needs). `documents`: packed
+        documents (see `mask`), laid out in absolute tiles, token order natural."""
+        N = M if N is None else N
+        if documents is not None:
+            if q is not None or k is not None or M != N:
+                raise PatternError("documents= lays out self-attention (M == N) of static patterns (no q=, k=)",
+                                   self.span)
+            return delegate("document_layout")(self, N, heads, block_m, block_n, documents, device=device)
+        return delegate("layout")(self, M, N, heads, block_m, block_n, q=q, k=k, device=device, order=order)
 
     def predicate_terms(self, M: int, N: int, heads: int | None = None, data=None) -> list[tuple[Section, Term | None]]:
         """Per section, the rule traced into one `Term` over q, k, h, M, N (None where a
@@ -251,9 +266,14 @@ class Pattern:
             out.append((s, value.term if isinstance(value, Sym) else Term.const(bool(value))))
         return out
 
-    def mask_mod(self, M: int, N: int | None = None, heads: int | None = None, q=None, k=None):
+    def mask_mod(self, M: int, N: int | None = None, heads: int | None = None, q=None, k=None, documents=None):
         """A FlexAttention `mask_mod(b, h, q_idx, kv_idx) -> bool` with this pattern's semantics
-        at lengths M, N (see `patternc.layout.flex.mask_mod`)."""
+        at lengths M, N (see `patternc.layout.flex.mask_mod`); `documents` as `mask`'s."""
+        if documents is not None:
+            if q is not None or k is not None or (N is not None and N != M):
+                raise PatternError("documents= masks self-attention (M == N) of static patterns (no q=, k=)",
+                                   self.span)
+            return delegate("document_mask_mod")(self, M, heads, documents)
         return delegate("mask_mod")(self, M, N, heads, q=q, k=k)
 
     # ------------------------------------------------------------------ composition and printing

@@ -264,7 +264,8 @@ class Layout:
 
             raise PatternError("this layout orders tokens by residue class, which FlexAttention can't follow",
                                None, "build it with pattern.layout(..., order='natural')")
-        mask_mod = (self.pattern.mask_mod(self.M, self.N, self.heads, q=self.data.get("q"), k=self.data.get("k"))
+        mask_mod = (self.pattern.mask_mod(self.M, self.N, self.heads, q=self.data.get("q"), k=self.data.get("k"),
+                                          documents=self.data.get("documents"))
                     if self.pattern is not None else None)
         return BlockMask.from_kv_blocks(
             b(self.kv_num_blocks), b(widen(self.kv_indices)), b(self.full_kv_num_blocks),

@@ -7,7 +7,7 @@ from .attention import _attention, config_key
 
 
 def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = False, config: dict | None = None,
-              return_layout: bool = False):
+              return_layout: bool = False, documents=None):
     """Sparse attention: `softmax(q k^T * scale, masked by pattern) v`.
 
     q `[B, H, M, D]`, k and v `[B, Hkv, N, D]` (PyTorch SDPA layout; H a multiple of Hkv for
@@ -29,6 +29,15 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
     "tma" (Hopper tensor descriptors); `"order"`: "auto" (residue order for dilated/strided
     patterns) or "natural".
 
+    Packed documents (variable-length batches): `documents` holds int32 cumulative boundaries
+    `[docs + 1]` on q's device (FlashAttention's `cu_seqlens`: 0, then each document's end, the
+    last N), for self-attention (M == N; batch entries share the boundaries, usually batch 1).
+    The pattern applies inside each document with positions from its first token (`sink(4)`:
+    each document's first 4 tokens), and no key of another document is visible. Patterns whose
+    rule reads the length (`window(N // 8)`, grids, `random`) or routes (`topk`) are refused. The
+    boundaries are checked (0 first, N last, never decreasing: one host sync per call, skipped
+    while a CUDA graph is captured); the kernel's programs are laid out from them on the device.
+
     Training: when q, k or v require grad (or under `torch.compile`) the call goes through the
     `patternc::attention` custom op, whose backward runs generated backward kernels (see
     `runtime/autograd.py`); the LSE output is differentiable too. Under autocast, q, k and v are
@@ -48,6 +57,6 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
         # imported on first use: it brings in torch.compile's machinery (seconds, and triton)
         from .autograd import attention_op, problem_key
 
-        out, lse = attention_op(q, k, v, problem_key(pattern, config_key(config)), scale)
+        out, lse = attention_op(q, k, v, documents, problem_key(pattern, config_key(config)), scale)
         return (out, lse) if return_lse else out
-    return _attention(q, k, v, pattern, scale, return_lse, config, return_layout)
+    return _attention(q, k, v, pattern, scale, return_lse, config, return_layout, documents)

@@ -79,6 +79,33 @@ def _check_inputs(q, k, v):
                            f"supported: {', '.join(map(str, SUPPORTED_HEAD_DIMS))}")
 
 
+def _check_documents(documents, q, k, pattern: Pattern | None = None):
+    """`documents=` for this call: a tensor of boundaries on q's device over self-attention (no
+    host sync), a pattern that applies per document (checked once per pattern), and boundaries
+    from 0 to N that never decrease (one host sync; not while a CUDA graph is captured, where
+    syncing is not allowed: graphs replay boundaries checked when they were first run eagerly)."""
+    import torch
+
+    from ..ir.documents import check_tensor, check_values
+
+    N = k.shape[2]
+    if q.shape[2] != N:
+        raise PatternError(f"documents= packs self-attention: q and k need one length, got M = {q.shape[2]}, N = {N}",
+                           None, "pack queries and keys of the same tokens (M == N)")
+    check_tensor(documents, N, q.device)
+    if pattern is not None:
+        _check_document_pattern(pattern, q.shape[1])
+    if not (q.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
+        check_values(documents, N)
+
+
+@lru_cache(maxsize=256)
+def _check_document_pattern(pattern: Pattern, heads: int):
+    from ..ir.documents import check_pattern
+
+    check_pattern(pattern, heads)
+
+
 def _check_interpreter_dtype(q, interpret: bool):
     import torch
 
@@ -108,12 +135,13 @@ def default_config(head_dim: int, dtype, interpret: bool) -> dict:
 @lru_cache(maxsize=256)
 def _kernel(pattern: Pattern, H: int, M: int, N: int, head_dim: int, block_m: int, block_n: int,
             num_warps: int, num_stages: int, runs, tma: bool, residue, device_tag: str, routed: str = "",
-            backward: bool = False):
+            backward: bool = False, documents: bool = False):
     from ..codegen import make_spec, module_source
     from .cache import load_module
 
     spec = make_spec(pattern, heads=H, M=M, N=N, head_dim=head_dim, block_m=block_m, block_n=block_n,
-                     num_warps=num_warps, num_stages=num_stages, runs=runs, tma=tma, residue=residue, routed=routed)
+                     num_warps=num_warps, num_stages=num_stages, runs=runs, tma=tma, residue=residue, routed=routed,
+                     documents=documents)
     return load_module(module_source(spec, backward=True) if backward else module_source(spec), device_tag)
 
 
@@ -142,50 +170,55 @@ def training_config(head_dim: int, dtype) -> dict:
     return {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3}
 
 
-def forward(q, k, v, pattern, scale, config):
+def forward(q, k, v, pattern, scale, config, documents=None):
     """(out, lse): the custom op's forward."""
     config = config if config is not None else training_config(q.shape[3], q.dtype)
-    return _attention(q, k, v, pattern, scale, True, config, False)
+    return _attention(q, k, v, pattern, scale, True, config, False, documents)
 
 
-def _attention(q, k, v, pattern, scale, return_lse, config, return_layout):
+def _attention(q, k, v, pattern, scale, return_lse, config, return_layout, documents=None):
     try:
-        key = (id(pattern), q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, config_key(config))
+        key = (id(pattern), q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, config_key(config),
+               documents is None)
     except AttributeError:  # not tensors: the checks say which and what they should be
         _check_inputs(q, k, v)
         raise
     hit = _ready.get(key)
     if hit is not None and hit[0] is pattern and not return_layout:  # the cached path: no checks, no lookups
-        return _run(hit[1], hit[2], q, k, v, scale, return_lse, False)
+        if documents is not None:  # ... but boundaries change from call to call
+            _check_documents(documents, q, k)
+        return _run(hit[1], hit[2], q, k, v, scale, return_lse, False, documents)
 
     pattern_obj = as_pattern(pattern)
     _check_inputs(q, k, v)
+    if documents is not None:
+        _check_documents(documents, q, k, pattern_obj)
     B, H, M, D = q.shape
     N = k.shape[2]
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if q.device.type == "cpu" and not interpret:
         _warn_cpu_once()
-        return reference_attention(q, k, v, pattern_obj, scale, return_lse)
+        return reference_attention(q, k, v, pattern_obj, scale, return_lse, documents)
     _check_interpreter_dtype(q, interpret)
     pattern, user_pattern = pattern_obj, pattern
     device_tag = _device_tag(q.device)
-    cfg = _config(q, k, v, pattern, scale, config, device_tag)
-    module, layout = _prepare(pattern, B, H, M, N, D, cfg, str(q.device), device_tag)
+    cfg = _config(q, k, v, pattern, scale, config, device_tag, documents)
+    module, layout = _prepare(pattern, B, H, M, N, D, cfg, str(q.device), device_tag, documents=documents is not None)
     if not return_layout:
         _remember(_ready, key, user_pattern, module, layout)
-    return _run(module, layout, q, k, v, scale, return_lse, return_layout)
+    return _run(module, layout, q, k, v, scale, return_lse, return_layout, documents)
 
 
-def backward(do, q, k, v, out, lse, dlse, pattern, scale, config):
+def backward(do, q, k, v, out, lse, dlse, pattern, scale, config, documents=None):
     """(dq, dk, dv): the custom op's backward, through the generated backward kernels with the
     forward's config and layout (on a CPU without the interpreter: the dense formula)."""
-    key = (id(pattern), q.shape, k.shape, q.dtype, q.device, config_key(config))
+    key = (id(pattern), q.shape, k.shape, q.dtype, q.device, config_key(config), documents is None)
     hit = _ready_backward.get(key)
     if hit is not None and hit[0] is pattern:  # the cached path, as the forward's
-        return _run_backward(hit[1], hit[2], do, q, k, v, out, lse, dlse, scale)
+        return _run_backward(hit[1], hit[2], do, q, k, v, out, lse, dlse, scale, documents)
     user_pattern, pattern = pattern, as_pattern(pattern)
     if q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        return reference_backward(do, q, k, v, out, lse, dlse, pattern, scale)
+        return reference_backward(do, q, k, v, out, lse, dlse, pattern, scale, documents)
     if pattern.is_routed and routed_node(pattern).query == "token":
         raise PatternError("the backward of topk(query=token) is not built yet: each query row chooses its own "
                            "key blocks, which the dK/dV kernel's per-key-tile tables can't carry", pattern.span,
@@ -193,27 +226,29 @@ def backward(do, q, k, v, out, lse, dlse, pattern, scale, config):
     B, H, M, D = q.shape
     device_tag = _device_tag(q.device)
     config = config if config is not None else training_config(D, q.dtype)
-    cfg = _config(q, k, v, pattern, scale, config, device_tag)
-    module, layout = _prepare(pattern, B, H, M, k.shape[2], D, cfg, str(q.device), device_tag, backward=True)
+    cfg = _config(q, k, v, pattern, scale, config, device_tag, documents)
+    module, layout = _prepare(pattern, B, H, M, k.shape[2], D, cfg, str(q.device), device_tag, backward=True,
+                              documents=documents is not None)
     _remember(_ready_backward, key, user_pattern, module, layout)
-    return _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale)
+    return _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale, documents)
 
 
-def _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale):
+def _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale, documents=None):
     if isinstance(layout, RoutedPlan):
         layout = layout.layout(q, k)  # the forward's choice again: the selection is deterministic
-    return module.launch_backward(q, k, v, out, lse, do, layout, scale=scale, dlse=dlse)
+    packed = {} if documents is None else {"documents": documents}
+    return module.launch_backward(q, k, v, out, lse, do, layout, scale=scale, dlse=dlse, **packed)
 
 
-def _config(q, k, v, pattern, scale, config, device_tag) -> dict:
+def _config(q, k, v, pattern, scale, config, device_tag, documents=None) -> dict:
     """The kernel config: defaults, the autotuned choice (GPU) and the caller's overrides."""
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if config is None and not interpret:
-        config = _tuned_config(q, k, v, pattern, scale, device_tag)
+        config = _tuned_config(q, k, v, pattern, scale, device_tag, documents)
     return dict(default_config(q.shape[3], q.dtype, interpret), **(config or {}))
 
 
-def _run(module, layout, q, k, v, scale, return_lse, return_layout):
+def _run(module, layout, q, k, v, scale, return_lse, return_layout, documents=None):
     """Launch a generated kernel; (out[, lse][, layout]) as `attention` returns them. A routed
     pattern's layout is its plan: the blocks are selected first, from q and k."""
     import torch
@@ -221,15 +256,18 @@ def _run(module, layout, q, k, v, scale, return_lse, return_layout):
     if isinstance(layout, RoutedPlan):
         layout = layout.layout(q, k)
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device) if return_lse else None
-    out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse)
+    packed = {} if documents is None else {"documents": documents}
+    out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse, **packed)
     result = (out,) + ((lse,) if return_lse else ()) + ((layout,) if return_layout else ())
     return result if len(result) > 1 else out
 
 
-def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag, backward=False):
+def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag, backward=False, documents=False):
     """(generated module, layout) for one config; both cached. For routed patterns the layout
     is a `RoutedPlan`, and tiles that do not divide the routing block are halved until they do.
-    `backward`: the module also holds the backward kernels."""
+    `backward`: the module also holds the backward kernels. `documents`: packed documents, laid
+    out in document-relative tiles (the pattern's own layout at the packed length, token order
+    natural, memory through pointers: a document starts anywhere)."""
     if pattern.is_routed:
         from .routed import fit_tiles, routed_plan
 
@@ -239,17 +277,18 @@ def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag, backward=False):
                          None, cfg.get("memory", "pointers") == "tma", None, device_tag, routed=plan.topk.query,
                          backward=backward)
         return module, plan
-    layout = cached_layout(pattern, M, N, H, cfg["block_m"], cfg["block_n"], cfg.get("order", "auto"), device)
+    order = "natural" if documents else cfg.get("order", "auto")
+    layout = cached_layout(pattern, M, N, H, cfg["block_m"], cfg["block_n"], order, device)
     runs = layout.runs() if cfg.get("iteration", "auto") != "table" else None
     runs_shape = None if runs is None else (runs[0].shape[2], runs[1].shape[2])
     module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],
-                     runs_shape, cfg.get("memory", "pointers") == "tma",
+                     runs_shape, cfg.get("memory", "pointers") == "tma" and not documents,
                      layout.permutation.modulus if layout.permutation is not None else None, device_tag,
-                     backward=backward)
+                     backward=backward, documents=documents)
     return module, layout
 
 
-def _tuned_config(q, k, v, pattern, scale, device_tag) -> dict:
+def _tuned_config(q, k, v, pattern, scale, device_tag, documents=None) -> dict:
     """The autotuned config for this problem (searched once per device, then cached on disk)."""
     import torch
 
@@ -257,14 +296,16 @@ def _tuned_config(q, k, v, pattern, scale, device_tag) -> dict:
 
     B, H, M, D = q.shape
     N = k.shape[2]
-    key = f"{pattern}|B{B}|H{H}|Hkv{k.shape[1]}|M{M}|N{N}|D{D}|{q.dtype}|{device_tag}"
+    key = (f"{pattern}|B{B}|H{H}|Hkv{k.shape[1]}|M{M}|N{N}|D{D}|{q.dtype}|{device_tag}"
+           + ("|documents" if documents is not None else ""))
     found = autotune.lookup(key)
     if found is not None:
         return found
 
     def run(cfg):
-        module, layout = _prepare(pattern, B, H, M, N, D, dict(cfg), str(q.device), device_tag)
-        _run(module, layout, q, k, v, scale, False, False)
+        module, layout = _prepare(pattern, B, H, M, N, D, dict(cfg), str(q.device), device_tag,
+                                  documents=documents is not None)
+        _run(module, layout, q, k, v, scale, False, False, documents)
 
     best = autotune.tune(run, autotune.candidates(D, q.dtype, torch.cuda.get_device_capability(q.device)))
     autotune.remember(key, best)
@@ -282,20 +323,21 @@ def _warn_cpu_once():
                       "to run the generated kernel in Triton's interpreter)", stacklevel=3)
 
 
-def reference_attention(q, k, v, pattern, scale=None, return_lse=False):
+def reference_attention(q, k, v, pattern, scale=None, return_lse=False, documents=None):
     """Dense masked attention over `Pattern.mask` (float32 math, float64 for float64 inputs; any
-    device). Same contract as `attention`: rows with no visible key give 0 and LSE = -inf."""
-    scores, kf, vf = _dense_scores(q, k, v, pattern, scale)
+    device). Same contract as `attention`: rows with no visible key give 0 and LSE = -inf;
+    `documents` as `attention`'s."""
+    scores, kf, vf = _dense_scores(q, k, v, pattern, scale, documents)
     lse = scores.logsumexp(dim=-1)
     out = (_probabilities(scores, lse) @ vf).to(q.dtype)
     return (out, lse) if return_lse else out
 
 
-def reference_backward(do, q, k, v, out, lse, dlse, pattern, scale=None):
+def reference_backward(do, q, k, v, out, lse, dlse, pattern, scale=None, documents=None):
     """(dq, dk, dv) of `reference_attention` from its output and LSE, by the formula the
     backward kernels implement (dk, dv summed over a GQA group; LSE's gradient `dlse` enters as
     `delta - dlse`); empty rows get zero gradients."""
-    scores, kf, vf = _dense_scores(q, k, v, pattern, scale)
+    scores, kf, vf = _dense_scores(q, k, v, pattern, scale, documents)
     compute, group = scores.dtype, q.shape[1] // k.shape[1]
     scale = q.shape[3] ** -0.5 if scale is None else scale
     p = _probabilities(scores, lse.to(compute))
@@ -308,7 +350,7 @@ def reference_backward(do, q, k, v, out, lse, dlse, pattern, scale=None):
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-def _dense_scores(q, k, v, pattern, scale):
+def _dense_scores(q, k, v, pattern, scale, documents=None):
     """Masked scores [B, H, M, N] (-inf where the pattern hides a key) and k, v repeated over
     each GQA group, in float32 (float64 for float64 inputs)."""
     import torch
@@ -323,6 +365,8 @@ def _dense_scores(q, k, v, pattern, scale):
         if B != 1:
             raise PatternError("the routed reference takes a batch of 1")
         routed = {"q": q[0], "k": k[0]}
+    if documents is not None:
+        routed["documents"] = documents
     mask = pattern.mask(M, N, heads=H, device=q.device, **routed)  # [H, M, N]
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     kf = k.to(compute).repeat_interleave(group, dim=1)

@@ -1,7 +1,7 @@
 """Training: `patternc.attention` as a `torch.library` custom op with autograd.
 
-`patternc::attention(q, k, v, problem, scale) -> (out, lse)` and
-`patternc::attention_backward(do, q, k, v, out, lse, dlse?, problem, scale) -> (dq, dk, dv)` are
+`patternc::attention(q, k, v, documents?, problem, scale) -> (out, lse)` and
+`patternc::attention_backward(do, q, k, v, out, lse, dlse?, documents?, problem, scale) -> (dq, dk, dv)` are
 opaque to `torch.compile` (a fake implementation gives their shapes), so a compiled model traces
 through them with no graph break and no recompilation per call; the backward is registered with
 `register_autograd`, so `loss.backward()`, `torch.utils.checkpoint` and compiled training steps
@@ -33,16 +33,16 @@ def problem_key(pattern, config_items: tuple | None) -> str:
 
 
 @torch.library.custom_op("patternc::attention", mutates_args=())
-def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, problem: str,
+def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, documents: torch.Tensor | None, problem: str,
                  scale: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     from .attention import forward
 
     pattern, config = _PROBLEMS[problem]
-    return forward(q, k, v, pattern, scale, config)
+    return forward(q, k, v, pattern, scale, config, documents)
 
 
 @attention_op.register_fake
-def _(q, k, v, problem, scale):
+def _(q, k, v, documents, problem, scale):
     from .attention import _check_inputs
 
     _check_inputs(q, k, v)
@@ -51,31 +51,31 @@ def _(q, k, v, problem, scale):
 
 @torch.library.custom_op("patternc::attention_backward", mutates_args=())
 def attention_backward_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                          lse: torch.Tensor, dlse: torch.Tensor | None, problem: str,
+                          lse: torch.Tensor, dlse: torch.Tensor | None, documents: torch.Tensor | None, problem: str,
                           scale: float | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     from .attention import backward
 
     pattern, config = _PROBLEMS[problem]
-    return backward(do, q, k, v, out, lse, dlse, pattern, scale, config)
+    return backward(do, q, k, v, out, lse, dlse, pattern, scale, config, documents)
 
 
 @attention_backward_op.register_fake
-def _(do, q, k, v, out, lse, dlse, problem, scale):
+def _(do, q, k, v, out, lse, dlse, documents, problem, scale):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, problem, scale = inputs
+    q, k, v, documents, problem, scale = inputs
     out, lse = output
-    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.save_for_backward(q, k, v, out, lse, documents)
     ctx.problem, ctx.scale = problem, scale
 
 
 def _backward(ctx, dout, dlse):
-    q, k, v, out, lse = ctx.saved_tensors
+    q, k, v, out, lse, documents = ctx.saved_tensors
     dout = torch.zeros_like(out) if dout is None else dout
-    dq, dk, dv = attention_backward_op(dout, q, k, v, out, lse, dlse, ctx.problem, ctx.scale)
-    return dq, dk, dv, None, None
+    dq, dk, dv = attention_backward_op(dout, q, k, v, out, lse, dlse, documents, ctx.problem, ctx.scale)
+    return dq, dk, dv, None, None, None
 
 
 attention_op.register_autograd(_backward, setup_context=_setup_context)
