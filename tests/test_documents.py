@@ -211,3 +211,33 @@ def test_documents_need_self_attention():
     _, k, v = inputs(2, 2, 20, 16, seed=1)
     with pytest.raises(PatternError, match="M = 12, N = 20"):
         patternc.attention(q, k, v, "causal", documents=torch.tensor([0, 20], dtype=torch.int32))
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("text", ["causal", "causal & (window(300) | sink(4))", "window(200) | blocked(512)"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_gpu_documents_against_flex_and_the_reference(text, dtype):
+    """Autotuned, as a user runs it: outputs and gradients against the fp64 reference and against
+    FlexAttention fed `pattern.layout(N, documents=...).to_flex_block_mask()`."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    pattern = patternc.compile(text)
+    bounds = [0, 1000, 1001, 3000, 3000, 4500, 8192]
+    documents = torch.tensor(bounds, dtype=torch.int32, device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, h, 8192, 128, device="cuda", dtype=dtype, generator=g).requires_grad_()
+               for h in (8, 4, 4))
+    out = patternc.attention(q, k, v, pattern, documents=documents)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    want = patternc.reference_attention(*(x.detach().double() for x in (q, k, v)), pattern, documents=documents)
+    assert_close(out, want, 2e-2, f"{text} out")
+    for got, ref, name in zip(grads, reference_grads(q, k, v, pattern, dout, documents=documents), "qkv"):
+        assert_close(got, ref, 3e-2, f"{text} d{name}")
+    block_mask = pattern.layout(8192, heads=8, documents=bounds).to_flex_block_mask().to("cuda")
+    flex = flex_attention(q, k, v, block_mask=block_mask, enable_gqa=True)
+    assert_close(out, flex.double(), 2e-2, f"{text} vs FlexAttention")
