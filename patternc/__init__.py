@@ -19,10 +19,11 @@ __all__ = ["Layout", "Pattern", "PatternError", "attention", "compile", "load", 
            "where", "__version__"]
 
 
-def simulate(pattern, M, N=None, heads=None, head_dim=128, dtype="bfloat16", batch=1, device="h100", config=None):
+def simulate(pattern, M, N=None, heads=None, head_dim=128, dtype="bfloat16", batch=1, device="h100", config=None,
+             documents=None):
     """Predicted forward time and speedups of `pattern` on a device (a `patternc.sim.Prediction`)."""
     from .sim import simulate as _simulate
 
-    return _simulate(pattern, M, N, heads, head_dim, dtype, batch, device, config)
+    return _simulate(pattern, M, N, heads, head_dim, dtype, batch, device, config, documents)
 
 

@@ -241,3 +241,14 @@ def test_gpu_documents_against_flex_and_the_reference(text, dtype):
     block_mask = pattern.layout(8192, heads=8, documents=bounds).to_flex_block_mask().to("cuda")
     flex = flex_attention(q, k, v, block_mask=block_mask, enable_gqa=True)
     assert_close(out, flex.double(), 2e-2, f"{text} vs FlexAttention")
+
+
+def test_simulator_predicts_packed_calls():
+    cfg = "64x64/w4/s3"
+    whole = patternc.simulate("causal & window(512)", 8192, heads=4, config=cfg)
+    one = patternc.simulate("causal & window(512)", 8192, heads=4, config=cfg, documents=[0, 8192])
+    assert one.ms == pytest.approx(whole.ms) and one.density == pytest.approx(whole.density)
+    many = patternc.simulate("causal", 8192, heads=4, config=cfg, documents=[0, 1000, 3000, 3001, 8192])
+    assert many.ms < patternc.simulate("causal", 8192, heads=4, config=cfg).ms  # fewer tiles across documents
+    with pytest.raises(PatternError, match="token grid"):
+        patternc.simulate("grid(8, 8)\nneighborhood((3, 3))", 64, documents=[0, 64])

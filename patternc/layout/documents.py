@@ -114,3 +114,20 @@ def document_mask_mod(pattern: Pattern, N: int, heads: int | None, documents):
         return (doc[q_idx] == doc[kv_idx]) & inner(b, h, q_idx - first, kv_idx - first)
 
     return mask_mod
+
+
+def document_programs(layout: Layout, bounds: list[int]):
+    """(full, partial) int64 `[H x programs]`: the tiles each program of a packed-documents kernel
+    visits, one program per (head, document, document tile), from `layout` (the pattern's own,
+    in document-relative tiles, natural order): its row's tiles before the document's end."""
+    bm, bn = layout.block_m, layout.block_n
+    full, partial = [], []
+    for qt, kt, kind in layout._tiles:
+        for start, end in zip(bounds[:-1], bounds[1:]):
+            rows, cols = -(-(end - start) // bm), -(-(end - start) // bn)
+            keep = (qt < rows) & (kt < cols)
+            full.append(np.bincount(qt[keep & (kind == FULL)], minlength=rows))
+            partial.append(np.bincount(qt[keep & (kind == PARTIAL)], minlength=rows))
+    if not full:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(full).astype(np.int64), np.concatenate(partial).astype(np.int64)

@@ -9,13 +9,17 @@ is the one reported, as the autotuner would pick it on the GPU; `config=` fixes 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
 from ..errors import PatternError
+from ..ir.documents import boundaries, check_pattern
 from ..layout.cache import cached_layout
+from ..layout.documents import document_programs
 from ..runtime.attention import SUPPORTED_HEAD_DIMS, as_pattern  # noqa: F401 - as_pattern: formulas, sweeps
 from .model import Shape, dense_ms, flex_times, flex_workload, kernel_workload, memory_floor_us, resolve_costs
 from .ops import pattern_ops
@@ -191,21 +195,38 @@ def candidate_configs(shape: Shape, profile: Profile) -> list[dict]:
 
 # ------------------------------------------------------------------------------ layouts
 
-def _layout(pattern, M, N, heads, bm, bn, order, head_dim=128):
+def _layout(pattern, M, N, heads, bm, bn, order, head_dim=128, documents=None):
     """The layout the kernel would get; routed patterns select on random q, k with `head_dim`
-    features (as real ones have: how alike the queries' choices are depends on it)."""
+    features (as real ones have: how alike the queries' choices are depends on it). With
+    `documents` (boundaries), the packed sequence's layout in absolute tiles."""
+    if documents is not None:
+        return _document_layout(pattern, N, heads, bm, bn, documents)
     return cached_layout(pattern, M, N, heads, bm, bn, order, routed_dim=head_dim)
+
+
+@lru_cache(maxsize=32)
+def _document_layout(pattern, N, heads, bm, bn, documents: tuple):
+    return pattern.layout(N, heads=heads, block_m=bm, block_n=bn, documents=list(documents))
 
 
 # ------------------------------------------------------------------------------ the model, per config
 
 
-def predict_config(pattern, shape: Shape, config: dict, profile: Profile, ops: float) -> ConfigPrediction:
-    """One config's prediction (see `patternc.sim.model` for the formulas)."""
+def predict_config(pattern, shape: Shape, config: dict, profile: Profile, ops: float,
+                   documents: tuple | None = None) -> ConfigPrediction:
+    """One config's prediction (see `patternc.sim.model` for the formulas). `documents`:
+    boundaries of packed documents, whose kernel runs a program per (head, document, tile) over
+    the pattern's own layout."""
     costs = resolve_costs(config, shape, profile)
-    layout = _layout(pattern, shape.M, shape.N, shape.heads, config["block_m"], config["block_n"],
-                     config.get("order", "auto"), shape.head_dim)
+    order = "natural" if documents is not None else config.get("order", "auto")
+    layout = _layout(pattern, shape.M, shape.N, shape.heads, config["block_m"], config["block_n"], order,
+                     shape.head_dim)
     work = kernel_workload(layout, config, shape, ops, costs, profile)
+    if documents is not None:
+        full, partial = document_programs(layout, list(documents))
+        work = dataclasses.replace(work, full=np.tile(full, shape.batch), partial=np.tile(partial, shape.batch))
+        layout = _layout(pattern, shape.M, shape.N, shape.heads, config["block_m"], config["block_n"], order,
+                         shape.head_dim, documents)  # what is reported: the packed sequence's tiles
     kernel = profile.kernel
     times = work.times(kernel, costs.tile_us)
     makespan = longest_first(times, work.slots)
@@ -232,13 +253,13 @@ def predict_config(pattern, shape: Shape, config: dict, profile: Profile, ops: f
         notes=tuple(work.notes))
 
 
-def predict_flex(pattern, shape: Shape, profile: Profile, ops: float) -> float | None:
+def predict_flex(pattern, shape: Shape, profile: Profile, ops: float, documents: tuple | None = None) -> float | None:
     """FlexAttention's predicted time (ms) with the pattern's natural-order 128 x 128 BlockMask."""
     flex = profile.flex
     if flex["full_tile_us"] <= 0:
         return None
     block = int(flex["block"])
-    layout = _layout(pattern, shape.M, shape.N, shape.heads, block, block, "natural", shape.head_dim)
+    layout = _layout(pattern, shape.M, shape.N, shape.heads, block, block, "natural", shape.head_dim, documents)
     work = flex_workload(layout, shape, ops, profile)
     makespan = list_schedule(flex_times(work, flex), work.slots)
     return (max(makespan, memory_floor_us(shape, profile)) + flex["launch_us"]) / 1e3
@@ -280,18 +301,26 @@ def routed_selection_ms(pattern, shape: Shape, profile: Profile) -> float:
 
 
 def simulate(pattern, M: int, N: int | None = None, heads: int | None = None, head_dim: int = 128,
-             dtype="bfloat16", batch: int = 1, device="h100", config=None) -> Prediction:
+             dtype="bfloat16", batch: int = 1, device="h100", config=None, documents=None) -> Prediction:
     """Predict the generated kernel's forward time for `pattern` on `device`.
 
     `pattern`: a Pattern, pattern text or `@patternc.jit` object; `M` queries, `N` keys
     (default M), `heads` (default the pattern's), `head_dim`, `dtype` ("bf16", "fp16", "fp32"
     or a torch dtype), `batch`; `device`: a profile name ("h100"), a profile JSON path or a
     `Profile`; `config`: None (predict every autotuner candidate and keep the fastest), a
-    config dict or text like "64x64/w4/s3/tma". Returns a `Prediction`.
+    config dict or text like "64x64/w4/s3/tma"; `documents`: boundaries of packed documents, as
+    `patternc.attention` takes them (the kernel then runs a program per document tile, memory
+    through pointers; FlexAttention's prediction uses the packed sequence's tiles). Returns a
+    `Prediction`.
     """
     pattern = as_pattern(pattern)
     M = _check_int("M", M)
     N = M if N is None else _check_int("N", N)
+    if documents is not None:
+        if M != N:
+            raise PatternError(f"documents= packs self-attention: M = {M}, N = {N}")
+        check_pattern(pattern, heads)
+        documents = tuple(boundaries(documents, N))
     heads = pattern.default_heads if heads is None else _check_int("heads", heads)
     batch = _check_int("batch", batch)
     if head_dim not in SUPPORTED_HEAD_DIMS:
@@ -302,6 +331,8 @@ def simulate(pattern, M: int, N: int | None = None, heads: int | None = None, he
     pattern.sections(heads)  # parameter and head checks, with the pattern's own errors
     if config is None:
         configs = candidate_configs(shape, profile)
+        if documents is not None:  # documents start anywhere: no TMA box lines up with them
+            configs = list({config_name(c): c for c in (dict(c, memory="pointers") for c in configs)}.values())
     else:
         configs = [parse_config(config) if isinstance(config, str) else dict(config)]
         configs[0].setdefault("memory", "pointers")
@@ -316,7 +347,7 @@ def simulate(pattern, M: int, N: int | None = None, heads: int | None = None, he
     results, failures = [], []
     for cfg in configs:
         try:
-            results.append(predict_config(pattern, shape, cfg, profile, ops))
+            results.append(predict_config(pattern, shape, cfg, profile, ops, documents))
         except ValueError as e:
             if isinstance(e, PatternError):
                 raise
@@ -336,7 +367,7 @@ def simulate(pattern, M: int, N: int | None = None, heads: int | None = None, he
     for note in best.notes:
         if note not in notes:
             notes.append(note)
-    flex = predict_flex(pattern, shape, profile, ops)
+    flex = predict_flex(pattern, shape, profile, ops, documents)
     chosen_ms = best.ms + routed
     ideal = math.inf if best.density == 0 else 1 / best.density
     worst = math.inf if best.worst_row_tiles == 0 else best.key_tiles / best.worst_row_tiles
