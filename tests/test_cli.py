@@ -159,7 +159,8 @@ def test_analyze_predicts_speedup_and_break_even(capsys, pat):
     code, out, _ = run(capsys, "analyze", pat("pattern swa: causal & window(1024)\n"), "--predict")
     assert code == 0
     assert "predicted speedup over dense on h100" in out
-    row = out.splitlines()[-1].split()
+    predicted = out[out.index("predicted speedup over dense on h100"):].splitlines()
+    row = next(line for line in predicted if line.startswith("swa")).split()
     assert row[0] == "swa" and "N" in row[1]
     code, out, _ = run(capsys, "analyze", pat("pattern swa: causal & window(1024)\n"), "--predict", "--json")
     prediction = json.loads(out)["patterns"][0]["prediction"]
@@ -174,7 +175,7 @@ def test_analyze_predicts_speedup_and_break_even(capsys, pat):
 
 
 @pytest.mark.parametrize("argv", [
-    [], ["frobnicate"], ["show"], ["show", "x.pat"], ["show", "x.pat", "-n", "0"], ["show", "x.pat", "-n", "many"],
+    [], ["frobnicate"], ["show"], ["show", "x.pat", "-n", "0"], ["show", "x.pat", "-n", "many"],
     ["analyze", "x.pat", "--jsn"],
 ])
 def test_usage_errors_exit_2(capsys, argv):

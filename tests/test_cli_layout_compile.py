@@ -127,7 +127,12 @@ def test_layout_errors(capsys, pat):
     code, out, err = run(capsys, "layout", bad, "-n", 64)
     assert code == 1 and out == "" and err.startswith(f"{bad}:2:14: error: unknown primitive 'windw'")
     grid = EXAMPLES / "vision.pat"
-    code, _, err = run(capsys, "layout", grid, "-p", "natten2d", "-n", 64)
+    code, _, err = run(capsys, "layout", grid, "-p", "natten2d", "-n", 64)  # the grid fixes the length
+    where = patternc.load(grid)["natten2d"].span
+    assert code == 1 and err.startswith(f"{where}: error: pattern 'natten2d' lives on grid(128, 128): its length "
+                                        "is 16384 tokens, not --seq-len 64")
+    assert "hint: leave out --seq-len (-n): the grid fixes it" in err
+    code, _, err = run(capsys, "layout", grid, "-p", "natten2d", "--kv-len", 64)
     assert code == 1 and f"{_where(grid, 'natten2d')}: error: neighborhood: needs M == N == 128 * 128" in err
     assert "Traceback" not in err
     for block in ("128x", "0x64", "axb", "8x8x8", "-4"):
@@ -197,7 +202,12 @@ def test_compile_usage_and_pattern_errors(capsys, pat, tmp_path):
     assert code == 1 and "block_m must be a power of two >= 16" in err
     vision = EXAMPLES / "vision.pat"
     code, _, err = run(capsys, "compile", vision, "-p", "gna3d", "-n", 64, "-o", tmp_path)
+    assert code == 1 and "error: pattern 'gna3d' lives on grid(16, 32, 32): its length is 16384 tokens" in err
+    code, _, err = run(capsys, "compile", vision, "-p", "gna3d", "--kv-len", 64, "-o", tmp_path)
     assert code == 1 and f"{_where(vision, 'gna3d')}: error: neighborhood: needs M == N == 16 * 32 * 32" in err
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "compile", EXAMPLES / "design.pat", "-o", out)  # swa has no grid: -n needed
+    assert code == 2 and "--seq-len (-n) is required: pattern 'swa'" in err and not out.exists()
     bad = pat("pattern p:\n    causal & windw(8)\n", "bad.pat")
     code, _, err = run(capsys, "compile", bad, "-n", 64, "-o", tmp_path)
     assert code == 1 and err.startswith(f"{bad}:2:14: error: unknown primitive 'windw'")

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 
-from .common import chosen, command, file_argument, json_argument, pattern_argument
+from .common import chosen, command, file_argument, fit_table, json_argument, pattern_argument, progress, wide_argument
 
 
 def _arguments(p):
     file_argument(p)
     pattern_argument(p, "analyze only this pattern (default: all of the file)")
+    wide_argument(p)
     json_argument(p)
     p.add_argument("--predict", metavar="DEVICE", nargs="?", const="h100",
                    help="also the simulator's predicted speedup over dense as a function of N and the "
@@ -20,12 +21,12 @@ def cmd_analyze(args) -> int:
     from ..analysis import analyze
 
     patterns = chosen(args)
-    results = [(name, analyze(p)) for name, p in patterns]
+    results = [(name, analyze(p)) for name, p in progress(patterns, "analyze", unit="pattern")]
     predictions = {}
     if args.predict:
         from ..sim.formulas import closed_form
 
-        for name, p in patterns:
+        for name, p in progress(patterns, "predict", unit="pattern"):
             predictions[name] = closed_form(p, heads=p.default_heads if isinstance(p.body, tuple) else 16,
                                             device=args.predict)
     if args.json:
@@ -34,8 +35,6 @@ def cmd_analyze(args) -> int:
                for name, sections in results]
         print(json.dumps({"file": args.file, "patterns": out}, indent=2))
         return 0
-    from tabulate import tabulate
-
     rows = []
     for name, sections in results:
         for a in sections:
@@ -48,15 +47,17 @@ def cmd_analyze(args) -> int:
                 keys = f"~{a.samples[n]:.5g} at N={n}"
             rows.append([name, heads, keys, _short(a.density_limit), a.cost, empty,
                          a.basis.split(";")[0]])
-    print(tabulate(rows, headers=["pattern", "heads", "keys/query", "density ~", "cost", "empty rows", "result"]))
+    print(fit_table(rows, ["pattern", "heads", "keys/query", "density ~", "cost", "empty rows", "result"],
+                    wrap=(2, 5, 6), wide=args.wide))
     print("\nkeys/query: mean visible keys per query at length N (M = N); density ~: leading term as N grows")
     if args.predict:
         rows = [[name, "no closed form (grid, routed or not polynomial)"] if f is None else
-                [name, _short(f.speedup), f"N >= {f.valid_from}, N % {f.step} == 0",
+                [name, _short(f.speedup), f"N>={f.valid_from}, N%{f.step}==0",
                  "none up to 2^24" if f.break_even is None else f.break_even, f.config]
                 for name, f in predictions.items()]
         print(f"\npredicted speedup over dense on {args.predict} (simulator, 16 heads, head_dim 128, bf16):")
-        print(tabulate(rows, headers=["pattern", "speedup(N)", "valid for", "break-even N", "config"]))
+        print(fit_table(rows, ["pattern", "speedup(N)", "valid for", "break-even", "config"], wrap=(1, 2),
+                        wide=args.wide))
     return 0
 
 

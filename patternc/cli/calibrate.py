@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 
 from .common import (UsageError, command, dtype_argument, head_dim_argument, heads_argument, json_argument,
-                     seq_len_argument)
+                     progress_lines, seq_len_argument)
+
+DENSE_LENGTHS, FLEX_PATTERNS = 3, 4  # the steps calibrate takes besides its kernel jobs
 
 
 def _arguments(p):
@@ -16,8 +18,7 @@ def _arguments(p):
     p.add_argument("--output", "-o", metavar="PATH",
                    help="where to write the profile JSON (default: <patternc cache>/profiles/NAME.json, which "
                         "`simulate --device NAME` finds)")
-    seq_len_argument(p, "sequence length of the microbenchmarks (default 8192; with --from-log: read from the log)",
-                     required=False)
+    seq_len_argument(p, "sequence length of the microbenchmarks (default 8192; with --from-log: read from the log)")
     heads_argument(p, "heads (default 16)", default=16)
     head_dim_argument(p, "head dimension the profile is measured at (default 128)")
     dtype_argument(p, help="dtype the profile is measured at (default bf16)")
@@ -45,9 +46,12 @@ def cmd_calibrate(args) -> int:
                                        args.head_dim, args.dtype)
     else:
         require_gpu()  # before anything slow, so a CPU machine gets the answer at once
-        say = (lambda *a, **k: None) if args.json else (lambda text: print(text, flush=True))
-        profile, fits = calibrate(args.name, args.seq_len or 8192, args.heads, args.head_dim, args.dtype,
-                                  args.flex, progress=say)
+        say = progress_lines(_steps(args), "calibrate", quiet=args.json)
+        try:
+            profile, fits = calibrate(args.name, args.seq_len or 8192, args.heads, args.head_dim, args.dtype,
+                                      args.flex, progress=say)
+        finally:
+            say.close()
     path = Path(args.output) if args.output else user_profile_dir() / f"{profile.name}.json"
     profile.write(path)
     if args.json:
@@ -57,3 +61,15 @@ def cmd_calibrate(args) -> int:
           f"{fits['kernel'].rms:.1%} over {len(fits['kernel'].errors)} measurements")
     print(f"use it: patternc simulate FILE --seq-len N --device {profile.name}")
     return 0
+
+
+def _steps(args) -> int:
+    """How many progress lines calibrate prints: one per kernel job, dense length and flex pattern."""
+    import torch
+
+    from ..runtime.autotune import candidates
+    from ..sim.calibrate import calibration_jobs
+    from ..sim.profile import dtype_name
+
+    configs = candidates(args.head_dim, getattr(torch, dtype_name(args.dtype)), torch.cuda.get_device_capability())
+    return len(calibration_jobs(configs, args.seq_len or 8192)) + DENSE_LENGTHS + FLEX_PATTERNS * args.flex

@@ -3,6 +3,7 @@ argument groups (one spelling, type and default per option across commands)."""
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,10 @@ def command(name: str, help: str, arguments: Callable[[argparse.ArgumentParser],
 
 
 MAX_SHOW_PAIRS = 1 << 31  # brute force over M x N pairs; beyond this, ask for a shorter length
+# the tile shape `Pattern.layout()` uses unless told otherwise: the command line's default too
+DEFAULT_BLOCK = tuple(inspect.signature(Pattern.layout).parameters[n].default for n in ("block_m", "block_n"))
+TABLE_WIDTH = 100  # tables fit this many columns (or a narrower terminal) unless --wide
+MIN_WRAP = 12  # a wrapped column keeps at least this many characters
 
 
 # --------------------------------------------------------------------------- reading patterns
@@ -92,10 +97,26 @@ def chosen(args) -> list[tuple[str, Pattern]]:
     return [pick(patterns, args.pattern, args.file)] if args.pattern else list(patterns.items())
 
 
+def lengths(args, name: str, pattern: Pattern) -> tuple[int, int]:
+    """(M, N) of a command line: --seq-len, or the length the pattern's grid fixes (`grid(128, 128)`
+    is 16384 tokens, so -n can be left out); --kv-len, or M."""
+    fixed = pattern.fixed_length
+    M = args.seq_len
+    if M is None:
+        if fixed is None:
+            raise UsageError(f"--seq-len (-n) is required: pattern '{name}' declares no grid that fixes its length")
+        M = fixed
+    elif fixed is not None and M != fixed:
+        grid = ", ".join(map(str, pattern.grid))
+        raise PatternError(f"pattern '{name}' lives on grid({grid}): its length is {fixed} tokens, "
+                           f"not --seq-len {M}", pattern.span, "leave out --seq-len (-n): the grid fixes it")
+    return M, args.kv_len or M
+
+
 def problem(args):
     """(name, pattern, M, N, heads) of a show/layout command line, with --head checked."""
     name, pattern = pick(load_patterns(args.file), args.pattern, args.file)
-    M, N = args.seq_len, args.kv_len or args.seq_len
+    M, N = lengths(args, name, pattern)
     heads = args.heads or pattern.default_heads
     if not 0 <= args.head < heads:
         raise UsageError(f"--head {args.head} is not one of the pattern's {heads} heads (0..{heads - 1})")
@@ -110,6 +131,73 @@ def lengths_text(M: int, N: int) -> str:
     return f"M = N = {M}" if M == N else f"M = {M}, N = {N}"
 
 
+def progress(iterable, desc: str, total: int | None = None, unit: str = "it"):
+    """`iterable` with a progress bar (tqdm) on stderr when stderr is a terminal; else itself."""
+    if not sys.stderr.isatty():
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False, file=sys.stderr, dynamic_ncols=True)
+
+
+def progress_lines(total: int, desc: str, quiet: bool = False):
+    """`say(text)` for a loop that prints one line per step: the line on stdout (none if `quiet`),
+    above a progress bar on stderr when stderr is a terminal; `say.close()` ends the bar."""
+    bar = progress(None, desc, total=total)
+    if bar is None:
+        say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
+        say.close = lambda: None
+        return say
+
+    def say(text: str) -> None:
+        if not quiet:
+            bar.write(text, file=sys.stdout)
+        bar.update()
+
+    say.close = bar.close
+    return say
+
+
+def table_width() -> int:
+    """TABLE_WIDTH, or the terminal's width where stdout is a narrower one."""
+    if sys.stdout.isatty():
+        import shutil
+
+        return max(40, min(TABLE_WIDTH, shutil.get_terminal_size().columns))
+    return TABLE_WIDTH
+
+
+def fit_table(rows, headers=(), wrap=(), wide=False, width: int | None = None, **options) -> str:
+    """`tabulate(rows, headers)`, with the columns `wrap` (indices) wrapped at spaces, the widest
+    first and none below its longest word (or MIN_WRAP), until the table fits `width` columns
+    (default `table_width()`); `wide`: as it comes."""
+    from tabulate import tabulate
+
+    text = tabulate(rows, headers=headers, **options)
+    ncols = max(map(len, rows), default=0)
+    wrap = [i for i in wrap if i < ncols]
+    if wide or not wrap:
+        return text
+    width = width or table_width()
+    cells = {i: [str(r[i]) for r in rows if i < len(r)] for i in wrap}
+    limits = {i: max(len(line) for c in cells[i] for line in c.splitlines() or [""]) for i in wrap}
+    floors = {i: max(MIN_WRAP, max(len(word) for c in cells[i] for word in c.split() or [""])) for i in wrap}
+    for _ in range(4):  # wrapping at spaces can leave a line a little wider than asked: try again
+        over = max(map(len, text.splitlines())) - width
+
+        def cut(level):
+            return {i: min(w, max(level, floors[i])) for i, w in limits.items()}
+
+        level = max(limits.values())
+        if over <= 0 or all(w <= floors[i] for i, w in limits.items()):
+            break
+        while level > MIN_WRAP and sum(limits.values()) - sum(cut(level).values()) < over:
+            level -= 1
+        limits = cut(level)
+        text = tabulate(rows, headers=headers, maxcolwidths=[limits.get(i) for i in range(ncols)], **options)
+    return text
+
+
 def write_png(draw, path: str, *args) -> None:
     """Run a `patternc.layout.render` image writer; matplotlib is optional, so say how to get it."""
     try:
@@ -117,7 +205,7 @@ def write_png(draw, path: str, *args) -> None:
     except ModuleNotFoundError as e:
         if e.name != "matplotlib":
             raise
-        raise PatternError("--png needs matplotlib", None, "pip install matplotlib") from None
+        raise PatternError("--png needs matplotlib", None, "pip install 'patternc[plot]' (or matplotlib)") from None
     print(f"wrote {path}")
 
 
@@ -160,17 +248,17 @@ def pattern_argument(p, help="which pattern of the file (needed if it has severa
     p.add_argument("--pattern", "-p", metavar="P", help=help)
 
 
-def seq_len_argument(p, help="query length M", required=True):
-    p.add_argument("--seq-len", "-n", type=positive, required=required, metavar="N", help=help)
+def seq_len_argument(p, help="query length M (default: the length the pattern's grid fixes)"):
+    p.add_argument("--seq-len", "-n", type=positive, metavar="N", help=help)
 
 
 def heads_argument(p, help="number of heads (default: the pattern's)", default=None):
     p.add_argument("--heads", type=positive, default=default, metavar="H", help=help)
 
 
-def lengths_arguments(p, seq_len_help="query length M", required=True):
-    """--seq-len, --kv-len and --heads: the problem shape."""
-    seq_len_argument(p, seq_len_help, required)
+def lengths_arguments(p, seq_len_help="query length M (needed unless the pattern's grid fixes it)"):
+    """--seq-len, --kv-len and --heads: the problem shape (resolve --seq-len with `lengths`)."""
+    seq_len_argument(p, seq_len_help)
     p.add_argument("--kv-len", type=positive, metavar="N", help="key length (default: the query length)")
     heads_argument(p)
 
@@ -192,8 +280,8 @@ def dtype_argument(p, choices=DTYPE_NAMES, help="input dtype (default bf16)"):
 
 
 def block_argument(p):
-    p.add_argument("--block", type=block, default=(128, 64), metavar="MxN",
-                   help="tile shape BLOCK_M x BLOCK_N in tokens (default 128x64)")
+    p.add_argument("--block", type=block, default=DEFAULT_BLOCK, metavar="MxN",
+                   help="tile shape BLOCK_M x BLOCK_N in tokens (default {}x{}, as Pattern.layout)".format(*DEFAULT_BLOCK))
 
 
 def order_argument(p):
@@ -201,13 +289,18 @@ def order_argument(p):
                    help="auto: residue order for dilated/strided patterns; natural: tokens in their own order")
 
 
-def device_argument(p):
-    p.add_argument("--device", default="h100", metavar="NAME|PATH",
-                   help="device profile: a shipped name (h100), one `patternc calibrate` wrote, or a JSON path")
+def device_argument(p, default="h100", help="device profile: a shipped name (h100, h200), one `patternc calibrate` "
+                                             "wrote, or a JSON path (default h100)"):
+    p.add_argument("--device", default=default, metavar="NAME|PATH", help=help)
 
 
 def json_argument(p, help="print JSON instead of a table"):
     p.add_argument("--json", action="store_true", help=help)
+
+
+def wide_argument(p):
+    p.add_argument("--wide", action="store_true",
+                   help=f"every column, unwrapped (default: tables fit {TABLE_WIDTH} columns)")
 
 
 def png_argument(p, help):

@@ -6,7 +6,7 @@ import sys
 
 from ..errors import PatternError
 from ..runtime.attention import DTYPES, SUPPORTED_HEAD_DIMS
-from .common import (chosen, command, dtype_argument, file_argument, head_dim_argument, lengths_arguments,
+from .common import (chosen, command, dtype_argument, file_argument, head_dim_argument, lengths, lengths_arguments,
                      order_argument, pattern_argument)
 
 
@@ -40,11 +40,19 @@ def cmd_compile(args) -> int:
 
     patterns = chosen(args)
     config = dict(args.config or {}, memory=args.memory, order=args.order)
+    sizes = {}
+    for name, pattern in patterns:  # a missing --seq-len is a usage error before anything is written
+        try:
+            sizes[name] = lengths(args, name, pattern)
+        except PatternError as e:
+            sizes[name] = e
     status, written = 0, 0
     for name, pattern in patterns:
         try:
-            built = build_module(pattern, args.seq_len, args.kv_len, args.heads, args.head_dim, args.dtype,
-                                 config, name)
+            if isinstance(sizes[name], PatternError):
+                raise sizes[name]
+            M, N = sizes[name]
+            built = build_module(pattern, M, N, args.heads, args.head_dim, args.dtype, config, name)
             path = built.write(args.output)
         except PatternError as e:
             if len(patterns) == 1:

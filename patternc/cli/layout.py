@@ -18,7 +18,7 @@ def _arguments(p):
     order_argument(p)
     head_argument(p, "which head's block map to draw (default 0)")
     json_argument(p, "print JSON instead of tables and a map")
-    png_argument(p, "also write the block map as an image (needs matplotlib)")
+    png_argument(p, "also write the block map as an image (needs matplotlib: pip install 'patternc[plot]')")
 
 
 @command("layout", "the tiles a kernel visits: density, full/partial/empty counts, empty rows and the block map",
@@ -52,7 +52,8 @@ def cmd_layout(args) -> int:
         return 0
     _print_layout(name, pattern, layout, empty, blocks[args.head], args.head)
     if args.png:
-        write_png(block_png, args.png, blocks[args.head], f"{name}: {M} x {N}, {bm}x{bn} tiles, head {args.head}")
+        write_png(block_png, args.png, blocks[args.head], layout,
+                  f"{name}: {lengths_text(M, N)}, {bm}x{bn} tiles, head {args.head} of {H}")
     return 0
 
 

@@ -2,12 +2,14 @@
 
     counts, areas, visible = cell_counts(pattern, 4096, 4096, heads=1, head=0, cell=64)
     print("\n".join(mask_text(counts, areas)))           # '#' full cell, '+' partial, '.' empty
+    mask_png("mask.png", counts, areas, 64, 4096, 4096, "swa")   # needs matplotlib
     blocks = layout.block_map()[0]                        # int8 [Mt, Nt] of EMPTY, PARTIAL, FULL
     print("\n".join(block_text(downsample(blocks, map_cell(max(blocks.shape))))))
-    block_png("map.png", blocks, "swa")                   # needs matplotlib
+    block_png("map.png", blocks, layout, "swa")
 
 The mask is counted from the reference mask a band of rows at a time (no M x N tensor); the
-block map is the layout's own, down-sampled by taking the max over cells.
+block map is the layout's own, down-sampled by taking the max over cells. Images give every
+state its own colour (sparse patterns stay visible at any length), a legend, and axes in tokens.
 """
 from __future__ import annotations
 
@@ -15,6 +17,9 @@ from ..analysis import mask_rows, routed_data
 from ..ir import Pattern
 
 MAP_CELLS = 64  # a map's width and height in characters, at most
+PNG_CELLS = 512  # an image's width and height in cells, at most
+# one colour per state, the same in both pictures: nothing visible / some pairs / every pair
+COLOURS = ("white", "#9ecae1", "#08519c")
 
 
 def map_cell(n: int, cells: int = MAP_CELLS) -> int:
@@ -25,9 +30,10 @@ def map_cell(n: int, cells: int = MAP_CELLS) -> int:
     return cell
 
 
-def cell_counts(pattern: Pattern, M: int, N: int, heads: int, head: int, cell: int):
+def cell_counts(pattern: Pattern, M: int, N: int, heads: int, head: int, cell: int, progress=None):
     """Visible pairs per cell of `cell` x `cell` tokens: (counts, areas) int64 [rows, cols], and
-    the total, from the reference mask evaluated a band of rows at a time."""
+    the total, from the reference mask evaluated a band of rows at a time (`progress`: wraps the
+    bands' iterable, e.g. in a progress bar)."""
     import torch
 
     rows, cols = -(-M // cell), -(-N // cell)
@@ -35,7 +41,8 @@ def cell_counts(pattern: Pattern, M: int, N: int, heads: int, head: int, cell: i
     data = routed_data(pattern, M, N, heads)
     data = {} if data is None else data
     band = cell * max(1, (1 << 22) // (cell * N))
-    for q0 in range(0, M, band):
+    bands = range(0, M, band)
+    for q0 in bands if progress is None else progress(bands):
         q1 = min(M, q0 + band)
         m = mask_rows(pattern, N, range(q0, q1), [head], M=M, data=data)[0]
         pad_r, pad_c = -(q1 - q0) % cell, -N % cell
@@ -46,6 +53,17 @@ def cell_counts(pattern: Pattern, M: int, N: int, heads: int, head: int, cell: i
     width = torch.full((cols,), cell, dtype=torch.int64)
     width[-1] = N - (cols - 1) * cell
     return counts, height[:, None] * width[None, :], int(counts.sum())
+
+
+def pool_cells(x, factor: int):
+    """Sums over `factor` x `factor` cells (counts and areas of a finer grid -> a coarser one)."""
+    if factor == 1:
+        return x
+    import torch
+
+    rows, cols = x.shape
+    x = torch.nn.functional.pad(x, (0, -cols % factor, 0, -rows % factor))
+    return x.view(x.shape[0] // factor, factor, x.shape[1] // factor, factor).sum((1, 3))
 
 
 def mask_text(counts, areas) -> list[str]:
@@ -73,30 +91,43 @@ def block_text(blocks) -> list[str]:
     return ["".join(chars[v] for v in row) for row in blocks.tolist()]
 
 
-def mask_png(path: str, counts, areas, title: str) -> None:
-    """The visible share of each cell in grey levels (black: all pairs visible)."""
-    fraction = (counts.double() / areas.double()).numpy()
-    _save(path, fraction, title, "cell", cmap="Greys", vmin=0, vmax=1)
+def mask_png(path: str, counts, areas, cell: int, M: int, N: int, title: str) -> None:
+    """The mask of M x N tokens, a colour per cell of `cell` x `cell` tokens: every pair visible,
+    some, none; axes in tokens."""
+    import torch
+
+    state = torch.where(counts == 0, 0, torch.where(counts == areas, 2, 1))
+    labels = (("not visible", "", "visible") if cell == 1 else
+              ("no pair visible", "some pairs visible", "every pair visible"))
+    _save(path, state.numpy(), (cell, cell), (M, N), title, labels, "")
 
 
-def block_png(path: str, blocks, title: str) -> None:
-    """The block map: black full tiles, grey partial ones, white skipped ones."""
-    from matplotlib.colors import ListedColormap
+def block_png(path: str, blocks, layout, title: str) -> None:
+    """A layout's block map: full tiles (no mask), partial tiles (masked), skipped; axes in tokens."""
+    order = "" if layout.permutation is None else ", residue order"
+    _save(path, blocks.numpy(), (layout.block_m, layout.block_n), (layout.M, layout.N), title,
+          ("skipped tile", "partial tile (masked)", "full tile (no mask)"), order)
 
-    _save(path, blocks.numpy(), title + "\nblack: full, grey: partial, white: skipped", "tile",
-          cmap=ListedColormap(["white", "#999999", "black"]), vmin=0, vmax=2)
 
-
-def _save(path: str, image, title: str, unit: str, **style) -> None:
+def _save(path: str, states, cell: tuple[int, int], lengths: tuple[int, int], title: str, labels, order: str):
     # a bare Figure, not pyplot: no GUI backend and no global state for the caller
+    from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
 
-    rows, cols = image.shape
-    fig = Figure(figsize=(6, 6 * rows / max(1, cols) + 0.6))
+    (cm, cn), (M, N) = cell, lengths
+    rows, cols = states.shape
+    height = min(12.0, max(2.5, 7.0 * M / N))
+    fig = Figure(figsize=(7.0, height + 0.8))
     ax = fig.subplots()
-    ax.imshow(image, interpolation="nearest", **style)
+    ax.imshow(states, cmap=ListedColormap(COLOURS), vmin=0, vmax=2, interpolation="nearest", aspect="auto",
+              extent=(0, cols * cn, rows * cm, 0))
+    ax.set_xlim(0, N)
+    ax.set_ylim(M, 0)
     ax.set_title(title, fontsize=9)
-    ax.set_xlabel(f"key {unit}")
-    ax.set_ylabel(f"query {unit}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.set_xlabel(f"key position (tokens{order})")
+    ax.set_ylabel(f"query row (tokens{order})")
+    ax.tick_params(labelsize=8)
+    handles = [Patch(facecolor=c, edgecolor="#555555", label=label) for c, label in zip(COLOURS, labels) if label]
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
