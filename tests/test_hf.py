@@ -191,7 +191,7 @@ def test_right_padding_is_honoured():
     torch.testing.assert_close(b[real], a[real], atol=2e-5, rtol=1e-4)  # padding tokens: unspecified
 
 
-def test_left_padding_and_packing_are_refused():
+def test_left_padding_is_refused():
     _, ours = models(LlamaConfig(**SHAPE), pattern="causal")
     ids = prompt(length=12)
     mask = torch.ones_like(ids)
@@ -199,9 +199,47 @@ def test_left_padding_and_packing_are_refused():
     with pytest.raises(PatternError, match=r"batch row 1.*hides 3 keys") as info:
         ours.generate(ids, attention_mask=mask, max_new_tokens=2, do_sample=False)
     assert "padding_side = 'right'" in info.value.hint
-    packed = torch.tensor([list(range(6)) + list(range(6))])  # two documents in one row
-    with pytest.raises(PatternError, match="not the model's own `causal` mask"):
-        ours(ids[:1], position_ids=packed, use_cache=False)  # with no cache, transformers masks documents
+
+
+@pytest.mark.parametrize("through", ["position_ids", "cu_seq_lens"])
+def test_packed_sequences_match_each_document_alone(through):
+    """DataCollatorWithFlattening's packing: one row, position ids restarting per document (and,
+    for FlashAttention's path, cu_seq_lens); eager on each document alone is the reference."""
+    eager, ours = models(MistralConfig(**SHAPE, sliding_window=4), pattern="causal & (window(4) | sink(2))",
+                         config=LlamaConfig(**SHAPE))
+    lengths = [5, 9, 1, 6]
+    ids = prompt(batch=1, length=sum(lengths))
+    position_ids = torch.cat([torch.arange(n) for n in lengths])[None]
+    extra = {}
+    if through == "cu_seq_lens":
+        cu = torch.tensor([0, 5, 14, 15, 21], dtype=torch.int32)
+        extra = {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": 9, "max_length_k": 9}
+    with torch.no_grad():
+        got = ours(ids, position_ids=position_ids, use_cache=False, **extra).logits
+        # eager's own sliding window (4) differs from the pattern; each document alone, with the
+        # same pattern through patternc on one sequence, and eager where the pattern is eager's rule
+        starts = [0, 5, 14, 15]
+        for start, n in zip(starts, lengths):
+            alone = ours(ids[:, start:start + n], use_cache=False).logits
+            torch.testing.assert_close(got[:, start:start + n], alone, atol=2e-5, rtol=1e-4)
+    eager_c, ours_c = models(LlamaConfig(**SHAPE), pattern="causal")
+    with torch.no_grad():
+        got = ours_c(ids, position_ids=position_ids, use_cache=False, **extra).logits
+        for start, n in zip([0, 5, 14, 15], lengths):
+            torch.testing.assert_close(got[:, start:start + n], eager_c(ids[:, start:start + n]).logits,
+                                       atol=2e-5, rtol=1e-4)
+
+
+def test_packed_training_and_refusals():
+    _, ours = models(LlamaConfig(**SHAPE), pattern="causal & window(4)")
+    ours.train()
+    ids = prompt(batch=1, length=16)
+    position_ids = torch.cat([torch.arange(7), torch.arange(9)])[None]
+    loss = ours(ids, position_ids=position_ids, labels=ids, use_cache=False).loss
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in ours.parameters() if p.requires_grad)
+    with pytest.raises(PatternError, match="batch of 2 rows"):
+        ours(prompt(batch=2, length=16), position_ids=position_ids.expand(2, -1), use_cache=False)
 
 
 def test_custom_masks_are_refused_or_accepted_by_value():

@@ -24,8 +24,11 @@ Masks transformers passes (checked once per mask tensor; every layer gets the sa
 - Right padding (tokens after a row's end, hidden from every query): runs; every real token's
   output is exact, padding tokens' outputs are unspecified (the loss masks them).
 - Static caches (key slots past the last token, hidden): the empty slots are cut off.
-- Anything else (left or middle padding, packed sequences, custom 4-D masks, additive biases):
-  `PatternError`. patternc runs one pattern for every batch row.
+- Packed sequences (training and prefill, batch 1): documents from `cu_seq_lens_q/_k`
+  (`DataCollatorWithFlattening`) or from `position_ids` restarting at 0; the pattern runs inside
+  each document (`patternc.attention(..., documents=...)`).
+- Anything else (left or middle padding, custom 4-D masks, additive biases): `PatternError`.
+  patternc runs one pattern for every batch row.
 A sliding-window cache that dropped old keys runs only where the pattern is exactly the rule
 (absolute positions are gone). No dropout (refused in training), no softcap, no sinks
 (`s_aux`), no position bias; head_dim 16, 32, 64, 128 or 256; GQA k/v pass unrepeated. Under
@@ -144,10 +147,14 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     window = kwargs.get("sliding_window") or None
     rule = _rule(causal, window)
     M, N = query.shape[2], key.shape[2]
-    keep = _keys_kept(attention_mask, causal, M, N, where)
+    documents = _documents(kwargs, query.shape[0], M, N, query.device, where)
+    keep = N if documents is not None else _keys_kept(attention_mask, causal, M, N, where)
     if attention_mask is not None:
-        _memo(attention_mask, ("mask", M, keep, causal, window),
-              lambda: _check_mask(attention_mask, M, N, keep, causal, window, rule, where))
+        _memo(attention_mask, ("mask", M, keep, causal, window, documents is None),
+              lambda: _check_mask(attention_mask, M, N, keep, causal, window, rule, where, documents))
+    if documents is not None:
+        out = attention(query, key, value, _effective(pattern, rule), scale=scaling, documents=documents)
+        return out.transpose(1, 2).contiguous(), None
     last = None if _is_rule(pattern, rule) else _last_position(kwargs.get("position_ids"), M)
     if last is not None and last + 1 > keep:
         raise PatternError(
@@ -289,6 +296,45 @@ def _keys_kept(mask, causal: bool, M: int, N: int, where: str) -> int:
     return kept if kept >= M else N
 
 
+def _documents(kwargs, B: int, M: int, N: int, device, where: str):
+    """Boundaries of packed documents (int32, on `device`), or None: FlashAttention's
+    `cu_seq_lens_q`/`_k` when transformers passes them (`DataCollatorWithFlattening`), else
+    `position_ids` that restart at 0 inside a row of one sequence with no cache (M == N)."""
+    cu_q, cu_k = kwargs.get("cu_seq_lens_q"), kwargs.get("cu_seq_lens_k")
+    if cu_q is not None or cu_k is not None:
+        if cu_q is None or cu_k is None or not torch.equal(cu_q, cu_k) or M != N:
+            raise PatternError(f"{where}: packed sequences need the same boundaries for queries and keys "
+                               "(self-attention, no cache)", None, "pack prompts for prefill or training only")
+        documents = cu_q
+    else:
+        position_ids = kwargs.get("position_ids")
+        if not isinstance(position_ids, torch.Tensor) or position_ids.dim() != 2 or position_ids.shape[-1] != M \
+                or M != N:
+            return None
+        documents = _memo(position_ids, "documents", lambda: _restarts(position_ids))
+        if documents is None:
+            return None
+    if B != 1:
+        raise PatternError(f"{where}: packed sequences in a batch of {B} rows; patternc takes packed documents in "
+                           "one row (batch 1), as DataCollatorWithFlattening makes them", None,
+                           "pack every document into one row")
+    return documents.to(device=device, dtype=torch.int32)
+
+
+def _restarts(position_ids):
+    """Document boundaries where the position ids restart at 0 (each document counting 0, 1, 2,
+    ...; every row alike), or None for a single sequence."""
+    row = position_ids[0]
+    starts = (row == 0).nonzero().flatten()
+    if len(starts) < 2 or not (position_ids == row).all():
+        return None  # rows that differ are padded, not packed: the mask check decides
+    bounds = torch.cat([starts, starts.new_tensor([row.shape[0]])])
+    counting = torch.arange(row.shape[0], device=row.device) - torch.repeat_interleave(starts, bounds.diff())
+    if int(starts[0]) != 0 or not torch.equal(row, counting):
+        return None  # not documents counting from 0: the mask check decides
+    return bounds
+
+
 def _last_position(position_ids, M: int) -> int | None:
     import torch
 
@@ -314,10 +360,11 @@ def _visible(mask, where: str):
     return ~hidden
 
 
-def _check_mask(mask, M: int, N: int, keep: int, causal: bool, window, rule, where: str):
+def _check_mask(mask, M: int, N: int, keep: int, causal: bool, window, rule, where: str, documents=None):
     """Raise unless the mask is the rule's mask for queries at positions keep-M .. keep-1 over
     the first `keep` keys (the rest hidden), up to padding tokens: rows whose own key no query
-    sees, whose outputs are then unspecified (right padding)."""
+    sees, whose outputs are then unspecified (right padding). With packed `documents`, the
+    rule's mask inside each document."""
     import torch
 
     if not isinstance(mask, torch.Tensor) or mask.dim() != 4 or tuple(mask.shape[-2:]) != (M, N):
@@ -333,6 +380,9 @@ def _check_mask(mask, M: int, N: int, keep: int, causal: bool, window, rule, whe
         expected = expected & (d >= 0)
     if window:
         expected = expected & ((d < window) if causal else (d.abs() <= window))
+    if documents is not None:
+        doc = torch.searchsorted(documents[1:].to(mask.device), keys, right=True)
+        expected = expected & (doc[:, None] == doc[None, :])
     wrong = (visible != expected).any(-1)  # [B, h, M]
     if not wrong.any():
         return True
