@@ -20,7 +20,7 @@ forward's; routed patterns with per-token choices (`query=token`) have no dK/dV 
 """
 from __future__ import annotations
 
-from .forward import SHAPE_CHECKS, KernelSpec, emitters
+from .forward import PLACE, POSITIONS, SHAPE_CHECKS, KernelSpec, emitters
 from .iteration import COLUMNS, ROWS, Table
 from .memory import OUT, Pointers, Q, Tensor
 from .order import KEYS, QUERIES, Order, Tile
@@ -109,7 +109,7 @@ DKDV_STEP = '''
 
 @triton.jit
 def dkdv_step(dk, dv, k, v, {q_source}, start_m,
-              kv_idx, offs_m, off_h, delta_row, lse2_row, qk_scale, Q_LEN, KV_LEN,
+              kv_idx, offs_m, off_h, delta_row, lse2_row, qk_scale, Q_LEN, KV_LEN, Q_POS, K_POS, RULE_M, RULE_N,
     {order_params}
               {table_params}
               {routed_params}
@@ -123,8 +123,8 @@ def dkdv_step(dk, dv, k, v, {q_source}, start_m,
     qkT = tl.dot(k, qT, input_precision=INPUT_PRECISION) * qk_scale  # [BLOCK_N, BLOCK_M], log2 domain
     if MASKED:
         # the predicate is elementwise: transposed indices give the transposed mask
-        q_pos = q_idx[None, :] + (KV_LEN - Q_LEN)  # the queries are the last Q_LEN positions
-        keep = visible(q_pos, kv_idx[:, None], off_h, Q_LEN, KV_LEN{routed_arg}{table_arg})
+        q_pos = q_idx[None, :] + Q_POS  # the queries' positions (by default the last Q_LEN of the keys)
+        keep = visible(q_pos, kv_idx[:, None] + K_POS, off_h, RULE_M, RULE_N{routed_arg}{table_arg})
         qkT = tl.where(keep, qkT, float("-inf"))
     pT = tl.math.exp2(qkT - lse2[None, :])
     dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=INPUT_PRECISION)
@@ -168,7 +168,7 @@ DQ_STEP = '''
 
 @triton.jit
 def dq_step(dq, q, do, lse2, delta, {kv_source}, start_n,
-            offs_m, offs_n, off_h, qk_scale, Q_LEN, KV_LEN,
+            offs_m, offs_n, off_h, qk_scale, Q_LEN, KV_LEN, Q_POS, K_POS, RULE_M, RULE_N,
     {order_params}
             {table_params}
             {routed_params}
@@ -180,8 +180,8 @@ def dq_step(dq, q, do, lse2, delta, {kv_source}, start_n,
     {load_kv}
     qk = tl.dot(q, kT, input_precision=INPUT_PRECISION) * qk_scale  # log2 domain
     if MASKED:
-        q_pos = offs_m[:, None] + (KV_LEN - Q_LEN)  # the queries are the last Q_LEN positions
-        keep = visible(q_pos, kv_idx[None, :], off_h, Q_LEN, KV_LEN{routed_arg}{table_arg})
+        q_pos = offs_m[:, None] + Q_POS  # the queries' positions (by default the last Q_LEN of the keys)
+        keep = visible(q_pos, kv_idx[None, :] + K_POS, off_h, RULE_M, RULE_N{routed_arg}{table_arg})
         if not EVEN_N:
             keep = keep & (kv_idx[None, :] < KV_LEN)
         qk = tl.where(keep, qk, float("-inf"))
@@ -220,16 +220,17 @@ def attention_bwd_dq(
 
 LAUNCH = '''
 
-def launch_backward(q, k, v, out, lse, do, layout, scale=None, dq=None, dk=None, dv=None, dlse=None{documents_param}):
+def launch_backward(q, k, v, out, lse, do, layout, scale=None, dq=None, dk=None, dv=None, dlse=None, positions=None{documents_param}):
     """Gradients of `launch`. q [B, H, M, D], k/v [B, Hkv, N, D]; `out` and `lse` [B, H, M]
     (float32, natural log) as `launch(..., lse=lse)` wrote them; `do` the gradient of `out`, and
     `dlse` [B, H, M] that of `lse` where the LSE was used too; `layout`: the one the forward ran
-    with (or any object with its {layout_doc}).
+    with (or any object with its {layout_doc}); `positions` as `launch`'s.
     Returns (dq, dk, dv) in the inputs' dtype (accumulated in float32); dq, dk, dv given are
     written in place."""
     B, H, M, D = q.shape
     N = k.shape[2]
     {checks}
+    {place}
     if lse.shape != (B, H, M) or lse.dtype != torch.float32:
         raise ValueError(f"lse must be float32 [B, H, M] = {{[B, H, M]}} as launch(..., lse=...) writes it, "
                          f"got {{lse.dtype}} {{list(lse.shape)}}")
@@ -303,7 +304,7 @@ def backward_source(spec: KernelSpec) -> str:
     rows, rows_params = _rows_kernel()
     dkdv, dkdv_params = _dkdv_kernel(memory, order, routed, tables, program)
     dq, dq_params = _dq_kernel(memory, iteration, order, routed, tables, program)
-    launch = fill("LAUNCH", LAUNCH, documents_param=program.launch_param,
+    launch = fill("LAUNCH", LAUNCH, documents_param=program.launch_param, place=PLACE + program.place_checks(),
                   layout_doc=_layout_doc(iteration, program) + tables.layout_doc,
                   checks=SHAPE_CHECKS + program.checks(),
                   routed_check=ROUTED_CHECK if routed.selects else [], predicate_tables=tables.prepare(),
@@ -332,7 +333,7 @@ def _dkdv_kernel(memory, order: Order, routed, tables, program) -> tuple[str, li
     columns = Table()
     layout = columns.params(COLUMNS) + routed.params()
     params = (memory.params([Q_T, K_ROWS, V_ROWS, DO, DK, DV]) + [STATS_ROWS] + layout[:-1]
-              + [layout[-1] + program.params("n")] + [SCALARS] + order.params() + tables.params()
+              + [layout[-1] + program.params("n")] + [SCALARS, POSITIONS] + order.params() + tables.params()
               + program.constexprs(CONSTEXPRS))
     source = ", ".join(memory.step_params([Q_T, DO]))
     step = fill("DKDV_STEP", DKDV_STEP, q_source=source, order_params=signature(order.params()),
@@ -350,7 +351,7 @@ def _dkdv_kernel(memory, order: Order, routed, tables, program) -> tuple[str, li
                   bases=memory.bases([Q_T, DO], LOOP_QUERIES, order),
                   loops=columns.loops(COLUMNS, routed, lambda masked: _call(
                       "dk, dv", "dkdv_step", [f"dk, dv, k, v, {source}, start_m, kv_idx, offs_m, off_h",
-                                              "delta_row, lse2_row, qk_scale, Q_LEN, KV_LEN"],
+                                              "delta_row, lse2_row, qk_scale, Q_LEN, KV_LEN, Q_POS, K_POS, RULE_M, RULE_N"],
                       QUERIES, order, routed, tables, masked), program.clips),
                   store=_once([line for t in (DK, DV) for line in memory.tile_pointers(t, OWN_KEYS)
                                + memory.store(t, OWN_KEYS, order, t.var)]))
@@ -361,7 +362,7 @@ def _dq_kernel(memory, iteration, order: Order, routed, tables, program) -> tupl
     """dq_step and the dQ kernel: a row sweep, iterated as the forward's."""
     layout = iteration.params(ROWS) + routed.params()
     params = (memory.params([Q, K_T, V_T, DO, DQ]) + [STATS_ROWS] + layout[:-1] + [layout[-1] + program.params("m")]
-              + [SCALARS] + order.params() + tables.params() + program.constexprs(CONSTEXPRS))
+              + [SCALARS, POSITIONS] + order.params() + tables.params() + program.constexprs(CONSTEXPRS))
     source = ", ".join(memory.step_params([K_T, V_T]))
     step = fill("DQ_STEP", DQ_STEP, kv_source=source, order_params=signature(order.params()),
                 routed_params=routed.step_params(), routed_arg=routed.predicate_param,
@@ -378,7 +379,8 @@ def _dq_kernel(memory, iteration, order: Order, routed, tables, program) -> tupl
                   stats=stats(OWN_QUERIES),
                   loops=iteration.loops(ROWS, routed, lambda masked: _call(
                       "dq", "dq_step", [f"dq, q, do, lse2, delta, {source}, start_n, offs_m, offs_n, off_h",
-                                        "qk_scale, Q_LEN, KV_LEN"], KEYS, order, routed, tables, masked),
+                                        "qk_scale, Q_LEN, KV_LEN, Q_POS, K_POS, RULE_M, RULE_N"], KEYS, order, routed,
+                                        tables, masked),
                                         program.clips),
                   store=memory.tile_pointers(DQ, OWN_QUERIES) + memory.store(DQ, OWN_QUERIES, order, "dq"))
     return step + kernel, params

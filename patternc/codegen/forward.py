@@ -27,7 +27,7 @@ from .routed import MODES
 from .tables import Tables
 from .template import Arg, fill, keywords, signature
 
-GENERATOR_VERSION = 10  # bump when the generated code changes: it is part of every cache key
+GENERATOR_VERSION = 11  # bump when the generated code changes: it is part of every cache key
 
 
 @dataclass(frozen=True)
@@ -79,6 +79,10 @@ KEY_TILE = Tile(KEYS, ROWS.loop, "kv_idx", "offs_n", own=False)
 LSE = [Arg("Lse", "lse_arg"), Arg("stride_lz", "lse_arg.stride(0)"), Arg("stride_lh", "lse_arg.stride(1)")]
 SCALARS = [Arg("qk_scale", "scale * LOG2E"), Arg("Q_LEN", "M"), Arg("KV_LEN", "N"), Arg("H", "H"),
            Arg("GROUP", "H // k.shape[1]")]
+# where the rule places queries and keys: query row i at position Q_POS + i, key j at K_POS + j,
+# and the lengths it reads (`positions=`; by default the queries are the last M of the N keys)
+POSITIONS = [Arg("Q_POS", "q_pos"), Arg("K_POS", "k_pos"), Arg("RULE_M", "rule_m"), Arg("RULE_N", "rule_n")]
+PLACE = ["q_pos, k_pos, rule_m, rule_n = (N - M, 0, M, N) if positions is None else positions"]
 CONSTEXPRS = [
     [Arg("HEAD_DIM", "HEAD_DIM", True), Arg("BLOCK_M", "BLOCK_M", True), Arg("BLOCK_N", "BLOCK_N", True)],
     [Arg("EVEN_M", "M % BLOCK_M == 0", True), Arg("EVEN_N", "N % BLOCK_N == 0", True),
@@ -114,8 +118,9 @@ PREDICATE = '''
 
 @triton.jit
 def visible(q_pos, kv_idx, off_h, Q_LEN, KV_LEN{routed_param}{table_param}):
-    """The pattern's rule for a tile: q_pos [BLOCK_M, 1] (query positions: row + KV_LEN - Q_LEN,
-    the queries are the last Q_LEN keys), kv_idx [1, BLOCK_N] -> bool."""
+    """The pattern's rule for a tile: q_pos [BLOCK_M, 1] (query positions: by default row +
+    KV_LEN - Q_LEN, the queries are the last Q_LEN keys), kv_idx [1, BLOCK_N] (key positions),
+    Q_LEN, KV_LEN the lengths the rule reads -> bool."""
     {predicate}
 '''
 
@@ -123,7 +128,7 @@ STEP = '''
 
 @triton.jit
 def online_softmax_step(acc, l_i, m_i, q, {kv_source}, start_n,
-                        offs_m, offs_n, off_h, qk_scale, Q_LEN, KV_LEN,
+                        offs_m, offs_n, off_h, qk_scale, Q_LEN, KV_LEN, Q_POS, K_POS, RULE_M, RULE_N,
     {order_params}
                         {table_params}
                         {routed_params}
@@ -135,8 +140,8 @@ def online_softmax_step(acc, l_i, m_i, q, {kv_source}, start_n,
     {load_kv}
     qk = tl.dot(q, k, input_precision=INPUT_PRECISION)
     if MASKED:
-        q_pos = offs_m[:, None] + (KV_LEN - Q_LEN)  # the queries are the last Q_LEN positions
-        keep = visible(q_pos, kv_idx[None, :], off_h, Q_LEN, KV_LEN{routed_arg}{table_arg})
+        q_pos = offs_m[:, None] + Q_POS  # the queries' positions (by default the last Q_LEN of the keys)
+        keep = visible(q_pos, kv_idx[None, :] + K_POS, off_h, RULE_M, RULE_N{routed_arg}{table_arg})
         if not EVEN_N:
             keep = keep & (kv_idx[None, :] < KV_LEN)
         qk = tl.where(keep, qk * qk_scale, float("-inf"))  # log2 domain: exp2 below
@@ -159,7 +164,7 @@ def online_softmax_step(acc, l_i, m_i, q, {kv_source}, start_n,
 
 STEP_CALL = '''acc, l_i, m_i = online_softmax_step(
     acc, l_i, m_i, q, {kv_source}, start_n, offs_m, offs_n, off_h,
-    qk_scale, Q_LEN, KV_LEN,{order_args}{table_args}
+    qk_scale, Q_LEN, KV_LEN, Q_POS, K_POS, RULE_M, RULE_N,{order_args}{table_args}
     {routed_arg}MASKED={masked}, EVEN_N=EVEN_N, INPUT_PRECISION=INPUT_PRECISION, BLOCK_N=BLOCK_N,
     HEAD_DIM=HEAD_DIM)'''
 
@@ -203,13 +208,17 @@ SHAPE_CHECKS = [
 
 LAUNCH = '''
 
-def launch(q, k, v, layout, scale=None, out=None, lse=None{documents_param}):
+def launch(q, k, v, layout, scale=None, out=None, lse=None, positions=None{documents_param}):
     """Run the kernel. q [B, H, M, D], k/v [B, Hkv, N, D]; `layout`: a patternc Layout at
     BLOCK_M x BLOCK_N tiles (or any object with its {layout_doc}).
+    `positions` = (q_pos, k_pos, rule_m, rule_n): query row i at position q_pos + i and key j at
+    k_pos + j of a sequence the rule reads as rule_m x rule_n (a block of a longer attention, with
+    the layout's tiles for that block); None: the queries are the last M of the N keys.
     Returns (out, lse or None)."""
     B, H, M, D = q.shape
     N = k.shape[2]
     {checks}
+    {place}
     {contiguous}
     out = torch.empty_like(q) if out is None else out
     {descriptors}
@@ -249,7 +258,7 @@ def forward_source(spec: KernelSpec, summary: str = "", backward_doc: str = "") 
     # the token order's, constexprs; launch() passes the same list by keyword
     io = memory.params([Q, K, V, OUT])
     layout = iteration.params(ROWS) + routed.params()
-    params = (io[:-1] + [io[-1] + LSE] + layout[:-1] + [layout[-1] + program.params("m")] + [SCALARS]
+    params = (io[:-1] + [io[-1] + LSE] + layout[:-1] + [layout[-1] + program.params("m")] + [SCALARS, POSITIONS]
               + order.params() + tables.params() + program.constexprs(CONSTEXPRS))
     description = textwrap.fill(
         f"tiles: BLOCK_M={spec.block_m} x BLOCK_N={spec.block_n}, head_dim {spec.head_dim}, {spec.num_warps} warps, "
@@ -274,7 +283,7 @@ def forward_source(spec: KernelSpec, summary: str = "", backward_doc: str = "") 
                           + memory.rows([Q, K, V]) + memory.load([Q], QUERY_TILE, order)),
                   loops=iteration.loops(ROWS, routed, step, program.clips),
                   store_out=memory.tile_pointers(OUT, QUERY_TILE) + memory.store(OUT, QUERY_TILE, order, "out"))
-    launch = fill("LAUNCH", LAUNCH, documents_param=program.launch_param,
+    launch = fill("LAUNCH", LAUNCH, documents_param=program.launch_param, place=PLACE + program.place_checks(),
                   layout_doc=iteration.layout_doc(ROWS) + tables.layout_doc, checks=SHAPE_CHECKS + program.checks(),
                   contiguous=memory.contiguous([Q, K, V]),
                   descriptors=memory.descriptors([Q, K, V, OUT], order), layout_tables=iteration.prepare(ROWS),

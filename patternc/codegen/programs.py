@@ -74,6 +74,9 @@ class Whole:
     def checks(self) -> list[str]:
         return []
 
+    def place_checks(self) -> list[str]:
+        return []
+
     def prepare(self, own: str) -> list[str]:
         return []
 
@@ -118,11 +121,19 @@ class Packed(Whole):
                 "# first token (base pointers moved there), lengths are its length",
                 "Q_LEN = doc_len",
                 "KV_LEN = doc_len",
+                "Q_POS = 0",
+                "K_POS = 0",
+                "RULE_M = doc_len",
+                "RULE_N = doc_len",
                 *(f"{name} += doc_start" + ("" if stride == "1" else f" * {stride}") for name, stride in shifts),
                 *([KV_HEAD] if own == "m" else [])]
 
     def checks(self) -> list[str]:
         return DOCUMENT_CHECKS
+
+    def place_checks(self) -> list[str]:
+        return ["if positions is not None:",
+                '    raise ValueError("packed documents place their tokens themselves: positions= must be None")']
 
     def prepare(self, own: str) -> list[str]:
         if own == "m":

@@ -15,8 +15,10 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}  # short name -> torch dtype name
 
 
-_ready: dict = {}  # (id(pattern), shapes, dtypes, device, config) -> (pattern, module, layout)
+_ready: dict = {}  # (id(pattern), shapes, dtypes, devices, config) -> (pattern, module, layout)
 _ready_backward: dict = {}  # the same for the backward kernels
+# (id(pattern), shapes, strides, dtypes, devices, config, return_lse) -> launcher.FastLaunch (or Never)
+_fast: dict = {}
 _READY_LIMIT = 4096
 
 
@@ -177,9 +179,26 @@ def forward(q, k, v, pattern, scale, config, documents=None):
 
 
 def _attention(q, k, v, pattern, scale, return_lse, config, return_layout, documents=None):
+    record = None  # the fast key under which this call's launch is recorded, if it is
+    if documents is None and not return_layout:
+        # the fastest path: a launch recorded for exactly these shapes, strides, dtypes and devices
+        # (launcher.FastLaunch: it re-checks per call what its kernel was specialized on)
+        try:
+            record = (id(pattern), q.shape, k.shape, v.shape, q.stride(), k.stride(), v.stride(), q.dtype, k.dtype,
+                      v.dtype, q.device, k.device, v.device, None if config is None else config_key(config),
+                      return_lse)
+        except AttributeError:  # not tensors: the checks say which and what they should be
+            _check_inputs(q, k, v)
+            raise
+        fast = _fast.get(record)
+        if fast is not None and fast.pattern is pattern:
+            result = fast(q, k, v, scale, return_lse)
+            if result is not None:
+                return result if return_lse else result[0]
+            record = None  # recorded, but not for this call (or never replayed): launch() it
     try:
-        key = (id(pattern), q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, config_key(config),
-               documents is None)
+        key = (id(pattern), q.shape, k.shape, v.shape, q.dtype, k.dtype, v.dtype, q.device, k.device, v.device,
+               config_key(config), documents is None)
     except AttributeError:  # not tensors: the checks say which and what they should be
         _check_inputs(q, k, v)
         raise
@@ -187,7 +206,7 @@ def _attention(q, k, v, pattern, scale, return_lse, config, return_layout, docum
     if hit is not None and hit[0] is pattern and not return_layout:  # the cached path: no checks, no lookups
         if documents is not None:  # ... but boundaries change from call to call
             _check_documents(documents, q, k)
-        return _run(hit[1], hit[2], q, k, v, scale, return_lse, False, documents)
+        return _run(hit[1], hit[2], q, k, v, scale, return_lse, False, documents, record, pattern)
 
     pattern_obj = as_pattern(pattern)
     _check_inputs(q, k, v)
@@ -206,7 +225,7 @@ def _attention(q, k, v, pattern, scale, return_lse, config, return_layout, docum
     module, layout = _prepare(pattern, B, H, M, N, D, cfg, str(q.device), device_tag, documents=documents is not None)
     if not return_layout:
         _remember(_ready, key, user_pattern, module, layout)
-    return _run(module, layout, q, k, v, scale, return_lse, return_layout, documents)
+    return _run(module, layout, q, k, v, scale, return_lse, return_layout, documents, record, user_pattern)
 
 
 def backward(do, q, k, v, out, lse, dlse, pattern, scale, config, documents=None):
@@ -248,18 +267,33 @@ def _config(q, k, v, pattern, scale, config, device_tag, documents=None) -> dict
     return dict(default_config(q.shape[3], q.dtype, interpret), **(config or {}))
 
 
-def _run(module, layout, q, k, v, scale, return_lse, return_layout, documents=None):
+def _run(module, layout, q, k, v, scale, return_lse, return_layout, documents=None, record=None, pattern=None):
     """Launch a generated kernel; (out[, lse][, layout]) as `attention` returns them. A routed
-    pattern's layout is its plan: the blocks are selected first, from q and k."""
+    pattern's layout is its plan: the blocks are selected first, from q and k. `record`: the
+    fast key (see `_attention`) under which to keep this launch for replays (`pattern` the
+    caller's object it is for); problems with documents or routing are never replayed."""
     import torch
 
-    if isinstance(layout, RoutedPlan):
+    routed = isinstance(layout, RoutedPlan)
+    if routed:
         layout = layout.layout(q, k)
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device) if return_lse else None
-    packed = {} if documents is None else {"documents": documents}
-    out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse, **packed)
+    if record is not None and not routed and documents is None and not return_layout:
+        from .launcher import Never, record as record_launch
+
+        out, lse, fast = record_launch(module, layout, q, k, v, scale, lse, pattern)
+        _remember_fast(record, Never(pattern) if fast is None else fast)
+    else:
+        packed = {} if documents is None else {"documents": documents}
+        out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse, **packed)
     result = (out,) + ((lse,) if return_lse else ()) + ((layout,) if return_layout else ())
     return result if len(result) > 1 else out
+
+
+def _remember_fast(key, fast):
+    if len(_fast) > _READY_LIMIT:
+        _fast.clear()
+    _fast[key] = fast
 
 
 def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag, backward=False, documents=False):
@@ -323,21 +357,22 @@ def _warn_cpu_once():
                       "to run the generated kernel in Triton's interpreter)", stacklevel=3)
 
 
-def reference_attention(q, k, v, pattern, scale=None, return_lse=False, documents=None):
+def reference_attention(q, k, v, pattern, scale=None, return_lse=False, documents=None, block=None):
     """Dense masked attention over `Pattern.mask` (float32 math, float64 for float64 inputs; any
     device). Same contract as `attention`: rows with no visible key give 0 and LSE = -inf;
-    `documents` as `attention`'s."""
-    scores, kf, vf = _dense_scores(q, k, v, pattern, scale, documents)
+    `documents` as `attention`'s; `block` = (q_start, k_start, length): the queries and keys are
+    those at q_start.. and k_start.. of a self-attention sequence of `length` tokens."""
+    scores, kf, vf = _dense_scores(q, k, v, pattern, scale, documents, block)
     lse = scores.logsumexp(dim=-1)
     out = (_probabilities(scores, lse) @ vf).to(q.dtype)
     return (out, lse) if return_lse else out
 
 
-def reference_backward(do, q, k, v, out, lse, dlse, pattern, scale=None, documents=None):
+def reference_backward(do, q, k, v, out, lse, dlse, pattern, scale=None, documents=None, block=None):
     """(dq, dk, dv) of `reference_attention` from its output and LSE, by the formula the
     backward kernels implement (dk, dv summed over a GQA group; LSE's gradient `dlse` enters as
     `delta - dlse`); empty rows get zero gradients."""
-    scores, kf, vf = _dense_scores(q, k, v, pattern, scale, documents)
+    scores, kf, vf = _dense_scores(q, k, v, pattern, scale, documents, block)
     compute, group = scores.dtype, q.shape[1] // k.shape[1]
     scale = q.shape[3] ** -0.5 if scale is None else scale
     p = _probabilities(scores, lse.to(compute))
@@ -350,7 +385,7 @@ def reference_backward(do, q, k, v, out, lse, dlse, pattern, scale=None, documen
     return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
 
 
-def _dense_scores(q, k, v, pattern, scale, documents=None):
+def _dense_scores(q, k, v, pattern, scale, documents=None, block=None):
     """Masked scores [B, H, M, N] (-inf where the pattern hides a key) and k, v repeated over
     each GQA group, in float32 (float64 for float64 inputs)."""
     import torch
@@ -367,7 +402,11 @@ def _dense_scores(q, k, v, pattern, scale, documents=None):
         routed = {"q": q[0], "k": k[0]}
     if documents is not None:
         routed["documents"] = documents
-    mask = pattern.mask(M, N, heads=H, device=q.device, **routed)  # [H, M, N]
+    if block is not None:
+        q0, k0, length = block
+        mask = pattern.mask(length, heads=H, device=q.device, **routed)[:, q0:q0 + M, k0:k0 + N]
+    else:
+        mask = pattern.mask(M, N, heads=H, device=q.device, **routed)  # [H, M, N]
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     kf = k.to(compute).repeat_interleave(group, dim=1)
     vf = v.to(compute).repeat_interleave(group, dim=1)
