@@ -3,16 +3,15 @@
 Everything runs in one process on one card: for each pattern and length, patternc's output is
 first checked against FlexAttention's (same pattern through `Layout.to_flex_block_mask`), then
 each is timed with `triton.testing.do_bench` (median). patternc tries a few tile configs and
-reports the best. Writes `attention.json` and `attention.md` into --out.
+reports the best. Writes `attention.json` and `attention.md` into --out. The timing helpers are
+`patternc bench`'s (`patternc/cli/bench.py`), which measures one pattern the same way.
 
     python benchmarks/attention.py --out benchmarks/results/2026-11-28-h100
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,49 +23,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from suite import SUITE  # noqa: E402
 
 import patternc  # noqa: E402
+from patternc.cli.bench import bench, environment, rel_err, sdpa_times  # noqa: E402, F401 - bench.py, decode.py
 from patternc.layout.cache import cached_layout  # noqa: E402
 from patternc.runtime.attention import _device_tag, _prepare  # noqa: E402
 
 ITERATIONS = ("runs",)  # "table" too, to compare the loop forms
 
 
-def environment() -> dict:
-    import triton
-
-    try:
-        driver = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                capture_output=True, text=True, timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        driver = "unknown"
-    return {"card": torch.cuda.get_device_name(), "driver": driver, "torch": torch.__version__,
-            "triton": triton.__version__, "patternc": patternc.__version__,
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
-def bench(fn) -> float:
-    import triton
-
-    return triton.testing.do_bench(fn, warmup=25, rep=100, return_mode="median")
-
-
-def rel_err(a, b) -> float:
-    a, b = a.float(), b.float()
-    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
-
-
 def dense_times(q, k, v) -> dict:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.nn.functional import scaled_dot_product_attention as sdpa
-
-    out = {}
-    for name, backend in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("flash", SDPBackend.FLASH_ATTENTION)):
-        try:
-            with sdpa_kernel([backend]):
-                sdpa(q, k, v)
-                out[name] = bench(lambda: sdpa(q, k, v))
-        except RuntimeError as e:
-            print(f"  {name} SDPA unavailable: {e}", flush=True)
-    return out
+    times, unavailable = sdpa_times(q, k, v)
+    for name, why in unavailable.items():
+        print(f"  {name} SDPA unavailable: {why}", flush=True)
+    return times
 
 
 def config_name(cfg) -> str:

@@ -27,14 +27,10 @@ from suite import SUITE  # noqa: E402
 
 import patternc  # noqa: E402
 from patternc.aot import parse_config  # noqa: E402
+from patternc.cli.bench import fwd_bwd, sdpa_times  # noqa: E402
 
 CONFIGS = ("auto", "64x64/w4/s2", "128x64/w8/s3")  # auto: what training gets by default
 STATIC = [name for name, (text, _) in SUITE.items() if "topk" not in text]
-
-
-def fwd_bwd(attend, q, k, v, do):
-    out = attend(q, k, v)
-    return torch.autograd.grad(out, (q, k, v), do)
 
 
 def run(name, text, S, args, flex, cudnn):
@@ -81,14 +77,12 @@ def run(name, text, S, args, flex, cudnn):
 
 
 def cudnn_fwd_bwd(S, args) -> float:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.nn.functional import scaled_dot_product_attention as sdpa
-
     H, D, dtype = args.heads, args.head_dim, getattr(torch, args.dtype)
     q, k, v = (torch.randn(1, H, S, D, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
-    do = torch.randn_like(q)
-    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION]):
-        return bench(lambda: fwd_bwd(sdpa, q, k, v, do))
+    times, unavailable = sdpa_times(q, k, v, do=torch.randn_like(q), backends=("cudnn",))
+    if "cudnn" not in times:
+        raise RuntimeError(f"cuDNN SDPA: {unavailable['cudnn']}")
+    return times["cudnn"]
 
 
 def markdown(env, rows) -> str:

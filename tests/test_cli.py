@@ -206,3 +206,134 @@ def test_internal_errors_are_one_line_unless_debug(capsys, pat, monkeypatch):
 def test_subcommands_are_registered_functions():
     assert {"check", "show", "analyze"} <= set(cli.COMMANDS)
     assert all(c.run.__name__ == f"cmd_{c.name}" for c in cli.COMMANDS.values())
+
+
+# --------------------------------------------------------------------------- issue 14: a CLI that feels finished
+
+GRID = "pattern g:\n    grid(8, 8)\n    neighborhood((3, 3))\n"
+
+
+def test_default_tiles_are_pattern_layouts():
+    import inspect
+
+    from patternc import Pattern
+    from patternc.cli.common import DEFAULT_BLOCK
+
+    signature = inspect.signature(Pattern.layout).parameters
+    assert DEFAULT_BLOCK == (signature["block_m"].default, signature["block_n"].default) == (128, 128)
+
+
+def test_default_tiles_in_layout(capsys, pat):
+    code, out, _ = run(capsys, "layout", pat("causal\n"), "-n", "1024")
+    assert code == 0 and "tiles 128x128 (8 x 8 per head)" in out
+    code, out, _ = run(capsys, "layout", pat("causal\n"), "-n", "1024", "--json")
+    assert json.loads(out)["block"] == [128, 128]
+
+
+def test_grid_patterns_need_no_length(capsys, pat):
+    f = pat(GRID)
+    code, out, _ = run(capsys, "show", f)
+    assert code == 0 and out.splitlines()[1].startswith("M = N = 64,")
+    code, out, _ = run(capsys, "layout", f, "--block", "16x16")
+    assert code == 0 and "M = N = 64, 1 head, tiles 16x16" in out
+    code, out, _ = run(capsys, "simulate", f, "--json")
+    assert code == 0 and json.loads(out)["N"] == 64
+    code, out, err = run(capsys, "show", f, "-n", "32")  # disagrees with the grid: located, with the fix
+    assert code == 1 and out == ""
+    assert err.splitlines()[0] == f"{f}:1:1: error: pattern 'g' lives on grid(8, 8): its length is 64 tokens, " \
+                                  "not --seq-len 32"
+    assert err.splitlines()[-1] == "hint: leave out --seq-len (-n): the grid fixes it"
+    assert run(capsys, "show", f, "-n", "64")[0] == 0  # agreeing is fine
+    code, _, err = run(capsys, "show", pat(LLM), "-p", "swa")
+    assert code == 2 and "--seq-len (-n) is required: pattern 'swa' declares no grid" in err
+
+
+def test_tables_fit_100_columns_unless_wide(capsys, pat):
+    long = pat("pattern a_video_pattern_with_a_long_name:\n    grid(8, 8, 8)\n    neighborhood((3, 3, 3))\n")
+    code, out, _ = run(capsys, "analyze", long)
+    assert code == 0 and max(map(len, out.splitlines())) <= 100
+    assert "exact for" in out and "semantics)" in out  # wrapped, not cut
+    code, out, _ = run(capsys, "analyze", long, "--wide")
+    assert max(map(len, out.splitlines())) > 100
+    f = pat("pattern swa: causal & window(1024)\n", "swa.pat")
+    code, out, _ = run(capsys, "simulate", f, "-n", "8192", "--heads", "16")
+    table = out[:out.index("\nnote:")] if "\nnote:" in out else out
+    assert code == 0 and max(map(len, table.splitlines())) <= 100 and "overhead" not in out
+    code, out, _ = run(capsys, "simulate", f, "-n", "8192", "--heads", "16", "--wide")
+    header = next(line for line in out.splitlines() if line.split()[:2] == ["config", "ms"])
+    assert {"full", "partial", "overhead", "tail", "CTA/SM", "block-sparse"} <= set(header.split())
+
+
+def test_fit_table_wraps_the_widest_columns_at_spaces():
+    from patternc.cli.common import fit_table
+
+    rows = [["a", "word " * 30, "x" * 20], ["b", "short", "y"]]
+    text = fit_table(rows, ["name", "text", "id"], wrap=(1,), width=60)
+    assert max(map(len, text.splitlines())) <= 60 and "x" * 20 in text  # the unwrapped column stays whole
+    assert fit_table(rows, ["name", "text", "id"], wrap=(1,), width=60, wide=True).count("\n") == 3
+
+
+def test_simulate_of_a_routed_pattern_agrees_with_its_table(capsys):
+    from pathlib import Path
+
+    routed = Path(__file__).resolve().parent.parent / "examples" / "routed.pat"
+    code, out, _ = run(capsys, "simulate", str(routed), "-p", "moba", "-n", "2048", "--heads", "2")
+    assert code == 0
+    lines = out.splitlines()
+    headline = next(line for line in lines if line.startswith("predicted")).split()
+    selection = next(line for line in lines if line.startswith("routed selection")).split()
+    header = next(line for line in lines if line.split()[:2] == ["config", "ms"])
+    first = lines[lines.index(header) + 2].split()
+    assert header.split()[-4:] == ["selection", "density", "partial", "tiles"]
+    assert first[0] == headline[3]  # the fastest config, in the headline and first in the table
+    assert first[1] == headline[1]  # the same time, selection included
+    assert first[-3] == f"{float(selection[2]):.3g}"  # the selection's cost, a labelled column
+
+
+def test_simulate_every_pattern_of_a_file(capsys, pat):
+    f = pat(LLM + GRID)
+    code, out, err = run(capsys, "simulate", f, "-n", "4096")
+    assert code == 1 and "pattern 'g' lives on grid(8, 8)" in err  # said, and the others go on
+    rows = {line.split()[0] for line in out.splitlines()[3:]}
+    assert out.startswith(f"{f}: 2 of 3 patterns, M = N = 4096;") and {"swa", "sinks"} <= rows
+    code, out, _ = run(capsys, "simulate", pat(LLM), "-n", "4096", "--json")
+    assert code == 0 and [p["name"] for p in json.loads(out)["patterns"]] == ["swa", "sinks"]
+    code, _, err = run(capsys, "simulate", pat(LLM), "-n", "4096", "--sweep", "w=4..8")
+    assert code == 2 and "choose it with --pattern" in err
+
+
+def test_progress_only_on_a_terminal(capsys, monkeypatch):
+    import sys
+
+    from patternc.cli.common import progress, progress_lines
+
+    items = [1, 2, 3]
+    assert progress(items, "x") is items  # stderr is not a terminal here
+    say = progress_lines(2, "x")
+    say("one")
+    say.close()
+    assert capsys.readouterr() == ("one\n", "")
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert list(progress(items, "counting")) == items
+    say = progress_lines(2, "steps")
+    say("one")
+    say("two")
+    say.close()
+    out, err = capsys.readouterr()
+    assert out == "one\ntwo\n" and "steps" in err  # the bar on stderr, the lines on stdout
+
+
+def test_show_png_is_finer_and_the_map_unchanged(capsys, pat, tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from patternc.layout import render
+
+    seen = {}
+    monkeypatch.setattr(render, "_save", lambda path, states, cell, lengths, title, labels, order:
+                        seen.update(states=states, cell=cell, lengths=lengths, labels=labels))
+    f = pat("causal & window(100)\n")
+    code, plain, _ = run(capsys, "show", f, "-n", "1000", "--kv-len", "1200")
+    code, out, _ = run(capsys, "show", f, "-n", "1000", "--kv-len", "1200", "--png", str(tmp_path / "m.png"))
+    assert code == 0 and out.splitlines()[:-1] == plain.splitlines()  # the text map: the same cells
+    assert seen["cell"] == (4, 4) and seen["states"].shape == (250, 300) and seen["lengths"] == (1000, 1200)
+    assert set(seen["states"].flatten().tolist()) == {0, 1, 2}  # none, some, every pair visible
+    assert seen["labels"] == ("no pair visible", "some pairs visible", "every pair visible")

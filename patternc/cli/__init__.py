@@ -1,4 +1,4 @@
-"""The `patternc` command line: `check`, `show`, `analyze`, `layout`, `compile`, `simulate`, `calibrate`.
+"""The `patternc` command line: `check`, `show`, `analyze`, `layout`, `compile`, `simulate`, `calibrate`, `bench`.
 
     patternc check examples/llm.pat
     patternc show examples/llm.pat --pattern swa --seq-len 4096
@@ -7,6 +7,7 @@
     patternc compile examples/llm.pat --seq-len 32768 --head-dim 128 --config 128x64/w8/s3 -o kernels
     patternc simulate examples/llm.pat --pattern swa --seq-len 32768 --heads 16
     patternc calibrate
+    patternc bench examples/llm.pat --pattern swa --seq-len 8192 --backward
 
 `main(argv) -> int` is a plain function (tests call it). Each subcommand is one module holding
 one `cmd_<name>(args)` that calls the public API, registered with its argument declarations by
@@ -29,7 +30,7 @@ from .common import COMMANDS, UsageError
 
 # isort: off
 # each module registers its command; this order is the order of `patternc --help`
-from . import check, show, analyze, layout, compile, simulate, calibrate  # noqa: F401
+from . import check, show, analyze, layout, compile, simulate, calibrate, bench  # noqa: F401
 # isort: on
 
 __all__ = ["COMMANDS", "build_parser", "main"]

@@ -48,7 +48,7 @@ def cmd_analyze(args) -> int:
             rows.append([name, heads, keys, _short(a.density_limit), a.cost, empty,
                          a.basis.split(";")[0]])
     print(fit_table(rows, ["pattern", "heads", "keys/query", "density ~", "cost", "empty rows", "result"],
-                    wrap=(2, 5, 6), wide=args.wide))
+                    wrap=(0, 2, 5, 6), wide=args.wide))
     print("\nkeys/query: mean visible keys per query at length N (M = N); density ~: leading term as N grows")
     if args.predict:
         rows = [[name, "no closed form (grid, routed or not polynomial)"] if f is None else
@@ -56,7 +56,7 @@ def cmd_analyze(args) -> int:
                  "none up to 2^24" if f.break_even is None else f.break_even, f.config]
                 for name, f in predictions.items()]
         print(f"\npredicted speedup over dense on {args.predict} (simulator, 16 heads, head_dim 128, bf16):")
-        print(fit_table(rows, ["pattern", "speedup(N)", "valid for", "break-even", "config"], wrap=(1, 2),
+        print(fit_table(rows, ["pattern", "speedup(N)", "valid for", "break-even", "config"], wrap=(0, 1, 2),
                         wide=args.wide))
     return 0
 

@@ -168,9 +168,9 @@ def table_width() -> int:
 
 
 def fit_table(rows, headers=(), wrap=(), wide=False, width: int | None = None, **options) -> str:
-    """`tabulate(rows, headers)`, with the columns `wrap` (indices) wrapped at spaces, the widest
-    first and none below its longest word (or MIN_WRAP), until the table fits `width` columns
-    (default `table_width()`); `wide`: as it comes."""
+    """`tabulate(rows, headers)`, with the columns `wrap` (indices) wrapped, the widest first,
+    until the table fits `width` columns (default `table_width()`): at spaces while that does,
+    then through words too, down to MIN_WRAP characters; `wide`: as it comes."""
     from tabulate import tabulate
 
     text = tabulate(rows, headers=headers, **options)
@@ -181,20 +181,17 @@ def fit_table(rows, headers=(), wrap=(), wide=False, width: int | None = None, *
     width = width or table_width()
     cells = {i: [str(r[i]) for r in rows if i < len(r)] for i in wrap}
     limits = {i: max(len(line) for c in cells[i] for line in c.splitlines() or [""]) for i in wrap}
-    floors = {i: max(MIN_WRAP, max(len(word) for c in cells[i] for word in c.split() or [""])) for i in wrap}
-    for _ in range(4):  # wrapping at spaces can leave a line a little wider than asked: try again
-        over = max(map(len, text.splitlines())) - width
-
-        def cut(level):
-            return {i: min(w, max(level, floors[i])) for i, w in limits.items()}
-
-        level = max(limits.values())
-        if over <= 0 or all(w <= floors[i] for i, w in limits.items()):
-            break
-        while level > MIN_WRAP and sum(limits.values()) - sum(cut(level).values()) < over:
-            level -= 1
-        limits = cut(level)
-        text = tabulate(rows, headers=headers, maxcolwidths=[limits.get(i) for i in range(ncols)], **options)
+    words = {i: max(MIN_WRAP, max(len(w) for c in cells[i] for w in c.split() or [""])) for i in wrap}
+    for floors in (words, dict.fromkeys(wrap, MIN_WRAP)):
+        for _ in range(4):  # wrapping at spaces can leave a line a little wider than asked: try again
+            over = max(map(len, text.splitlines())) - width
+            if over <= 0 or all(w <= floors[i] for i, w in limits.items()):
+                break
+            level = max(limits.values())
+            while level > MIN_WRAP and sum(w - min(w, max(level, floors[i])) for i, w in limits.items()) < over:
+                level -= 1
+            limits = {i: min(w, max(level, floors[i])) for i, w in limits.items()}
+            text = tabulate(rows, headers=headers, maxcolwidths=[limits.get(i) for i in range(ncols)], **options)
     return text
 
 
@@ -256,11 +253,12 @@ def heads_argument(p, help="number of heads (default: the pattern's)", default=N
     p.add_argument("--heads", type=positive, default=default, metavar="H", help=help)
 
 
-def lengths_arguments(p, seq_len_help="query length M (needed unless the pattern's grid fixes it)"):
+def lengths_arguments(p, seq_len_help="query length M (needed unless the pattern's grid fixes it)",
+                      heads_help="number of heads (default: the pattern's)"):
     """--seq-len, --kv-len and --heads: the problem shape (resolve --seq-len with `lengths`)."""
     seq_len_argument(p, seq_len_help)
     p.add_argument("--kv-len", type=positive, metavar="N", help="key length (default: the query length)")
-    heads_argument(p)
+    heads_argument(p, heads_help)
 
 
 def head_argument(p, help):
