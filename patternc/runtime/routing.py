@@ -1,18 +1,20 @@
 """The Triton kernels behind routed patterns (`topk`): pool, then score, select and write the
-layout's index tables.
+layout's index tables. Two launches per call, no host synchronisation.
 
-`pool_blocks`: grid (blocks, B * heads). Each program averages one block of tokens in fp32
-(keys, and queries when they route by block).
-`select_blocks` (`query=block`): grid (query blocks, B * units), a unit being one query head
-(`shared=head`) or one GQA group (`shared=group`). Each program scores its unit's mean query
-against every key mean, picks blocks (top-k by repeated argmax, ties to the lower index, or by
-cumulative softmax mass), writes the choice and then its tile rows' index tables.
+`pool_blocks`: one program per block of tokens, keys first, then queries (when they route by
+block): each averages its block in fp32 (the last block may be short) into one buffer of means.
+`select_blocks` (`query=block`): grid (groups of QB query blocks, B * units), a unit being one
+query head (`shared=head`) or one GQA group (`shared=group`). Each program scores its QB mean
+queries against every key mean at once (one fp32 product), picks blocks (top-k by repeated
+argmax, ties to the lower index, or by cumulative softmax mass), writes the choice and then all
+its tile rows' index tables, many rows at a time.
 `select_tokens` (`query=token`): grid (query tiles, B * units); every query token routes by
 itself, and a tile row records per key block whether any / all of its rows chose it.
 
 A tile row's tables are written in two passes over the plan (see `RoutedPlan`): the static part's
 tiles (visible whatever is chosen), each classed by its key block's choice, then the tiles only
-chosen blocks add. Work and memory per call are O(tiles visited), never O(N^2); no copy of K or V.
+chosen blocks add, block by block. Work and memory per call are O(tiles visited), never O(N^2);
+no copy of K or V.
 
 `route(plan, q, k)` launches them and returns the call's layout tables; `transposed(...)` turns
 them into the dK/dV kernel's (on the device, no host synchronisation). This file needs torch and
@@ -28,86 +30,129 @@ import triton.language as tl
 FULL, PARTIAL = tl.constexpr(2), tl.constexpr(1)
 SELECTED = 1 << 30  # a partial entry's choice bit (runtime.routed.SELECTED_BIT)
 
+# launch shapes (benchmarks/routed_selection.py times the alternatives): rows a pooling program
+# loads at once and its warps; the largest score row (key blocks, padded) scored QB = 16 query
+# blocks at a time by one product (beyond it: one query block per program)
+POOL_ROWS, POOL_WARPS = 64, 4
+DOT_KEY_BLOCKS = 1024
+ROW_STEP = 1024  # candidates the row writer handles per step (rows x candidates per row)
+
 
 @triton.jit
-def pool_blocks(X, stride_xb, stride_xh, stride_xn, MEANS, heads, length, n_blocks, block,
-                HEAD_DIM: tl.constexpr, ROWS: tl.constexpr):
-    """MEANS[b, h, j] = mean of x[b, h, j*block : (j+1)*block] (fp32, the last block may be short)."""
-    j = tl.program_id(0)
-    bh = tl.program_id(1)
+def _pool(X, stride_xb, stride_xh, stride_xn, OUT, p, heads, length, n_blocks, first, pooled, block,
+          HEAD_DIM: tl.constexpr, ROWS: tl.constexpr, FOLD: tl.constexpr):
+    """OUT[bh * n_blocks + j] = mean of x[b, h, j*block : (j+1)*block] (bh = b * heads + h) for
+    the p-th of the blocks j = first .. first + pooled - 1 of every (b, h). Each step loads ROWS
+    rows and folds them onto FOLD rows of sums (rows FOLD apart sit in one thread: no exchange
+    between threads until the end)."""
+    bh = p // pooled
+    j = first + p % pooled
     lo = j * block
     n = tl.minimum(block, length - lo)
     offs_d = tl.arange(0, HEAD_DIM)
     base = X + (bh // heads).to(tl.int64) * stride_xb + (bh % heads).to(tl.int64) * stride_xh \
         + lo.to(tl.int64) * stride_xn
-    acc = tl.zeros([HEAD_DIM], dtype=tl.float32)
-    for r0 in range(0, block, ROWS):
+    acc = tl.zeros([FOLD, HEAD_DIM], dtype=tl.float32)
+    for r0 in range(0, n, ROWS):
         rows = r0 + tl.arange(0, ROWS)
         x = tl.load(base + rows[:, None] * stride_xn + offs_d[None, :], mask=(rows < n)[:, None], other=0.0)
-        acc += tl.sum(x.to(tl.float32), axis=0)
-    tl.store(MEANS + (bh.to(tl.int64) * n_blocks + j) * HEAD_DIM + offs_d, acc / n)
+        acc += tl.sum(tl.reshape(x.to(tl.float32), [ROWS // FOLD, FOLD, HEAD_DIM]), axis=0)
+    tl.store(OUT + (bh.to(tl.int64) * n_blocks + j) * HEAD_DIM + offs_d, tl.sum(acc, axis=0) / n)
 
 
 @triton.jit
-def _append(KT, CLS, start, end, route, full_row, part_row, n_full, n_part, block,
-            STATIC: tl.constexpr, TOKEN: tl.constexpr, CHUNK: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Append plan candidates [start, end) to one tile row's tables; returns the new counts.
+def pool_blocks(Q, stride_qb, stride_qh, stride_qm, K, stride_kb, stride_kh, stride_kn, MEANS,
+                H, Hkv, M, N, n_q, n_k, block, k_means, k_pooled, k_programs, q_first,
+                HEAD_DIM: tl.constexpr, ROWS: tl.constexpr, FOLD: tl.constexpr):
+    """MEANS [k_means + B*H*n_q, HEAD_DIM] fp32: the key blocks' means ([B, Hkv, n_k]
+    flattened: k_means), then the query blocks' ([B, H, n_q]), one program per block. Only the blocks
+    some choice depends on: key blocks 0 .. k_pooled - 1 (k_programs = B * Hkv * k_pooled
+    programs), then query blocks q_first .. n_q - 1 (none for query=token); the others' rows are
+    left as they are, and `select_blocks` reads none of them."""
+    p = tl.program_id(0)
+    if p < k_programs:
+        _pool(K, stride_kb, stride_kh, stride_kn, MEANS, p, Hkv, N, n_k, 0, k_pooled, block, HEAD_DIM, ROWS, FOLD)
+    else:
+        _pool(Q, stride_qb, stride_qh, stride_qm, MEANS + k_means.to(tl.int64) * HEAD_DIM, p - k_programs, H, M, n_q,
+              q_first, n_q - q_first, block, HEAD_DIM, ROWS, FOLD)
 
-    A candidate's class is its class in the pattern with topk := all keys where its key block
-    is chosen, else with topk := none (`CLS`: chosen | other << 2). `route[j]` is key block j's
-    choice: 1 / 0, or with TOKEN any | all << 1 over the row's queries (mixed: partial, each
-    row reads its own bit). STATIC candidates are the static part's; the others come from chosen
-    blocks, of which only tiles the static part lacks are taken."""
-    for c0 in range(start, end, CHUNK):
-        offs = c0 + tl.arange(0, CHUNK)
-        valid = offs < end
-        kt = tl.load(KT + offs, mask=valid, other=0)
-        cls = tl.load(CLS + offs, mask=valid, other=0).to(tl.int32)
-        chosen_cls = cls & 3
-        other_cls = cls >> 2
-        r = tl.load(route + kt * BLOCK_N // block, mask=valid, other=0).to(tl.int32)
+
+@triton.jit
+def _classify(kt, cls, r, TOKEN: tl.constexpr):
+    """(kind, entry, other class) of candidates: a candidate's class is its class in the pattern
+    with topk := all keys where its key block is chosen, else with topk := none (`cls`: chosen |
+    other << 2). `r`: its key block's choice, 1 / 0, or with TOKEN any | all << 1 over the row's
+    queries (mixed: partial, each row reads its own bit)."""
+    chosen_cls = cls & 3
+    other_cls = cls >> 2
+    if TOKEN:
+        mixed = tl.where((chosen_cls == FULL) & (other_cls == FULL), FULL,
+                         tl.where((chosen_cls | other_cls) != 0, PARTIAL, 0))
+        kind = tl.where(r >= 2, chosen_cls, tl.where(r == 0, other_cls, mixed))
+        entry = kt
+    else:
+        kind = tl.where(r != 0, chosen_cls, other_cls)
+        entry = kt | (r << 30)  # the kernel's predicate reads the choice of partial tiles
+    return kind, entry, other_cls
+
+
+@triton.jit
+def _emit(full_rows, part_rows, kt, entry, kind, valid, n_full, n_part):
+    """Append candidates ([rows, C], in order) of kind FULL / PARTIAL to their rows' tables."""
+    is_full = valid & (kind == FULL)
+    is_part = valid & (kind == PARTIAL)
+    tl.store(full_rows[:, None] + (n_full[:, None] + tl.cumsum(is_full.to(tl.int32), axis=1) - 1), kt, mask=is_full)
+    tl.store(part_rows[:, None] + (n_part[:, None] + tl.cumsum(is_part.to(tl.int32), axis=1) - 1), entry, mask=is_part)
+    return n_full + tl.sum(is_full.to(tl.int32), axis=1), n_part + tl.sum(is_part.to(tl.int32), axis=1)
+
+
+@triton.jit
+def _write_rows(rows, valid_rows, bh, ph, route_rows, picked_rows, n_picked, most_picked,
+                STATIC_PTR, STATIC_KT, STATIC_CLS, BLOCK_PTR, CAND_KT, CAND_CLS, s_ptr, s_cand, b_ptr, b_row, cand,
+                FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, s_num, s_idx, s_idx_m, block,
+                TOKEN: tl.constexpr, SC: tl.constexpr, KPC: tl.constexpr, TPB: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The tables of tile rows `rows` ([R], of batch x head `bh`, plan head `ph`: 0 when all
+    heads share one plan): the static part's tiles, then those of the `n_picked` ([R]) key blocks
+    listed at `picked_rows` (chosen; with TOKEN, chosen by any of the row's queries), at most
+    `most_picked`. `route_rows` points at each row's choice per key block (`_classify`'s r).
+    Every row at once: SC static candidates, then KPC blocks of at most TPB tiles, per step."""
+    full_rows = FULL_IDX + bh * s_idx + rows.to(tl.int64) * s_idx_m
+    part_rows = PART_IDX + bh * s_idx + rows.to(tl.int64) * s_idx_m
+    static = STATIC_PTR + ph * s_ptr + rows
+    start = tl.load(static, mask=valid_rows, other=0)
+    n_static = tl.load(static + 1, mask=valid_rows, other=0) - start
+    n_full = tl.zeros(rows.shape, dtype=tl.int32)
+    n_part = tl.zeros(rows.shape, dtype=tl.int32)
+    for c0 in range(0, tl.max(n_static, axis=0), SC):
+        offs = c0 + tl.arange(0, SC)
+        valid = offs[None, :] < n_static[:, None]
+        at = ph * s_cand + start[:, None] + offs[None, :]
+        kt = tl.load(STATIC_KT + at, mask=valid, other=0)
+        cls = tl.load(STATIC_CLS + at, mask=valid, other=0).to(tl.int32)
+        r = tl.load(route_rows[:, None] + kt * BLOCK_N // block, mask=valid, other=0).to(tl.int32)
+        kind, entry, _ = _classify(kt, cls, r, TOKEN)
+        n_full, n_part = _emit(full_rows, part_rows, kt, entry, kind, valid, n_full, n_part)
+    # the chosen blocks' own tiles: step t covers blocks t0 + e // TPB, their tiles e % TPB
+    e = tl.arange(0, KPC * TPB)
+    nth, tile = e // TPB, e % TPB
+    blocks = BLOCK_PTR + ph * b_ptr + rows * b_row
+    for t0 in range(0, most_picked, KPC):
+        listed = (t0 + nth)[None, :] < n_picked[:, None]
+        j = tl.load(picked_rows[:, None] + (t0 + nth)[None, :], mask=listed, other=0)
+        first = tl.load(blocks[:, None] + j, mask=listed, other=0)
+        valid = listed & (tile[None, :] < tl.load(blocks[:, None] + j + 1, mask=listed, other=0) - first)
+        at = ph * cand + first + tile[None, :]
+        kt = tl.load(CAND_KT + at, mask=valid, other=0)
+        cls = tl.load(CAND_CLS + at, mask=valid, other=0).to(tl.int32)
         if TOKEN:
-            mixed = tl.where((chosen_cls == FULL) & (other_cls == FULL), FULL,
-                             tl.where((chosen_cls | other_cls) != 0, PARTIAL, 0))
-            kind = tl.where(r >= 2, chosen_cls, tl.where(r == 0, other_cls, mixed))
-            entry = kt
+            r = tl.load(route_rows[:, None] + j, mask=valid, other=0).to(tl.int32)
         else:
-            kind = tl.where(r != 0, chosen_cls, other_cls)
-            entry = kt | (r << 30)  # the kernel's predicate reads the choice of partial tiles
-        if not STATIC:
-            kind = tl.where(other_cls == 0, kind, 0)  # the static pass wrote the others
-        is_full = valid & (kind == FULL)
-        is_part = valid & (kind == PARTIAL)
-        tl.store(full_row + n_full + tl.cumsum(is_full.to(tl.int32), axis=0) - 1, kt, mask=is_full)
-        tl.store(part_row + n_part + tl.cumsum(is_part.to(tl.int32), axis=0) - 1, entry, mask=is_part)
-        n_full += tl.sum(is_full.to(tl.int32), axis=0)
-        n_part += tl.sum(is_part.to(tl.int32), axis=0)
-    return n_full, n_part
-
-
-@triton.jit
-def _write_row(row, bh, ph, route, picked, n_picked,
-               STATIC_PTR, STATIC_KT, STATIC_CLS, BLOCK_PTR, CAND_KT, CAND_CLS, s_ptr, s_cand, b_ptr, b_row, cand,
-               FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, s_num, s_idx, s_idx_m, block,
-               TOKEN: tl.constexpr, STATIC_CHUNK: tl.constexpr, BLOCK_CHUNK: tl.constexpr, BLOCK_N: tl.constexpr):
-    """One tile row's tables: the static part's tiles, then those of the `n_picked` key blocks
-    listed at `picked` (chosen; with TOKEN, chosen by any of the row's queries). `ph`: the
-    plan's head (0 when all heads share one plan)."""
-    full_row = FULL_IDX + bh * s_idx + row * s_idx_m
-    part_row = PART_IDX + bh * s_idx + row * s_idx_m
-    static_ptr = STATIC_PTR + ph * s_ptr + row
-    n_full, n_part = _append(STATIC_KT + ph * s_cand, STATIC_CLS + ph * s_cand, tl.load(static_ptr),
-                             tl.load(static_ptr + 1), route, full_row, part_row,
-                             tl.full([], 0, tl.int32), tl.full([], 0, tl.int32), block,
-                             True, TOKEN, STATIC_CHUNK, BLOCK_N)
-    block_ptr = BLOCK_PTR + ph * b_ptr + row * b_row
-    for t in range(n_picked):
-        j = tl.load(picked + t)
-        n_full, n_part = _append(CAND_KT + ph * cand, CAND_CLS + ph * cand, tl.load(block_ptr + j),
-                                 tl.load(block_ptr + j + 1), route, full_row, part_row, n_full, n_part, block,
-                                 False, TOKEN, BLOCK_CHUNK, BLOCK_N)
-    tl.store(FULL_NUM + bh * s_num + row, n_full)
-    tl.store(PART_NUM + bh * s_num + row, n_part)
+            r = valid.to(tl.int32)  # chosen
+        kind, entry, other_cls = _classify(kt, cls, r, TOKEN)
+        kind = tl.where(other_cls == 0, kind, 0)  # the static pass wrote the others
+        n_full, n_part = _emit(full_rows, part_rows, kt, entry, kind, valid, n_full, n_part)
+    tl.store(FULL_NUM + bh * s_num + rows, n_full, mask=valid_rows)
+    tl.store(PART_NUM + bh * s_num + rows, n_part, mask=valid_rows)
 
 
 @triton.jit
@@ -144,59 +189,81 @@ def _share(rest, eligible, scale, THRESHOLD: tl.constexpr):
 
 @triton.jit
 def select_blocks(
-    QBAR, KBAR,  # block means, fp32 contiguous: [B, H, n_q, D], [B, Hkv, n_k, D]
+    MEANS,  # fp32 [B*Hkv*n_k + B*H*n_q, D]: the key blocks' means, then the query blocks' (pool_blocks)
     SEL,  # uint8 [B, H, n_q, n_k]: 1 where chosen
-    PICKED,  # int32 [B * units, n_q, NKP] scratch: the chosen blocks' indices
+    PICKED,  # int32 [B * units, n_q, NKP] scratch: the chosen blocks' indices, ascending
     # the plan (RoutedPlan) and its head strides (0 when heads share it), then the tables
     STATIC_PTR, STATIC_KT, STATIC_CLS, BLOCK_PTR, CAND_KT, CAND_CLS, plan_per_head, s_ptr, s_cand, b_ptr, b_row, cand,
     FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, s_num, s_idx, s_idx_m,
-    H, n_q, n_k, tiles_m, block, count, threshold, scale, group, unit_heads,
-    CAUSAL: tl.constexpr, THRESHOLD: tl.constexpr, HEAD_DIM: tl.constexpr, D_CHUNK: tl.constexpr,
-    NKP: tl.constexpr, STATIC_CHUNK: tl.constexpr, BLOCK_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr,
+    H, n_q, n_k, k_means, k_pooled, q_first, tiles_m, block, count, threshold, scale, group, unit_heads,
+    CAUSAL: tl.constexpr, THRESHOLD: tl.constexpr, HEAD_DIM: tl.constexpr, NKP: tl.constexpr, QB: tl.constexpr,
+    D_CHUNK: tl.constexpr, ROWS: tl.constexpr, SC: tl.constexpr, KPC: tl.constexpr, TPB: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    qb = tl.program_id(0)
+    unit = tl.program_id(1)
     units = H // unit_heads
-    b = tl.program_id(1) // units
-    h0 = (tl.program_id(1) % units) * unit_heads
+    b = unit // units
+    h0 = (unit % units) * unit_heads
+    qb = tl.program_id(0) * QB + tl.arange(0, QB)  # this program's query blocks
+    valid_qb = qb < n_q
+    pooled_qb = valid_qb & (qb >= q_first)
     offs_k = tl.arange(0, NKP)
 
-    # the unit's mean query against every key block's mean key, one slice of D at a time
-    qbar = QBAR + ((b * H + h0).to(tl.int64) * n_q + qb) * HEAD_DIM
-    kbar = KBAR + ((b * (H // group) + h0 // group).to(tl.int64) * n_k) * HEAD_DIM
-    scores = tl.zeros([NKP], dtype=tl.float32)
-    for d0 in tl.static_range(0, HEAD_DIM, D_CHUNK):
+    # the unit's mean queries against every key block's mean key, D_CHUNK of D at a time: a
+    # product in fp32 (QB >= 16), or a sum of products (one query block); means that were not
+    # pooled (pool_blocks) read as zeros
+    kbar = MEANS + ((b * (H // group) + h0 // group).to(tl.int64) * n_k) * HEAD_DIM
+    qbar = MEANS + (k_means + ((b * H + h0) * n_q + qb).to(tl.int64)) * HEAD_DIM
+    scores = tl.zeros([QB, NKP], dtype=tl.float32)
+    for d0 in range(0, HEAD_DIM, D_CHUNK):
         offs_d = d0 + tl.arange(0, D_CHUNK)
-        qmean = tl.zeros([D_CHUNK], dtype=tl.float32)
+        qs = tl.zeros([QB, D_CHUNK], dtype=tl.float32)
         for hh in range(unit_heads):
-            qmean += tl.load(qbar + hh * n_q * HEAD_DIM + offs_d)
-        kb = tl.load(kbar + offs_k[:, None] * HEAD_DIM + offs_d[None, :], mask=(offs_k < n_k)[:, None], other=0.0)
-        scores += tl.sum(kb * (qmean / unit_heads)[None, :], axis=1)
+            qs += tl.load(qbar[:, None] + hh * n_q * HEAD_DIM + offs_d[None, :], mask=pooled_qb[:, None], other=0.0)
+        qs = qs / unit_heads
+        kb = tl.load(kbar + offs_k[:, None] * HEAD_DIM + offs_d[None, :], mask=(offs_k < k_pooled)[:, None], other=0.0)
+        if QB >= 16:
+            scores = tl.dot(qs, tl.trans(kb), scores, input_precision="ieee")
+        else:
+            scores += tl.sum(kb[None, :, :] * qs[:, None, :], axis=2)
 
     # the own block is always kept; under causal only earlier blocks compete
     own = qb + n_k - n_q
     if CAUSAL:
-        eligible = offs_k < own
+        eligible = offs_k[None, :] < own[:, None]
     else:
-        eligible = (offs_k != own) & (offs_k < n_k)
-    rest = tl.where(eligible, scores, float("-inf"))[None, :]  # one row: the helpers take [rows, NKP]
-    chosen = _pick(rest, _share(rest, eligible[None, :], scale, THRESHOLD), (offs_k == own).to(tl.int32)[None, :],
+        eligible = (offs_k[None, :] != own[:, None]) & (offs_k < n_k)[None, :]
+    rest = tl.where(eligible, scores, float("-inf"))
+    chosen = _pick(rest, _share(rest, eligible, scale, THRESHOLD), (offs_k[None, :] == own[:, None]).to(tl.int32),
                    count, threshold, offs_k)
-    chosen = tl.max(chosen, axis=0)
-    picked = PICKED + (tl.program_id(1).to(tl.int64) * n_q + qb) * NKP
-    tl.store(picked + tl.cumsum(chosen, axis=0) - 1, offs_k, mask=chosen != 0)
+    chosen = tl.where(valid_qb[:, None], chosen, 0)
+    n_picked = tl.sum(chosen, axis=1)
+    picked = PICKED + (unit.to(tl.int64) * n_q + qb) * NKP
+    tl.store(picked[:, None] + tl.cumsum(chosen, axis=1) - 1, tl.broadcast_to(offs_k[None, :], [QB, NKP]),
+             mask=chosen != 0)
     for hh in range(unit_heads):
-        tl.store(SEL + ((b * H + h0 + hh).to(tl.int64) * n_q + qb) * n_k + offs_k, chosen.to(tl.uint8),
-                 mask=offs_k < n_k)
+        tl.store(SEL + (((b * H + h0 + hh).to(tl.int64) * n_q + qb) * n_k)[:, None] + offs_k[None, :],
+                 chosen.to(tl.uint8), mask=valid_qb[:, None] & (offs_k < n_k)[None, :])
     tl.debug_barrier()  # the rows below read the choice back from memory
 
-    for hh in range(unit_heads):
-        bh = (b * H + h0 + hh).to(tl.int64)
-        for row in range(qb * block // BLOCK_M, tl.minimum((qb + 1) * block // BLOCK_M, tiles_m)):
-            _write_row(row, bh, (h0 + hh) * plan_per_head, SEL + (bh * n_q + qb) * n_k, picked,
-                       tl.sum(chosen, axis=0), STATIC_PTR, STATIC_KT, STATIC_CLS, BLOCK_PTR, CAND_KT, CAND_CLS,
-                       s_ptr, s_cand, b_ptr, b_row, cand, FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, s_num, s_idx, s_idx_m, block,
-                       False, STATIC_CHUNK, BLOCK_CHUNK, BLOCK_N)
+    rows_per_block = block // BLOCK_M
+    first = tl.program_id(0) * QB * rows_per_block
+    last = tl.minimum(first + QB * rows_per_block, tiles_m)
+    most_picked = tl.max(n_picked, axis=0)
+    for r0 in range(first, last, ROWS):
+        rows = r0 + tl.arange(0, ROWS)
+        valid_rows = rows < last
+        row_qb = rows // rows_per_block
+        # each row's count of chosen blocks, from its query block's (held in registers)
+        n_row = tl.sum(tl.where(row_qb[:, None] == qb[None, :], n_picked[None, :], 0), axis=1)
+        n_row = tl.where(valid_rows, n_row, 0)
+        picked_rows = PICKED + (unit.to(tl.int64) * n_q + row_qb) * NKP
+        for hh in range(unit_heads):
+            bh = (b * H + h0 + hh).to(tl.int64)
+            _write_rows(rows, valid_rows, bh, (h0 + hh) * plan_per_head, SEL + (bh * n_q + row_qb) * n_k, picked_rows,
+                        n_row, most_picked, STATIC_PTR, STATIC_KT, STATIC_CLS, BLOCK_PTR, CAND_KT, CAND_CLS, s_ptr,
+                        s_cand, b_ptr, b_row, cand, FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, s_num, s_idx, s_idx_m,
+                        block, False, SC, KPC, TPB, BLOCK_N)
 
 
 @triton.jit
@@ -209,10 +276,10 @@ def select_tokens(
     # the plan (RoutedPlan) and its head strides (0 when heads share it), then the tables
     STATIC_PTR, STATIC_KT, STATIC_CLS, BLOCK_PTR, CAND_KT, CAND_CLS, plan_per_head, s_ptr, s_cand, b_ptr, b_row, cand,
     FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, s_num, s_idx, s_idx_m,
-    H, M, N, n_k, tiles_m, block, count, threshold, scale, group, unit_heads,
+    H, M, N, n_k, k_pooled, tiles_m, block, count, threshold, scale, group, unit_heads,
     CAUSAL: tl.constexpr, THRESHOLD: tl.constexpr, HEAD_DIM: tl.constexpr, D_CHUNK: tl.constexpr,
-    SUB_M: tl.constexpr, NKP: tl.constexpr, WORDS_PER_ROW: tl.constexpr, STATIC_CHUNK: tl.constexpr,
-    BLOCK_CHUNK: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SUB_M: tl.constexpr, NKP: tl.constexpr, WORDS_PER_ROW: tl.constexpr, SC: tl.constexpr, KPC: tl.constexpr,
+    TPB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     row = tl.program_id(0)
     units = H // unit_heads
@@ -233,7 +300,8 @@ def select_tokens(
                 base = Q + b.to(tl.int64) * stride_qb + (h0 + hh).to(tl.int64) * stride_qh
                 qs += tl.load(base + offs_m[:, None] * stride_qm + offs_d[None, :], mask=valid_m[:, None],
                               other=0.0).to(tl.float32)
-            kb = tl.load(kbar + offs_k[:, None] * HEAD_DIM + offs_d[None, :], mask=(offs_k < n_k)[:, None], other=0.0)
+            kb = tl.load(kbar + offs_k[:, None] * HEAD_DIM + offs_d[None, :], mask=(offs_k < k_pooled)[:, None],
+                         other=0.0)
             scores += tl.dot(qs / unit_heads, tl.trans(kb), input_precision="tf32x3")
         # own block (t + N - M) // b; a negative position has none
         shifted = offs_m + N - M
@@ -260,12 +328,14 @@ def select_tokens(
         tl.store(state_row + offs_k, (any_row | (all_rows << 1)).to(tl.uint8), mask=offs_k < n_k)
     tl.debug_barrier()  # the row below reads the state back from memory
 
+    rows = row + tl.arange(0, 1)  # one tile row, as the row writer takes them
+    n_picked = tl.zeros([1], dtype=tl.int32) + tl.sum(any_row, axis=0)
     for hh in range(unit_heads):
         bh = (b * H + h0 + hh).to(tl.int64)
-        _write_row(row, bh, (h0 + hh) * plan_per_head, STATE + (bh * tiles_m + row) * n_k, picked,
-                   tl.sum(any_row, axis=0), STATIC_PTR, STATIC_KT, STATIC_CLS, BLOCK_PTR, CAND_KT, CAND_CLS,
-                   s_ptr, s_cand, b_ptr, b_row, cand, FULL_NUM, FULL_IDX, PART_NUM, PART_IDX, s_num, s_idx, s_idx_m, block,
-                   True, STATIC_CHUNK, BLOCK_CHUNK, BLOCK_N)
+        _write_rows(rows, rows < tiles_m, bh, (h0 + hh) * plan_per_head, STATE + (bh * tiles_m + rows) * n_k,
+                    picked + 0 * rows, n_picked, tl.max(n_picked, axis=0), STATIC_PTR, STATIC_KT, STATIC_CLS,
+                    BLOCK_PTR, CAND_KT, CAND_CLS, s_ptr, s_cand, b_ptr, b_row, cand, FULL_NUM, FULL_IDX, PART_NUM,
+                    PART_IDX, s_num, s_idx, s_idx_m, block, True, SC, KPC, TPB, BLOCK_N)
 
 
 def route(plan, q, k) -> dict:
@@ -273,7 +343,7 @@ def route(plan, q, k) -> dict:
     one call: `kv_num_blocks`, `kv_indices`, `full_kv_num_blocks`, `full_kv_indices` per (batch x
     head) and what the attention kernel reads besides (`row_order`, `block`, the choice).
     `plan`: a `RoutedPlan`, or an object with its tensors and its topk's options (`block`,
-    `count`, `threshold`, `shared`, `query`)."""
+    `count`, `threshold`, `shared`, `query`). Two kernel launches and five allocations."""
     import torch
     from triton import next_power_of_2 as pow2
 
@@ -284,35 +354,50 @@ def route(plan, q, k) -> dict:
     q = q if q.stride(-1) == 1 else q.contiguous()
     k = k if k.stride(-1) == 1 else k.contiguous()
     device = q.device
+    by_block = plan.query == "block"
 
-    def means(x, n):
-        out = torch.empty(x.shape[0], x.shape[1], n, D, dtype=torch.float32, device=device)
-        pool_blocks[(n, x.shape[0] * x.shape[1])](x, x.stride(0), x.stride(1), x.stride(2), out, x.shape[1],
-                                                  x.shape[2], n, b, HEAD_DIM=D, ROWS=min(64, pow2(b)), num_warps=4)
-        return out
-
-    kbar = means(k, n_k)
-    tables = [torch.empty(B * H, Mt, plan.width, dtype=torch.int32, device=device) for _ in range(2)]
-    counts = [torch.empty(B * H, Mt, dtype=torch.int32, device=device) for _ in range(2)]
+    count = n_k if plan.count is None else plan.count - 1  # blocks picked besides the own one
+    # pool only the blocks a choice depends on: under causal no query block ever competes for the
+    # last key block, and without a threshold a query block with at most `count` eligible
+    # blocks takes them all, whatever the scores (select_blocks skips their scores)
+    k_means, k_pooled = B * Hkv * n_k, n_k - 1 if plan.causal else n_k
+    if by_block and plan.threshold is None:
+        q_first = min(max(count + 1 - n_k + n_q, 0), n_q) if plan.causal else (n_q if n_k <= count else 0)
+    else:
+        q_first = 0
+    means = torch.empty(k_means + (B * H * n_q if by_block else 0), D, dtype=torch.float32, device=device)
+    rows = min(POOL_ROWS, pow2(b))
+    # rows of one thread's 16-byte loads lie 512 * warps / (D * bytes) apart (at least `warps`)
+    fold = min(rows, max(POOL_WARPS, 512 * POOL_WARPS // (D * q.element_size())))
+    k_programs = B * Hkv * k_pooled
+    pool_blocks[(k_programs + (B * H * (n_q - q_first) if by_block else 0),)](
+        q, q.stride(0), q.stride(1), q.stride(2), k, k.stride(0), k.stride(1), k.stride(2), means, H, Hkv, M, N,
+        n_q, n_k, b, k_means, k_pooled, k_programs, q_first, HEAD_DIM=D, ROWS=rows, FOLD=fold, num_warps=POOL_WARPS)
+    tables = torch.empty(2, B * H, Mt, plan.width, dtype=torch.int32, device=device)  # full, partial
+    counts = torch.empty(2, B * H, Mt, dtype=torch.int32, device=device)
+    full_counts, part_counts, full_table, part_table = counts[0], counts[1], tables[0], tables[1]
     unit = H // Hkv if plan.shared == "group" else 1
-    shared_plan = plan.cand_kt.shape[0] == 1
     tensors = (plan.static_ptr, plan.static_kt, plan.static_cls, plan.block_ptr, plan.cand_kt, plan.cand_cls,
-               0 if shared_plan else 1, plan.static_ptr.stride(0), plan.static_kt.stride(0), plan.block_ptr.stride(0),
-               plan.block_ptr.stride(1), plan.cand_kt.stride(0), counts[0], tables[0], counts[1], tables[1],
-               counts[0].stride(0), tables[0].stride(0), tables[0].stride(1))
-    count = n_k if plan.count is None else plan.count - 1
+               0 if plan.cand_kt.shape[0] == 1 else 1, plan.static_ptr.stride(0), plan.static_kt.stride(0),
+               plan.block_ptr.stride(0), plan.block_ptr.stride(1), plan.cand_kt.stride(0), full_counts, full_table,
+               part_counts, part_table, full_counts.stride(0), full_table.stride(0), full_table.stride(1))
     after = (count, 2.0 if plan.threshold is None else float(plan.threshold), D ** -0.5, H // Hkv, unit)
-    options = dict(CAUSAL=plan.causal, THRESHOLD=plan.threshold is not None, HEAD_DIM=D, STATIC_CHUNK=64,
-                   BLOCK_CHUNK=max(16, pow2(b // plan.block_n)), BLOCK_M=plan.block_m, BLOCK_N=plan.block_n,
-                   num_warps=4)
-    out = dict(kv_num_blocks=counts[1], kv_indices=tables[1], full_kv_num_blocks=counts[0], full_kv_indices=tables[0],
-               row_order=plan.row_order, key_tiles=key_tiles, block=b, batch=B)
-    if plan.query == "block":
-        nkp = pow2(n_k)
+    # per step of the row writer: KPC chosen blocks of at most TPB tiles each, SC static candidates
+    kpc, tpb, sc = min(16, pow2(count + 1)), pow2(b // plan.block_n), 16
+    options = dict(CAUSAL=plan.causal, THRESHOLD=plan.threshold is not None, HEAD_DIM=D, SC=sc, KPC=kpc, TPB=tpb,
+                   BLOCK_M=plan.block_m, BLOCK_N=plan.block_n)
+    out = dict(kv_num_blocks=part_counts, kv_indices=part_table, full_kv_num_blocks=full_counts,
+               full_kv_indices=full_table, row_order=plan.row_order, key_tiles=key_tiles, block=b, batch=B)
+    if by_block:
+        nkp = max(16, pow2(n_k))
+        qb = 16 if nkp <= DOT_KEY_BLOCKS else 1
+        rows = min(pow2(qb * (b // plan.block_m)), max(1, ROW_STEP // max(kpc * tpb, sc)))
         choice = torch.empty(B, H, n_q, n_k, dtype=torch.uint8, device=device)
         picked = torch.empty(B * (H // unit), n_q, nkp, dtype=torch.int32, device=device)
-        select_blocks[(n_q, B * (H // unit))](means(q, n_q), kbar, choice, picked, *tensors, H, n_q, n_k, Mt, b,
-                                              *after, D_CHUNK=max(16, min(D, 4096 // nkp)), NKP=nkp, **options)
+        select_blocks[(-(-n_q // qb), B * (H // unit))](
+            means, choice, picked, *tensors, H, n_q, n_k, k_means, k_pooled, q_first, Mt, b, *after, NKP=nkp, QB=qb,
+            D_CHUNK=16 if qb > 1 else max(1, min(D, 8192 // nkp)), ROWS=rows, num_warps=max(4, min(16, nkp // 64)),
+            **options)
         return dict(out, block_choice=choice.view(torch.bool))
     if n_k > 1024:
         raise ValueError(f"topk(query=token) routes among at most 1024 key blocks, got {n_k}")
@@ -320,10 +405,10 @@ def route(plan, q, k) -> dict:
     words = torch.empty(B * H, M, nkp // 32, dtype=torch.int32, device=device)
     state = torch.empty(B * H, Mt, n_k, dtype=torch.uint8, device=device)
     picked = torch.empty(B * (H // unit), Mt, nkp, dtype=torch.int32, device=device)
-    select_tokens[(Mt, B * (H // unit))](q, q.stride(0), q.stride(1), q.stride(2), kbar, words, state, picked,
-                                         *tensors, H, M, N, n_k, Mt, b, *after, D_CHUNK=min(D, 32),
+    select_tokens[(Mt, B * (H // unit))](q, q.stride(0), q.stride(1), q.stride(2), means, words, state, picked,
+                                         *tensors, H, M, N, n_k, k_pooled, Mt, b, *after, D_CHUNK=min(D, 32),
                                          SUB_M=min(plan.block_m, max(16, 2048 // nkp)), NKP=nkp,
-                                         WORDS_PER_ROW=nkp // 32, **options)
+                                         WORDS_PER_ROW=nkp // 32, num_warps=4, **options)
     return dict(out, choice_words=words, key_blocks=n_k)
 
 
