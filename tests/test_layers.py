@@ -16,7 +16,7 @@ LAYERS = [
     {"layout", "analysis"},
     {"codegen"},
     {"runtime"},
-    {"sim", "aot"},
+    {"sim", "aot", "distributed"},  # distributed: context parallelism over torch.distributed
     {"__init__"},  # the public API
     {"cli", "__main__", "integrations"},  # integrations: bridges to other libraries, over the public API
 ]
