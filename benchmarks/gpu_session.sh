@@ -6,7 +6,7 @@
 #
 # Each part can be switched off to split a session over several calls: TESTS=0 (the GPU tests),
 # CALIBRATE=0 (`patternc calibrate`), FORWARD=0 (benchmarks/attention.py), BACKWARD=0
-# (benchmarks/backward.py), TRAIN=0 (examples/train_tiny.py, patternc eager and compiled vs dense).
+# (benchmarks/backward.py), TRAIN=0 (examples/train_tiny.py, patternc eager, compiled and compiled with CUDA graphs vs dense).
 #
 # OUT gets card.txt (card, driver, torch, triton), gpu_tests.txt, profile.json and calibrate.txt,
 # log.txt and bench/ (forward), bwd_log.txt and bwd/ (forward+backward), train_*.json and
@@ -39,8 +39,9 @@ if [ "${BACKWARD:-1}" != 0 ]; then
     python3 benchmarks/backward.py --out "$out/bwd" "${patterns[@]}" 2>&1 | tee "$out/bwd_log.txt" | grep -v "^  "
 fi
 if [ "${TRAIN:-1}" != 0 ]; then
-    for mode in patternc compiled dense; do
-        flags=$([ $mode = compiled ] && echo --compile; [ $mode = dense ] && echo --dense)
+    for mode in patternc compiled graphs dense; do
+        flags=$([ $mode = compiled ] && echo --compile; [ $mode = graphs ] && echo --compile reduce-overhead
+               [ $mode = dense ] && echo --dense)
         python3 examples/train_tiny.py --seq-len "${TRAIN_SEQ:-8192}" --steps "${TRAIN_STEPS:-200}" $flags \
             --log "$out/train_$mode.json" 2>&1 | tail -2
     done

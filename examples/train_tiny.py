@@ -91,7 +91,7 @@ def train(args) -> list[dict]:
     pattern = load_pattern(args.pattern)
     dense_mask = pattern.mask(args.seq_len, device=device)[None] if args.dense else None  # [1, H, S, S]
     model = TinyLM(args.seq_len, args.dim, args.heads, args.layers, pattern, dense_mask).to(device)
-    step_fn = torch.compile(model) if args.compile else model
+    step_fn = torch.compile(model, mode=args.compile) if args.compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.1)
     data = corpus()
     batches = torch.Generator().manual_seed(args.seed)
@@ -146,7 +146,8 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--compile", nargs="?", const="default", choices=["default", "reduce-overhead", "max-autotune"],
+                   help="torch.compile the model (with this mode; reduce-overhead: CUDA graphs)")
     p.add_argument("--log", help="write the losses and step times as JSON")
     p.add_argument("--plot", nargs="+", metavar=("PNG", "LOG"), help="plot earlier --log files into PNG and exit")
     args = p.parse_args(argv)
@@ -155,7 +156,9 @@ def main(argv=None) -> list[dict]:
         return []
     log = train(args)
     if args.log:
-        label = ("dense SDPA" if args.dense else "patternc") + (" compiled" if args.compile else "")
+        label = (("dense SDPA" if args.dense else "patternc")
+                 + (f" compiled ({args.compile})" if args.compile and args.compile != "default" else
+                    " compiled" if args.compile else ""))
         Path(args.log).write_text(json.dumps({"label": label, "args": vars(args), "steps": log}, indent=1))
     first, last = (sum(r["loss"] for r in part) / len(part) for part in (log[:3], log[-3:]))
     print(f"loss {first:.3f} -> {last:.3f} ({math.exp(last):.1f} perplexity per byte)")
