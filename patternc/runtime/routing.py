@@ -188,6 +188,20 @@ def _share(rest, eligible, scale, THRESHOLD: tl.constexpr):
 
 
 @triton.jit
+def _means_slice(qbar, kbar, d0, rows, keys, n_q, unit_heads, HEAD_DIM: tl.constexpr, D_CHUNK: tl.constexpr):
+    """Columns d0 .. d0 + D_CHUNK of the unit's mean queries at `qbar` ([QB] pointers; the mean
+    over its `unit_heads` heads) and of the key means at `kbar`, zeros where `rows` / `keys` are
+    false."""
+    offs_d = d0 + tl.arange(0, D_CHUNK)
+    qs = tl.zeros([rows.shape[0], D_CHUNK], dtype=tl.float32)
+    for hh in range(unit_heads):
+        qs += tl.load(qbar[:, None] + hh * n_q * HEAD_DIM + offs_d[None, :], mask=rows[:, None], other=0.0)
+    kb = tl.load(kbar + tl.arange(0, keys.shape[0])[:, None] * HEAD_DIM + offs_d[None, :], mask=keys[:, None],
+                 other=0.0)
+    return qs / unit_heads, kb
+
+
+@triton.jit
 def select_blocks(
     MEANS,  # fp32 [B*Hkv*n_k + B*H*n_q, D]: the key blocks' means, then the query blocks' (pool_blocks)
     SEL,  # uint8 [B, H, n_q, n_k]: 1 where chosen
@@ -209,23 +223,22 @@ def select_blocks(
     pooled_qb = valid_qb & (qb >= q_first)
     offs_k = tl.arange(0, NKP)
 
-    # the unit's mean queries against every key block's mean key, D_CHUNK of D at a time: a
-    # product in fp32 (QB >= 16), or a sum of products (one query block); means that were not
-    # pooled (pool_blocks) read as zeros
+    # the unit's mean queries against every key block's mean key, D_CHUNK of D at a time (the
+    # next slice loads while this one is multiplied): a product in fp32 (QB >= 16), or a sum of
+    # products (one query block); means that were not pooled (pool_blocks) read as zeros
     kbar = MEANS + ((b * (H // group) + h0 // group).to(tl.int64) * n_k) * HEAD_DIM
     qbar = MEANS + (k_means + ((b * H + h0) * n_q + qb).to(tl.int64)) * HEAD_DIM
     scores = tl.zeros([QB, NKP], dtype=tl.float32)
+    qs, kb = _means_slice(qbar, kbar, 0, pooled_qb, offs_k < k_pooled, n_q, unit_heads, HEAD_DIM, D_CHUNK)
     for d0 in range(0, HEAD_DIM, D_CHUNK):
-        offs_d = d0 + tl.arange(0, D_CHUNK)
-        qs = tl.zeros([QB, D_CHUNK], dtype=tl.float32)
-        for hh in range(unit_heads):
-            qs += tl.load(qbar[:, None] + hh * n_q * HEAD_DIM + offs_d[None, :], mask=pooled_qb[:, None], other=0.0)
-        qs = qs / unit_heads
-        kb = tl.load(kbar + offs_k[:, None] * HEAD_DIM + offs_d[None, :], mask=(offs_k < k_pooled)[:, None], other=0.0)
+        more = d0 + D_CHUNK < HEAD_DIM
+        qs_next, kb_next = _means_slice(qbar, kbar, d0 + D_CHUNK, pooled_qb & more, (offs_k < k_pooled) & more, n_q,
+                                        unit_heads, HEAD_DIM, D_CHUNK)
         if QB >= 16:
             scores = tl.dot(qs, tl.trans(kb), scores, input_precision="ieee")
         else:
             scores += tl.sum(kb[None, :, :] * qs[:, None, :], axis=2)
+        qs, kb = qs_next, kb_next
 
     # the own block is always kept; under causal only earlier blocks compete
     own = qb + n_k - n_q
