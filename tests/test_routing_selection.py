@@ -84,6 +84,8 @@ CASES = [  # text, B, H, Hkv, M, N, tiles, head_dim
     ("causal & topk(3, block=32)", 1, 2, 1, 160, 96, (16, 32), 16),  # M > N: some query blocks own none
     ("topk(2, block=16)", 1, 2, 2, 80, 100, (16, 16), 16),
     ("topk(4, block=16)", 1, 2, 2, 40, 48, (16, 16), 16),  # every block chosen: nothing competes
+    ("causal & topk(2, block=64)", 1, 2, 2, 48, 48, (16, 16), 16),  # one key block: nothing to pool
+    ("causal & topk(1, block=16)", 1, 2, 2, 64, 64, (16, 16), 16),  # the own block only
     ("causal & (window(20) | topk(2, block=32) | sink(4))", 1, 2, 2, 128, 128, (16, 16), 16),  # a static part
     ("causal & topk(2, block=32) - sink(8)", 1, 2, 2, 100, 100, (16, 32), 16),
     ("causal & topk(threshold=0.5, block=16)", 1, 2, 2, 100, 100, (16, 16), 16),

@@ -383,9 +383,11 @@ def route(plan, q, k) -> dict:
     # rows of one thread's 16-byte loads lie 512 * warps / (D * bytes) apart (at least `warps`)
     fold = min(rows, max(POOL_WARPS, 512 * POOL_WARPS // (D * q.element_size())))
     k_programs = B * Hkv * k_pooled
-    pool_blocks[(k_programs + (B * H * (n_q - q_first) if by_block else 0),)](
-        q, q.stride(0), q.stride(1), q.stride(2), k, k.stride(0), k.stride(1), k.stride(2), means, H, Hkv, M, N,
-        n_q, n_k, b, k_means, k_pooled, k_programs, q_first, HEAD_DIM=D, ROWS=rows, FOLD=fold, num_warps=POOL_WARPS)
+    programs = k_programs + (B * H * (n_q - q_first) if by_block else 0)
+    if programs:  # none: a single key block under causal, every query block taking all
+        pool_blocks[(programs,)](q, q.stride(0), q.stride(1), q.stride(2), k, k.stride(0), k.stride(1), k.stride(2),
+                                 means, H, Hkv, M, N, n_q, n_k, b, k_means, k_pooled, k_programs, q_first, HEAD_DIM=D,
+                                 ROWS=rows, FOLD=fold, num_warps=POOL_WARPS)
     tables = torch.empty(2, B * H, Mt, plan.width, dtype=torch.int32, device=device)  # full, partial
     counts = torch.empty(2, B * H, Mt, dtype=torch.int32, device=device)
     full_counts, part_counts, full_table, part_table = counts[0], counts[1], tables[0], tables[1]
