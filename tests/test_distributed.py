@@ -238,3 +238,27 @@ def test_sharding_helpers():
     assert max(tiles["zigzag"]) / min(tiles["zigzag"]) < 1.1
     assert max(tiles["balanced"]) / min(tiles["balanced"]) < 1.2
     assert math.isclose(sum(tiles["zigzag"]), sum(tiles["contiguous"]))
+
+
+# ------------------------------------------------------------------------------ the simulator
+
+
+def test_simulator_predicts_the_exchange_and_the_order():
+    from patternc.distributed import choose_sharding
+    from patternc.sim.distributed import LINK_GBPS, compare_shardings, simulate_context_parallel
+
+    swa = simulate_context_parallel("causal & window(1024)", 32768, 2, heads=4, head_dim=128, dtype="bfloat16")
+    token = 2 * 4 * 128 * 2  # keys and values, 4 heads, D 128, bf16
+    assert [r.bytes_received for r in swa.ranks] == [0, 1024 * token]  # the window's reach into rank 0, nothing else
+    assert swa.ring_bytes_received == 16384 * token
+    assert swa.ranks[1].exchange_ms * 1e3 > 1024 * token / (LINK_GBPS * 1e3)  # the link time, and a latency
+    assert swa.ranks[1].exchange_ms < swa.ranks[1].own_ms  # hidden behind the own block
+    assert 0.6 < swa.efficiency <= 1.0 and swa.ms < swa.single_ms
+    d = swa.to_dict()
+    assert d["ranks"][1]["bytes_received"] == 1024 * token and "sharding" not in d
+    # causal: contiguous shards leave rank 0 idle for half the time; zigzag or the balanced cut fix it
+    causal = compare_shardings("causal", 16384, 2, heads=16)
+    assert next(iter(causal)) in ("zigzag", "balanced")
+    assert causal["contiguous"].ms > 1.3 * min(p.ms for p in causal.values())
+    assert choose_sharding("causal", 16384, 4, heads=2).order in ("zigzag", "balanced")
+    assert choose_sharding("causal & window(512)", 16384, 2, heads=2).order != "zigzag"

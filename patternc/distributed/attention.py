@@ -144,14 +144,14 @@ def _pack(k, v, runs):
 
 
 def _merge(out, lse, rows, part_out, part_lse):
-    """Merge a block's (out, lse) into the accumulators' query rows `rows` (online softmax)."""
+    """Merge a block's (out, lse) into query rows `rows` of the output (online softmax, in float32)."""
     import torch
 
     acc_out, acc_lse = out[:, :, rows], lse[:, :, rows]
     new = torch.logaddexp(acc_lse, part_lse)
     base = torch.where(torch.isinf(new), 0.0, new)
-    a, b = torch.exp(acc_lse - base)[..., None], torch.exp(part_lse.to(lse.dtype) - base)[..., None]
-    out[:, :, rows] = acc_out * a + part_out.to(out.dtype) * b
+    a, b = torch.exp(acc_lse - base)[..., None], torch.exp(part_lse - base)[..., None]
+    out[:, :, rows] = (acc_out.float() * a + part_out.float() * b).to(out.dtype)
     lse[:, :, rows] = new
 
 
@@ -164,9 +164,8 @@ def _forward(q, k, v, plan, rank, peers, group, scale):
     buffers = {i: k.new_empty((2, B, k.shape[1], plan.transfers[i].tokens, D)) for i in incoming}
     works = _exchange([(_pack(k, v, t.runs), peers[t.dst]) for t in plan.transfers if t.src == rank],
                       [(buffers[i], peers[plan.transfers[i].src]) for i in incoming], group)
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    out = torch.zeros((B, H, S, D), dtype=acc, device=q.device)
-    lse = torch.full((B, H, S), float("-inf"), dtype=acc, device=q.device)
+    out = lse = None
+    written: list[tuple[int, int]] = []  # row ranges some block wrote: later blocks there merge
     blocks = plan.blocks[rank]
     for waited in (False, True):
         if waited:
@@ -175,10 +174,22 @@ def _forward(q, k, v, plan, rank, peers, group, scale):
             if (b.transfer is not None) != waited:
                 continue
             kb, vb = _keys(k, v, buffers, b)
-            rows = slice(b.q_offset, b.q_offset + b.q_stop - b.q_start)
-            part_out, part_lse = block_forward(q[:, :, rows], kb, vb, plan.pattern, b.q_start, b.k_start, N, scale)
-            _merge(out, lse, rows, part_out, part_lse)
-    return out.to(q.dtype), lse.float(), [buffers[i] for i in incoming]
+            lo, hi = b.q_offset, b.q_offset + b.q_stop - b.q_start
+            part_out, part_lse = block_forward(q[:, :, lo:hi], kb, vb, plan.pattern, b.q_start, b.k_start, N, scale)
+            if out is None and (lo, hi) == (0, S):  # the first block covers the shard: its output is the start
+                out, lse = part_out, part_lse.float()
+            else:
+                if out is None:
+                    out = q.new_zeros((B, H, S, D))
+                    lse = torch.full((B, H, S), float("-inf"), dtype=torch.float32, device=q.device)
+                if any(lo < w1 and w0 < hi for w0, w1 in written):
+                    _merge(out, lse, slice(lo, hi), part_out, part_lse.float())
+                else:
+                    out[:, :, lo:hi], lse[:, :, lo:hi] = part_out, part_lse
+            written.append((lo, hi))
+    if out is None:  # no query of this shard sees any key
+        out, lse = q.new_zeros((B, H, S, D)), torch.full((B, H, S), float("-inf"), device=q.device)
+    return out, lse, [buffers[i] for i in incoming]
 
 
 def _keys(k, v, buffers, b):

@@ -221,6 +221,7 @@ def _plan(pattern, sharding: Sharding, heads: int, bm: int, bn: int):
     # local blocks: (query segment, key segment) of one rank
     own = dst == src
     local = np.bincount(qs[own] * S + ks[own], weights=w[own], minlength=S * S).reshape(S, S)
+    local_rows = _row_span(qs[own] * S + ks[own], qt[own], S * S)
 
     # transfers: per (src, dst), the needed key tiles, in runs contiguous in src's local tensor
     remote = ~own
@@ -247,16 +248,31 @@ def _plan(pattern, sharding: Sharding, heads: int, bm: int, bn: int):
     R = max(len(run_index), 1)
     gr = lookup[dst[remote] * n_kt + kt[remote]]
     far = np.bincount(qs[remote] * R + gr, weights=w[remote], minlength=S * R).reshape(S, R)
+    far_rows = _row_span(qs[remote] * R + gr, qt[remote], S * R)
+
+    def block(s, index, k_start, k_stop, k_offset, transfer, tiles):
+        """A block over only the query tiles of segment s that visit its keys."""
+        _, a, b, off = segs[s]
+        lo, hi = max(a, int(index[0]) * bm), min(b, (int(index[1]) + 1) * bm)
+        return Block(lo, hi, off + lo - a, k_start, k_stop, k_offset, transfer, int(tiles))
 
     blocks: list[list[Block]] = [[] for _ in range(P)]
     for s, (rank, a, b, off) in enumerate(segs):
         for s2, (rank2, a2, b2, off2) in enumerate(segs):
             if rank2 == rank and local[s, s2] > 0:
-                blocks[rank].append(Block(a, b, off, a2, b2, off2, None, int(local[s, s2])))
+                blocks[rank].append(block(s, local_rows[:, s * S + s2], a2, b2, off2, None, local[s, s2]))
     for s, (rank, a, b, off) in enumerate(segs):
         for g, (ti, ri) in enumerate(run_index):
             if far[s, g] > 0:
                 run = transfers[ti].runs[ri]
-                blocks[rank].append(Block(a, b, off, run.start, run.stop, run.offset, ti, int(far[s, g])))
+                blocks[rank].append(block(s, far_rows[:, s * R + g], run.start, run.stop, run.offset, ti, far[s, g]))
     return tuple(transfers), tuple(tuple(b) for b in blocks)
+
+
+def _row_span(group, rows, n):
+    """[2, n]: the first and last of `rows` per group index (unset where a group has none)."""
+    span = np.stack([np.full(n, np.iinfo(np.int64).max), np.full(n, -1)])
+    np.minimum.at(span[0], group, rows)
+    np.maximum.at(span[1], group, rows)
+    return span
 
