@@ -30,6 +30,8 @@ CASES = [
     ("causal", "causal", 300, 2, 2, 1),
     ("heads", "causal & (window(24) | columns(4, phase=h % 4, block=32))", 300, 3, 3, 1),
     ("grid", "grid(16, 20)\nneighborhood((3, 5))", 320, 2, 2, 1),
+    ("sections", "pattern mixed:\n    heads 0..0: causal & window(70)\n    heads 1..2: causal & (window(12) | sink(8))",
+     300, 3, 3, 1),
 ]
 SHARDS = {2: [128, 172], 4: [64, 128, 64, 44]}  # ragged: unequal, and the last one ends inside a tile
 GRID_SHARDS = {2: [192, 128], 4: [64, 128, 64, 64]}
@@ -53,13 +55,16 @@ def _jobs(world, interpret=False):
     """(name, pattern, N, H, Hkv, B, sharding spec, with dlse) per run."""
     if interpret:  # the generated kernels in Triton's interpreter: 16 x 16 tiles, tiny sizes
         return [("i-window", "causal & window(20)", 72, 2, 2, 1, [32, 40], True),
-                ("i-zigzag", "causal & (window(24) | sink(3))", 80, 2, 1, 1, "zigzag16", False)]
+                ("i-zigzag", "causal & (window(24) | sink(3))", 80, 2, 1, 1, "zigzag16", False),
+                ("i-dilated", "causal & window(6, dilation=2)", 128, 2, 2, 1, [64, 64], True)]  # own blocks by class
     jobs = []
     for name, text, N, H, Hkv, B in CASES:
         lengths = (GRID_SHARDS if name == "grid" else SHARDS)[world]
         jobs.append((name, text, N, H, Hkv, B, lengths, name == "sinks"))
     jobs.append(("causal-zigzag", "causal", 596, 4, 2, 1, "zigzag", True))  # its own shapes (the lengths cache)
     jobs.append(("sinks-balanced", "causal & (window(40) | sink(4))", 596, 2, 1, 1, "balanced", False))
+    if world == 4:  # a rank holding nothing
+        jobs.append(("empty-rank", "window(20) | sink(2)", 300, 2, 2, 3, [128, 0, 128, 44], False))
     return jobs
 
 
@@ -96,7 +101,7 @@ def _worker(rank, world, port, jobs, out_dir, interpret):
             if isinstance(spec, str):
                 how = sharding if spec == "balanced" else "zigzag"
             else:
-                how = spec if name == "grid" else None
+                how = spec if name in ("grid", "empty-rank") else None
             out, lse = context_parallel_attention(q, k, v, text, sharding=how, return_lse=True)
             loss = (out * dout).sum() + ((torch.where(torch.isinf(lse), 0.0, lse) * dlse).sum() if with_lse else 0)
             loss.backward()
@@ -143,7 +148,13 @@ def test_context_parallel_equals_one_process(world, tmp_path):
 
 
 def test_context_parallel_in_the_interpreter(tmp_path):
-    """The same through the generated kernels (Triton's interpreter), forward and backward."""
+    """The same through the generated kernels (Triton's interpreter), forward and backward; the
+    dilated rule's own blocks run class by class (residue order), the others in natural order."""
+    from patternc.layout.blocks import block_layout
+
+    dilated = patternc.compile("causal & window(6, dilation=2)")
+    assert block_layout(dilated, 128, 2, 16, 16, 64, 64, 64, 64, "cpu", "auto").permutation.modulus == 2
+    assert block_layout(dilated, 128, 2, 16, 16, 48, 16, 32, 32, "cpu", "auto").permutation is None  # not diagonal
     _run(2, tmp_path, interpret=True)
 
 

@@ -74,13 +74,15 @@ def context_parallel_attention(q, k, v, pattern, group=None, scale=None, shardin
 
 
 def _sharding(q, k, group, rank, world, sharding, tile) -> Sharding:
+    if isinstance(sharding, (list, tuple)):
+        sharding = Sharding.contiguous(sharding)
     if isinstance(sharding, Sharding):
         if sharding.world != world or sharding.local_length(rank) != q.shape[2]:
-            raise PatternError(f"rank {rank} holds {q.shape[2]} tokens of a group of {world}; the sharding gives "
-                               f"{sharding.world} ranks, this one {sharding.local_length(rank) if rank < sharding.world else 0} tokens")
+            mine = sharding.local_length(rank) if rank < sharding.world else 0
+            raise PatternError(f"rank {rank} holds {q.shape[2]} tokens of a group of {world}; the sharding has "
+                               f"{sharding.world} ranks and gives this one {mine} tokens")
+        _gathered_lengths(q, k, group, world, sharding)  # once per sharding: every rank holds its share
         return sharding
-    if isinstance(sharding, (list, tuple)):
-        return _sharding(q, k, group, rank, world, Sharding.contiguous(sharding), tile)
     if sharding not in (None, "contiguous", "zigzag"):
         raise PatternError(f"unknown sharding {sharding!r}", None,
                            "None, 'contiguous', 'zigzag', every rank's length (a list) or a Sharding")
@@ -96,13 +98,16 @@ def _sharding(q, k, group, rank, world, sharding, tile) -> Sharding:
     return Sharding.contiguous(lengths)
 
 
-def _gathered_lengths(q, k, group, world) -> tuple[int, ...]:
+def _gathered_lengths(q, k, group, world, given: Sharding | None = None) -> tuple[int, ...]:
     """Every rank's shard length, with one all_gather of (length, batch, heads, kv heads, head_dim),
-    cached per (group, local shapes): the ranks' shapes must change together."""
+    cached per (group, local shapes), or per (group, `given` sharding), whose lengths it checks.
+    The collective also makes sure that the group's first NCCL call is one every rank joins (the
+    batched point-to-point calls that follow may leave ranks out)."""
     import torch
     import torch.distributed as dist
 
-    key = (group if group is not None else dist.group.WORLD, tuple(q.shape), tuple(k.shape), q.dtype, q.device)
+    key = (group if group is not None else dist.group.WORLD, given if given is not None else tuple(q.shape),
+           tuple(q.shape[:2]), tuple(k.shape[1:2]), q.shape[3], q.dtype, q.device)
     if key in _LENGTHS:
         return _LENGTHS[key]
     mine = torch.tensor([q.shape[2], q.shape[0], q.shape[1], k.shape[1], q.shape[3]], dtype=torch.int64,
@@ -113,8 +118,11 @@ def _gathered_lengths(q, k, group, world) -> tuple[int, ...]:
     if len({tuple(r[1:]) for r in rows}) != 1:
         raise PatternError("the ranks' shards differ in batch, heads or head_dim: (length, batch, heads, kv_heads, "
                            f"head_dim) per rank = {rows}")
-    _LENGTHS[key] = tuple(r[0] for r in rows)
-    return _LENGTHS[key]
+    lengths = tuple(r[0] for r in rows)
+    if given is not None and lengths != given.lengths:
+        raise PatternError(f"the ranks hold {list(lengths)} tokens, the sharding gives them {list(given.lengths)}")
+    _LENGTHS[key] = lengths
+    return lengths
 
 
 # ------------------------------------------------------------------------------ the exchange
@@ -175,7 +183,8 @@ def _forward(q, k, v, plan, rank, peers, group, scale):
                 continue
             kb, vb = _keys(k, v, buffers, b)
             lo, hi = b.q_offset, b.q_offset + b.q_stop - b.q_start
-            part_out, part_lse = block_forward(q[:, :, lo:hi], kb, vb, plan.pattern, b.q_start, b.k_start, N, scale)
+            part_out, part_lse = block_forward(q[:, :, lo:hi], kb, vb, plan.pattern, b.q_start, b.k_start, N, scale,
+                                               _order(b))
             if out is None and (lo, hi) == (0, S):  # the first block covers the shard: its output is the start
                 out, lse = part_out, part_lse.float()
             else:
@@ -190,6 +199,12 @@ def _forward(q, k, v, plan, rank, peers, group, scale):
     if out is None:  # no query of this shard sees any key
         out, lse = q.new_zeros((B, H, S, D)), torch.full((B, H, S), float("-inf"), device=q.device)
     return out, lse, [buffers[i] for i in incoming]
+
+
+def _order(b) -> str:
+    """A rank's queries over its own keys (a diagonal block) may run class by class (dilated and
+    strided rules: `block_forward(order="auto")`); the others run in natural order."""
+    return "auto" if b.transfer is None and (b.q_start, b.q_stop) == (b.k_start, b.k_stop) else "natural"
 
 
 def _keys(k, v, buffers, b):
@@ -223,7 +238,7 @@ def _backward(dout, dlse, q, k, v, out, lse, buffers, plan, rank, peers, group, 
             rows = slice(b.q_offset, b.q_offset + b.q_stop - b.q_start)
             gq, gk, gv = block_backward(dout[:, :, rows], q[:, :, rows], kb, vb, out[:, :, rows], lse[:, :, rows],
                                         plan.pattern, b.q_start, b.k_start, N, scale,
-                                        None if dlse is None else dlse[:, :, rows])
+                                        None if dlse is None else dlse[:, :, rows], _order(b))
             dq[:, :, rows] += gq
             cols = slice(b.k_offset, b.k_offset + b.k_stop - b.k_start)
             if remote:

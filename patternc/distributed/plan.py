@@ -4,8 +4,9 @@ For every ordered rank pair (src, dst): the key tiles of src's shard that some q
 dst's shard visits, on any head, merged into runs of tiles contiguous in src's local tensor
 (`Transfer.runs`). src sends them once, keys and values packed in one message; dst receives them
 into one buffer. Then, per rank, the blocks it runs (`Block`): each of its query ranges against
-each of its own key ranges and each received run that the layout pairs with it, with the tiles
-the block visits. Gradients of the received keys and values go back along the same transfers.
+each of its own key ranges and each received run that the layout pairs with it (a block covers
+only the query tiles of the range that visit those keys), with the tiles it visits. Gradients of
+the received keys and values go back along the same transfers.
 
 Natural token order only (blocks are cut from the natural-order layout): residue-class layouts
 (`order="auto"` for dilated and strided rules) are not used across ranks.
@@ -54,7 +55,7 @@ class Transfer:
 @dataclass(frozen=True)
 class Block:
     """One `block_forward` call of a rank: queries `q_start..q_stop-1` (at `q_offset` in the
-    rank's shard) over keys `k_start..k_stop-1`, which are the rank's own (`transfer` None, at
+    rank's shard: the tiles of one of its ranges that visit these keys) over keys `k_start..k_stop-1`, which are the rank's own (`transfer` None, at
     `k_offset` in its shard) or a received run (`transfer`: index into `Plan.transfers`, at
     `k_offset` in that message); `tiles`: the tiles it visits, summed over heads."""
 

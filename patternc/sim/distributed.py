@@ -7,7 +7,8 @@ Per rank (forward), as `patternc.distributed.attention` schedules it:
     ms = max(own blocks, exchange) + received blocks + merges
     exchange = EXCHANGE_LATENCY_US + max(bytes in, bytes out) / link bandwidth
 
-Each block is one kernel launch: its programs (head x query tile) list-scheduled on the SMs, plus
+Each block is one kernel launch (a rank's own diagonal block class by class where the runtime
+runs it so, `block_forward(order="auto")`): its programs (head x query tile) list-scheduled on the SMs, plus
 the launch; a block over rows another block wrote is merged (an element-wise pass over those
 rows), one over fresh rows copied into place, and the first block over the whole shard is taken
 as it is.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..distributed.attention import _order
 from ..runtime.attention import as_pattern
 from .model import Shape, kernel_workload, memory_floor_us, resolve_costs
 from .ops import pattern_ops
@@ -111,11 +113,13 @@ class ContextParallelPrediction:
         return out
 
 
-def _block_ms(pattern, length, heads, q_start, M, k_start, N, config, shape_dtype, head_dim, batch, profile, ops):
+def _block_ms(pattern, length, heads, q_start, M, k_start, N, config, shape_dtype, head_dim, batch, profile, ops,
+              order="natural"):
     """One block's predicted kernel time (ms): its programs list-scheduled on the SMs, plus the launch."""
     from ..layout.blocks import block_layout
 
-    layout = block_layout(pattern, length, heads, config["block_m"], config["block_n"], q_start, M, k_start, N)
+    layout = block_layout(pattern, length, heads, config["block_m"], config["block_n"], q_start, M, k_start, N, "cpu",
+                          order)
     shape = Shape(M, N, heads, head_dim, shape_dtype, batch)
     costs = resolve_costs(config, shape, profile)
     work = kernel_workload(layout, config, shape, ops, costs, profile)
@@ -156,7 +160,7 @@ def simulate_context_parallel(pattern, length: int, world: int = 2, heads: int |
         ordered = [b for b in p.blocks[r] if b.transfer is None] + [b for b in p.blocks[r] if b.transfer is not None]
         for b in ordered:
             ms = _block_ms(pattern, length, heads, b.q_start, b.q_stop - b.q_start, b.k_start, b.k_stop - b.k_start,
-                           config, name, head_dim, batch, profile, ops)
+                           config, name, head_dim, batch, profile, ops, _order(b))
             lo, hi = b.q_offset, b.q_offset + b.q_stop - b.q_start
             if any(lo < w1 and w0 < hi for w0, w1 in written):  # merged: read both, write one (and the LSEs)
                 per_row = 3 * head_dim * e + 12
