@@ -398,7 +398,9 @@ def route(plan, q, k) -> dict:
                part_counts, part_table, full_counts.stride(0), full_table.stride(0), full_table.stride(1))
     after = (count, 2.0 if plan.threshold is None else float(plan.threshold), D ** -0.5, H // Hkv, unit)
     # per step of the row writer: KPC chosen blocks of at most TPB tiles each, SC static candidates
-    kpc, tpb, sc = min(16, pow2(count + 1)), pow2(b // plan.block_n), 16
+    # (with query=token a tile row's blocks are those any of its queries chose: many at once)
+    tpb, sc = pow2(b // plan.block_n), 16
+    kpc = min(16, pow2(count + 1)) if by_block else min(pow2(n_k), max(1, ROW_STEP // tpb))
     options = dict(CAUSAL=plan.causal, THRESHOLD=plan.threshold is not None, HEAD_DIM=D, SC=sc, KPC=kpc, TPB=tpb,
                    BLOCK_M=plan.block_m, BLOCK_N=plan.block_n)
     out = dict(kv_num_blocks=part_counts, kv_indices=part_table, full_kv_num_blocks=full_counts,
