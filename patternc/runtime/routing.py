@@ -3,6 +3,8 @@ layout's index tables. Two launches per call, no host synchronisation.
 
 `pool_blocks`: one program per block of tokens, keys first, then queries (when they route by
 block): each averages its block in fp32 (the last block may be short) into one buffer of means.
+Only blocks some choice depends on: under causal no query block competes for the last key block,
+and without a threshold the first query blocks, with at most k - 1 eligible blocks, take them all.
 `select_blocks` (`query=block`): grid (groups of QB query blocks, B * units), a unit being one
 query head (`shared=head`) or one GQA group (`shared=group`). Each program scores its QB mean
 queries against every key mean at once (one fp32 product), picks blocks (top-k by repeated
