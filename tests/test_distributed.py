@@ -273,3 +273,26 @@ def test_simulator_predicts_the_exchange_and_the_order():
     assert causal["contiguous"].ms > 1.3 * min(p.ms for p in causal.values())
     assert choose_sharding("causal", 16384, 4, heads=2).order in ("zigzag", "balanced")
     assert choose_sharding("causal & window(512)", 16384, 2, heads=2).order != "zigzag"
+
+
+@pytest.mark.parametrize("kernel", [False, True], ids=["torch", "triton"])
+def test_merge_by_lse(request, kernel):
+    """The LSE merge (a Triton kernel on GPUs and in the interpreter) against the formula, with
+    rows that only one side, both or neither has seen."""
+    from patternc.distributed.merge import merge_into
+
+    if kernel:
+        request.getfixturevalue("interpret")
+    g = torch.Generator().manual_seed(5)
+    out, part = torch.randn(2, 3, 40, 16, generator=g), torch.randn(2, 3, 24, 16, generator=g)
+    lse, part_lse = torch.randn(2, 3, 40, generator=g), torch.randn(2, 3, 24, generator=g)
+    lse[:, :, 10:14] = part_lse[:, :, 0:2] = part_lse[:, :, 4:6] = float("-inf")  # rows 10, 11: neither side
+    out[:, :, 10:14] = 0
+    want_lse = torch.logaddexp(lse[:, :, 10:34], part_lse)
+    w = torch.exp(lse[:, :, 10:34] - want_lse).nan_to_num(0), torch.exp(part_lse - want_lse).nan_to_num(0)
+    want = w[0][..., None] * out[:, :, 10:34] + w[1][..., None] * part
+    before = out.clone(), lse.clone()
+    merge_into(out, lse, 10, 34, part, part_lse)
+    assert torch.allclose(out[:, :, 10:34], want, atol=1e-6) and torch.allclose(lse[:, :, 10:34], want_lse, atol=1e-6)
+    assert torch.equal(out[:, :, :10], before[0][:, :, :10]) and torch.equal(lse[:, :, 34:], before[1][:, :, 34:])
+    assert not out.isnan().any() and (out[:, :, 10:12] == 0).all()

@@ -9,7 +9,7 @@ while they travel, wait, run the blocks over the received runs, and merge every 
 by its LSE (online softmax). Backward (a `torch.autograd.Function`): `block_backward` per block
 from the merged output and LSE; the blocks over received runs first, their key/value gradients
 (float32) sent back to the owners in one batched call, overlapped with the own blocks' backward;
-the owner adds what it receives. The received keys and values are kept for the backward (no
+the owner adds what it receives (`_Sum`: no float32 pass over the whole shard). The received keys and values are kept for the backward (no
 second exchange).
 
 Every rank of the group must call it with the same pattern, scale and sharding, and (in
@@ -23,6 +23,7 @@ from functools import lru_cache
 from ..errors import PatternError
 from ..runtime.attention import as_pattern
 from ..runtime.blocks import block_backward, block_forward, block_tiles
+from .merge import merge_into
 from .plan import plan as make_plan
 from .sharding import Sharding
 
@@ -151,18 +152,6 @@ def _pack(k, v, runs):
     return (parts[0] if len(parts) == 1 else torch.cat(parts, 3)).contiguous()
 
 
-def _merge(out, lse, rows, part_out, part_lse):
-    """Merge a block's (out, lse) into query rows `rows` of the output (online softmax, in float32)."""
-    import torch
-
-    acc_out, acc_lse = out[:, :, rows], lse[:, :, rows]
-    new = torch.logaddexp(acc_lse, part_lse)
-    base = torch.where(torch.isinf(new), 0.0, new)
-    a, b = torch.exp(acc_lse - base)[..., None], torch.exp(part_lse - base)[..., None]
-    out[:, :, rows] = (acc_out.float() * a + part_out.float() * b).to(out.dtype)
-    lse[:, :, rows] = new
-
-
 def _forward(q, k, v, plan, rank, peers, group, scale):
     import torch
 
@@ -192,7 +181,7 @@ def _forward(q, k, v, plan, rank, peers, group, scale):
                     out = q.new_zeros((B, H, S, D))
                     lse = torch.full((B, H, S), float("-inf"), dtype=torch.float32, device=q.device)
                 if any(lo < w1 and w0 < hi for w0, w1 in written):
-                    _merge(out, lse, slice(lo, hi), part_out, part_lse.float())
+                    merge_into(out, lse, lo, hi, part_out, part_lse.float())
                 else:
                     out[:, :, lo:hi], lse[:, :, lo:hi] = part_out, part_lse
             written.append((lo, hi))
@@ -215,17 +204,48 @@ def _keys(k, v, buffers, b):
     return buf[0, :, :, cols], buf[1, :, :, cols]
 
 
+class _Sum:
+    """A shard's gradient from contributions over row ranges: the first one that covers the whole
+    shard (a rank's own diagonal block, usually) becomes the result as it is, and the others are
+    added into it (in place, each addition rounded once to the dtype); without one, a zero tensor
+    takes them all. No float32 copy of the whole shard: at long shards and sparse patterns, such
+    element-wise passes would cost a good part of the backward kernels' time."""
+
+    def __init__(self, like):
+        self.like, self.total, self.pending = like, None, []
+
+    def add(self, lo: int, hi: int, g):
+        if self.total is None and (lo, hi) == (0, self.like.shape[2]) and g.dtype == self.like.dtype:
+            self.total = g
+            for args in self.pending:
+                self._add(*args)
+            self.pending = []
+        elif self.total is None:
+            self.pending.append((lo, hi, g))
+        else:
+            self._add(lo, hi, g)
+
+    def _add(self, lo, hi, g):
+        self.total[:, :, lo:hi] += g
+
+    def result(self):
+        if self.total is None:
+            self.total = self.like.new_zeros(self.like.shape)
+            for args in self.pending:
+                self._add(*args)
+        return self.total
+
+
 def _backward(dout, dlse, q, k, v, out, lse, buffers, plan, rank, peers, group, scale):
     import torch
 
     N = plan.sharding.length
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    dq = torch.zeros(q.shape, dtype=acc, device=q.device)
-    dk = torch.zeros(k.shape, dtype=acc, device=q.device)
-    dv = torch.zeros(v.shape, dtype=acc, device=q.device)
+    dq, dk, dv = _Sum(q), _Sum(k), _Sum(v)
     if dout is None:
         dout = torch.zeros_like(out)
     incoming = [i for i, t in enumerate(plan.transfers) if t.dst == rank]
+    # the received keys' gradients, summed over this rank's blocks in float32 and sent home in it
     grads = {i: torch.zeros(buffers[j].shape, dtype=acc, device=q.device) for j, i in enumerate(incoming)}
     kv = dict(zip(incoming, buffers))
     blocks = plan.blocks[rank]
@@ -235,30 +255,30 @@ def _backward(dout, dlse, q, k, v, out, lse, buffers, plan, rank, peers, group, 
             if (b.transfer is not None) != remote:
                 continue
             kb, vb = _keys(k, v, kv, b)
-            rows = slice(b.q_offset, b.q_offset + b.q_stop - b.q_start)
-            gq, gk, gv = block_backward(dout[:, :, rows], q[:, :, rows], kb, vb, out[:, :, rows], lse[:, :, rows],
+            lo, hi = b.q_offset, b.q_offset + b.q_stop - b.q_start
+            gq, gk, gv = block_backward(dout[:, :, lo:hi], q[:, :, lo:hi], kb, vb, out[:, :, lo:hi], lse[:, :, lo:hi],
                                         plan.pattern, b.q_start, b.k_start, N, scale,
-                                        None if dlse is None else dlse[:, :, rows], _order(b))
-            dq[:, :, rows] += gq
-            cols = slice(b.k_offset, b.k_offset + b.k_stop - b.k_start)
+                                        None if dlse is None else dlse[:, :, lo:hi], _order(b))
+            dq.add(lo, hi, gq)
+            k_lo, k_hi = b.k_offset, b.k_offset + b.k_stop - b.k_start
             if remote:
-                grads[b.transfer][0, :, :, cols] += gk
-                grads[b.transfer][1, :, :, cols] += gv
+                grads[b.transfer][0, :, :, k_lo:k_hi] += gk
+                grads[b.transfer][1, :, :, k_lo:k_hi] += gv
             else:
-                dk[:, :, cols] += gk
-                dv[:, :, cols] += gv
+                dk.add(k_lo, k_hi, gk)
+                dv.add(k_lo, k_hi, gv)
         if remote:  # send the received keys' gradients home while the own blocks run
-            outgoing = [(i, t) for i, t in enumerate(plan.transfers) if t.src == rank]
+            outgoing = [t for t in plan.transfers if t.src == rank]
             returned = [(t, torch.empty((2, *k.shape[:2], t.tokens, k.shape[3]), dtype=acc, device=q.device))
-                        for _, t in outgoing]
+                        for t in outgoing]
             works = _exchange([(grads[i], peers[plan.transfers[i].src]) for i in incoming],
                               [(buf, peers[t.dst]) for t, buf in returned], group)
     _wait(works)
     for t, buf in returned:
         for r in t.runs:
-            dk[:, :, r.src_offset:r.src_offset + r.tokens] += buf[0, :, :, r.offset:r.offset + r.tokens]
-            dv[:, :, r.src_offset:r.src_offset + r.tokens] += buf[1, :, :, r.offset:r.offset + r.tokens]
-    return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype)
+            dk.add(r.src_offset, r.src_offset + r.tokens, buf[0, :, :, r.offset:r.offset + r.tokens])
+            dv.add(r.src_offset, r.src_offset + r.tokens, buf[1, :, :, r.offset:r.offset + r.tokens])
+    return dq.result(), dk.result(), dv.result()
 
 
 @lru_cache(maxsize=1)
