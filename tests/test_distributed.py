@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 import sys
 
 import numpy as np
@@ -35,12 +34,6 @@ CASES = [
 ]
 SHARDS = {2: [128, 172], 4: [64, 128, 64, 44]}  # ragged: unequal, and the last one ends inside a tile
 GRID_SHARDS = {2: [192, 128], 4: [64, 128, 64, 64]}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _inputs(name, N, H, Hkv, B, D=16):
@@ -76,10 +69,10 @@ def _sharding(spec, text, N, world, H):
     return Sharding.contiguous(spec)
 
 
-def _worker(rank, world, port, jobs, out_dir, interpret):
+def _worker(rank, world, jobs, out_dir, interpret):
     import torch.distributed as dist
 
-    from patternc.distributed import context_parallel_attention
+    from patternc.distributed import context_parallel_attention, gather
 
     torch.set_num_threads(1)
     if interpret:
@@ -89,7 +82,8 @@ def _worker(rank, world, port, jobs, out_dir, interpret):
         from patternc.runtime.blocks import _dense
 
         assert not _dense(), "the interpreter run must run the generated kernels"
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    rendezvous = f"file://{os.path.join(out_dir, 'rendezvous')}"  # a fresh file per run: no port to race for
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=world)
     try:
         results = {}
         for name, text, N, H, Hkv, B, spec, with_lse in jobs:
@@ -105,7 +99,8 @@ def _worker(rank, world, port, jobs, out_dir, interpret):
             out, lse = context_parallel_attention(q, k, v, text, sharding=how, return_lse=True)
             loss = (out * dout).sum() + ((torch.where(torch.isinf(lse), 0.0, lse) * dlse).sum() if with_lse else 0)
             loss.backward()
-            results[name] = {"out": out.detach(), "lse": lse.detach(), "dq": q.grad, "dk": k.grad, "dv": v.grad}
+            results[name] = {"out": out.detach(), "lse": lse.detach(), "dq": q.grad, "dk": k.grad, "dv": v.grad,
+                             "gathered": gather(out.detach(), sharding)}  # every rank: the whole output
         # a shard boundary off the tiles, and a routed pattern: clear errors, raised on every rank alike
         errors = []
         x = torch.randn(1, 2, 40 if rank == 0 else 60, 16)
@@ -122,13 +117,14 @@ def _worker(rank, world, port, jobs, out_dir, interpret):
 
 def _run(world, tmp_path, interpret=False):
     jobs = _jobs(world, interpret)
-    torch.multiprocessing.start_processes(_worker, args=(world, _free_port(), jobs, str(tmp_path), interpret),
+    torch.multiprocessing.start_processes(_worker, args=(world, jobs, str(tmp_path), interpret),
                                           nprocs=world, start_method="fork" if sys.platform != "win32" else "spawn")
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
     for name, text, N, H, Hkv, B, spec, with_lse in jobs:
         sharding = _sharding(spec, text, N, world, H)
         q, k, v, dout, dlse = _inputs(name, N, H, Hkv, B)
         got = {key: unshard([r[name][key] for r in results], sharding) for key in ("out", "lse", "dq", "dk", "dv")}
+        assert all(torch.equal(r[name]["gathered"], got["out"]) for r in results), f"{name}: gather"
         pattern = patternc.compile(text)
         want, want_lse = patternc.reference_attention(q.double(), k.double(), v.double(), pattern, return_lse=True)
         assert_close(got["out"], want, 1e-5, f"{name} ({world} ranks) out")
