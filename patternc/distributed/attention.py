@@ -9,8 +9,8 @@ while they travel, wait, run the blocks over the received runs, and merge every 
 by its LSE (online softmax). Backward (a `torch.autograd.Function`): `block_backward` per block
 from the merged output and LSE; the blocks over received runs first, their key/value gradients
 (float32) sent back to the owners in one batched call, overlapped with the own blocks' backward;
-the owner adds what it receives (`_Sum`: no float32 pass over the whole shard). The received keys and values are kept for the backward (no
-second exchange).
+the owner adds what it receives (`_Sum`: no float32 pass over the whole shard). The received
+keys and values are kept for the backward (no second exchange).
 
 Every rank of the group must call it with the same pattern, scale and sharding, and (in
 training) backpropagate through its output: the exchanges are collective.
@@ -27,7 +27,7 @@ from .merge import merge_into
 from .plan import plan as make_plan
 from .sharding import Sharding
 
-_LENGTHS: dict = {}  # (group, local shapes, dtype, device) -> every rank's shard length
+_LENGTHS: dict = {}  # (group, local shape or the given sharding, ...) -> every rank's shard length
 
 
 def context_parallel_attention(q, k, v, pattern, group=None, scale=None, sharding=None, return_lse=False):
@@ -38,9 +38,9 @@ def context_parallel_attention(q, k, v, pattern, group=None, scale=None, shardin
     and are learned with one all_gather of sizes, cached per group and shapes), "zigzag" (the
     layout of `Sharding.zigzag` over the gathered total; shard inputs with
     `patternc.distributed.shard`), every rank's shard length (a list: contiguous shards), or a
-    `Sharding` (with a list or a Sharding, no collective learns the lengths). The learned lengths
-    are cached per local shape: where the ranks' lengths change between calls while a rank's own
-    shape doesn't, name the lengths.
+    `Sharding` (checked against the ranks' lengths once per sharding). Lengths learned without
+    a list or a Sharding are cached per local shape: where the ranks' lengths change between
+    calls while a rank's own shape doesn't, name them.
     Every shard boundary but the sequence's end must be a multiple of the kernels' tiles
     (`patternc.runtime.blocks.block_tiles`). Returns the output `[B, H, S_r, D]` (and the LSE
     `[B, H, S_r]`, float32, with `return_lse`); differentiable in q, k, v (and through the LSE).
