@@ -24,6 +24,9 @@ every rank between barriers, the slowest rank's median reported.
     python benchmarks/context_parallel.py --out benchmarks/results/<date>-h200x2-context-parallel
     python benchmarks/context_parallel.py --smoke --out /tmp/cp-smoke     # CPU, gloo, tiny: the plumbing only
 
+Where a command may run only so long, split it: `--lengths 131072`, then `--lengths 524288`
+(into another --out), `--baselines` (none) for patternc alone, `--no-backward`.
+
 Needs `--world` GPUs (default 2); with fewer it says so and exits with status 2.
 """
 from __future__ import annotations
