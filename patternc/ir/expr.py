@@ -50,12 +50,17 @@ class Term:
         assert self.op == "const"
         return self.args[0]
 
-    def free_vars(self) -> set[str]:
-        if self.op == "var":
-            return {self.args[0]}
-        if self.op == "const":
-            return set()
-        return set().union(*(a.free_vars() for a in self.args))
+    def free_vars(self) -> frozenset[str]:
+        found = self.__dict__.get("_free_vars")  # cached: parameters are asked on every evaluation
+        if found is None:
+            if self.op == "var":
+                found = frozenset(self.args)
+            elif self.op == "const":
+                found = frozenset()
+            else:
+                found = frozenset().union(*(a.free_vars() for a in self.args))
+            self.__dict__["_free_vars"] = found
+        return found
 
     def subs(self, mapping: dict[str, Term]) -> Term:
         """Replace variables by terms (folding constants)."""

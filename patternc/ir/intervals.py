@@ -46,6 +46,10 @@ class Interval:
 
     def __mul__(self, o):
         o = Interval.of(o)
+        if o.lo.ndim == 0 and o.lo == o.hi:  # a constant factor (the common case): monotone
+            c = o.lo
+            lo, hi = (self.lo * c, self.hi * c) if c >= 0 else (self.hi * c, self.lo * c)
+            return Interval(lo, hi, step=self.step * abs(c))
         p = [self.lo * o.lo, self.lo * o.hi, self.hi * o.lo, self.hi * o.hi]
         step = np.where(o.step == 0, self.step * np.abs(o.lo), np.where(self.step == 0, o.step * np.abs(self.lo), 1))
         return Interval(np.minimum.reduce(p), np.maximum.reduce(p), step=step)
@@ -56,6 +60,9 @@ class Interval:
         o = Interval.of(o)
         if np.any(o.lo <= 0):
             raise ValueError("interval division by a non-positive divisor")
+        if o.lo.ndim == 0 and o.lo == o.hi:  # a constant divisor (the common case): monotone
+            c = o.lo
+            return Interval(self.lo // c, self.hi // c, step=np.where(self.step % c == 0, self.step // c, 1))
         p = [self.lo // o.lo, self.lo // o.hi, self.hi // o.lo, self.hi // o.hi]
         exact = (o.step == 0) & (self.step % np.maximum(o.lo, 1) == 0)  # (lo + s*t) // c, c | s
         step = np.where(exact, self.step // np.maximum(o.lo, 1), 1)
@@ -126,11 +133,13 @@ class Interval:
         g = np.gcd(step, c)
         solvable = (v - lo) % g == 0
         modulus = c // g
-        t = np.zeros_like(lo)
-        for s_, m_ in {(int(a), int(b)) for a, b in zip((step // g).ravel(), modulus.ravel())}:
-            inverse = pow(s_ % m_, -1, m_) if m_ > 1 else 0
-            sel = (step // g == s_) & (modulus == m_)
-            t = np.where(sel, ((v - lo) // np.maximum(g, 1)) * inverse % m_, t)
+        s = step // g % modulus  # invertible modulo `modulus`
+        inverse = np.ones_like(s)  # s == 1 (token order: step 1) is its own inverse
+        other = (s != 1) & (modulus > 1)
+        if other.any():  # a handful of distinct (s, modulus) pairs: one pow() each
+            for s_, m_ in np.unique(np.stack([s[other], modulus[other]]), axis=1).T:
+                inverse[other & (s == s_) & (modulus == m_)] = pow(int(s_), -1, int(m_))
+        t = (v - lo) // g * inverse % modulus
         first = lo + step * t
         in_range = (v >= 0) & (v < c)
         can_true = in_range & solvable & (first <= hi)

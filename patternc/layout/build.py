@@ -31,26 +31,66 @@ def candidate_tiles(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, 
     n_qt, n_kt = -(-M // bm), -(-N // bn)
     q0 = np.arange(n_qt, dtype=np.int64) * bm
     q1 = np.minimum(q0 + bm, M)
-    qts, kts = [], []
+    x, y = _band_set(node, ctx, q0, q1, N, order)
+    # key ranges -> key tile ranges, merged again (neighbouring ranges may share a tile), expanded
+    row = x // (N + 1)
+    lo, hi = x - row * (N + 1), y - row * (N + 1)
+    x, y = _merge(row * (n_kt + 1) + lo // bn, row * (n_kt + 1) - (-hi // bn))
+    counts = y - x
+    qt = np.repeat(x // (n_kt + 1), counts)
+    first = np.repeat(x - (x // (n_kt + 1)) * (n_kt + 1) - (np.cumsum(counts) - counts), counts)
+    return qt, first + np.arange(len(qt), dtype=np.int64)
+
+
+# Candidate keys as a set of ranges per query tile, in one flat sorted array: the range [lo, hi)
+# of query tile i is stored as x = i * (N + 1) + lo, y = i * (N + 1) + hi, so that the ranges of
+# all tiles sort, merge and intersect together; a set is sorted, disjoint and merged (no two
+# ranges touch), each range non-empty.
+
+
+def _band_set(node: Node, ctx: Context, q0, q1, N: int, order):
+    """The keys `node` may show query tiles [q0, q1): `|` joins its operands' sets, `&`
+    intersects them (exactly, range by range), `-` keeps the left one's."""
+    if isinstance(node, Union):
+        a, b = _band_set(node.a, ctx, q0, q1, N, order), _band_set(node.b, ctx, q0, q1, N, order)
+        return _merge(np.concatenate([a[0], b[0]]), np.concatenate([a[1], b[1]]))
+    if isinstance(node, Intersect):
+        return _intersect(_band_set(node.a, ctx, q0, q1, N, order), _band_set(node.b, ctx, q0, q1, N, order))
+    if isinstance(node, Difference):
+        return _band_set(node.a, ctx, q0, q1, N, order)
     bands = order.band(node, ctx, q0, q1) if order is not None else node.band(ctx, q0, q1)
-    for lo, hi in bands:
-        lo = np.clip(np.broadcast_to(np.asarray(lo, dtype=np.int64), q0.shape), 0, N)
-        hi = np.clip(np.broadcast_to(np.asarray(hi, dtype=np.int64), q0.shape), 0, N)
-        t_lo = lo // bn
-        t_hi = np.where(hi > lo, -(-hi // bn), t_lo)
-        counts = t_hi - t_lo
-        total = int(counts.sum())
-        if total == 0:
-            continue
-        qt = np.repeat(np.arange(n_qt, dtype=np.int64), counts)
-        starts = np.cumsum(counts) - counts
-        kt = t_lo[qt] + np.arange(total, dtype=np.int64) - starts[qt]
-        qts.append(qt)
-        kts.append(kt)
-    if not qts:
+    if not bands:
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    keys = np.unique(np.concatenate(qts) * n_kt + np.concatenate(kts))
-    return keys // n_kt, keys % n_kt
+    lo = np.clip(np.stack([np.broadcast_to(np.asarray(lo, np.int64), q0.shape) for lo, _ in bands]), 0, N)
+    hi = np.clip(np.stack([np.broadcast_to(np.asarray(hi, np.int64), q0.shape) for _, hi in bands]), 0, N)
+    base = np.arange(len(q0), dtype=np.int64) * (N + 1)
+    keep = hi > lo
+    return _merge((base + lo)[keep], (base + hi)[keep])
+
+
+def _merge(x, y):
+    """The set of ranges [x, y) (any order, overlapping, empty ones dropped) as a merged set."""
+    keep = y > x
+    x, y = x[keep], y[keep]
+    order = np.argsort(x, kind="stable")
+    x, reach = x[order], np.maximum.accumulate(y[order])
+    new = np.ones(len(x), bool)
+    new[1:] = x[1:] > reach[:-1]  # a gap before this range: a new merged one starts
+    starts = np.flatnonzero(new)
+    return x[starts], reach[np.append(starts[1:], len(x)) - 1] if len(x) else reach
+
+
+def _intersect(a, b):
+    """The intersection of two merged sets: where both cover, counting range ends before range
+    starts at the same point (ranges that only touch don't intersect)."""
+    pos = np.concatenate([a[0], a[1], b[0], b[1]])
+    delta = np.concatenate([np.ones(len(a[0]), np.int8), -np.ones(len(a[1]), np.int8),
+                            np.ones(len(b[0]), np.int8), -np.ones(len(b[1]), np.int8)])
+    order = np.lexsort((delta, pos))
+    pos, cover = pos[order], np.cumsum(delta[order])
+    both = np.flatnonzero(cover == 2)  # each set is disjoint: 2 means both, until the next point
+    x, y = pos[both], pos[both + 1]
+    return x[y > x], y[y > x]
 
 
 def classify(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: int):
@@ -63,6 +103,10 @@ def classify(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: in
         strided = np.any(q.step > 1) or np.any(k.step > 1)  # residue order
         loose = strided and not node.exact_on_strided() or not node.exact_tiles(ctx, bm, bn)
         return t, (t.can_true & t.can_false) if loose else np.zeros(shape, bool)
+    if all(leaf.distance_only() for leaf in node.walk() if isinstance(leaf, Primitive)):
+        t = _distance_truth(node, ctx, q, k)
+        if t is not None:
+            return t, np.zeros(t.can_true.shape, bool)
     (a, ua), (b, ub) = classify(node.a, ctx, q, k, bm, bn), classify(node.b, ctx, q, k, bm, bn)
     pa, pb = a.can_true & a.can_false, b.can_true & b.can_false
     if isinstance(node, Union):
@@ -79,15 +123,49 @@ def classify(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: in
     return t, undecided & t.can_true & t.can_false
 
 
+def _distance_truth(node: Node, ctx: Context, q: Interval, k: Interval) -> Truth | None:
+    """Exact truth of a composition of rules of `d = p - k` alone (`Primitive.distance_only`):
+    a tile shows it every d from its least to its greatest in steps of g (1 in token order, the
+    modulus r in residue order, where tiles are tokens c + r*i), so the rule is evaluated once per
+    d over the range the tiles span and counted with prefix sums along each class mod g. None
+    where tiles mix steps (then the operands are classified one by one)."""
+    shape = np.broadcast(q.lo, k.lo).shape
+    steps = np.concatenate([np.ravel(q.step), np.ravel(k.step)])
+    g = max(int(steps.max(initial=0)), 1)
+    if np.any((steps != 0) & (steps != g)):
+        return None
+    lo = np.broadcast_to(ctx.position(q.lo) - k.hi, shape)  # the tile's least and greatest d
+    hi = np.broadcast_to(ctx.position(q.hi) - k.lo, shape)
+    if not lo.size:
+        return Truth(np.zeros(shape, bool), np.zeros(shape, bool))
+    d0, d1 = int(lo.min()), int(hi.max())
+    d = np.arange(d0, d1 + 1 + (-(d1 + 1 - d0) % g), dtype=np.int64)  # whole rows of g
+    visible = np.broadcast_to(np.asarray(node.visible(ctx, d - ctx.position(0), np.zeros_like(d)), bool), d.shape)
+    sums = visible.astype(np.int64).reshape(-1, g).cumsum(0).ravel()  # sums[i]: visible d0 + i - g*j, j >= 0
+    before = lo - d0 - g
+    count = sums[hi - d0] - np.where(before >= 0, sums[np.maximum(before, 0)], 0)
+    return Truth(count > 0, count < (hi - lo) // g + 1)
+
+
+# pieces of at most this many elements are settled element by element (cheaper than splitting
+# them down to single elements), in batches of at most BATCH elements
+LEAF, BATCH = 256, 1 << 20
+
+
 def settle(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: int, tokens=lambda iv: iv):
     """Exact (any visible, all visible) for tiles whose classification was undecided, by
     splitting them into quadrants and classifying those, recursively, until every piece is
-    decided (single elements always are). Work grows with the undecided boundary, not the area."""
+    decided; pieces of at most LEAF elements are evaluated element by element. A tile stops as
+    soon as it is known to be partial. Work grows with the undecided boundary, not the area."""
     n = len(q.lo)
     anyv, notall = np.zeros(n, bool), np.zeros(n, bool)
     owner = np.arange(n)
     q_lo, q_hi, k_lo, k_hi = q.lo.copy(), q.hi.copy(), k.lo.copy(), k.hi.copy()
     while len(owner):
+        small = (q_hi - q_lo + 1) * (k_hi - k_lo + 1) <= LEAF
+        if small.any():
+            _evaluate(node, ctx, owner[small], q_lo[small], q_hi[small], k_lo[small], k_hi[small], tokens, anyv, notall)
+            owner, q_lo, q_hi, k_lo, k_hi = owner[~small], q_lo[~small], q_hi[~small], k_lo[~small], k_hi[~small]
         q_mid = (q_lo + q_hi) // 2
         k_mid = (k_lo + k_hi) // 2
         split_q, split_k = q_hi > q_lo, k_hi > k_lo
@@ -99,10 +177,30 @@ def settle(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: int,
         owner, q_lo, q_hi, k_lo, k_hi = (np.concatenate(x) for x in zip(*parts))
         truth, undecided = classify(node, ctx, tokens(Interval(q_lo, q_hi)), tokens(Interval(k_lo, k_hi)), bm, bn)
         decided = ~undecided
-        np.logical_or.at(anyv, owner[decided], truth.can_true[decided])
-        np.logical_or.at(notall, owner[decided], truth.can_false[decided])
-        owner, q_lo, q_hi, k_lo, k_hi = owner[undecided], q_lo[undecided], q_hi[undecided], k_lo[undecided], k_hi[undecided]
+        anyv[owner[decided & truth.can_true]] = True
+        notall[owner[decided & truth.can_false]] = True
+        # a tile with a visible and an invisible element is partial, whatever its other pieces hold
+        keep = undecided & ~(anyv[owner] & notall[owner])
+        owner, q_lo, q_hi, k_lo, k_hi = owner[keep], q_lo[keep], q_hi[keep], k_lo[keep], k_hi[keep]
     return anyv, ~notall
+
+
+def _evaluate(node: Node, ctx: Context, owner, q_lo, q_hi, k_lo, k_hi, tokens, anyv, notall):
+    """Record in anyv / notall (per owner) whether pieces [q_lo, q_hi] x [k_lo, k_hi] of layout
+    positions hold a visible / an invisible element, evaluating the rule on every element:
+    pieces of one shape at once, as [pieces, rows, keys] tensors."""
+    import torch
+
+    height, width = q_hi - q_lo + 1, k_hi - k_lo + 1
+    for h, w in {(int(a), int(b)) for a, b in zip(*np.unique(np.stack([height, width]), axis=1))}:
+        same = np.flatnonzero((height == h) & (width == w))
+        for part in np.array_split(same, -(-len(same) * h * w // BATCH)):
+            rows = torch.from_numpy(tokens(Interval(q_lo[part, None] + np.arange(h))).lo)
+            keys = torch.from_numpy(tokens(Interval(k_lo[part, None] + np.arange(w))).lo)
+            visible = torch.as_tensor(node.visible(ctx, rows[:, :, None], keys[:, None, :]))
+            visible = visible.expand(len(part), h, w).reshape(len(part), h * w)
+            anyv[owner[part[visible.any(1).numpy()]]] = True
+            notall[owner[part[~visible.all(1).numpy()]]] = True
 
 
 def head_tiles(node: Node, head: int, M: int, N: int, bm: int, bn: int, grid, data, order=None):

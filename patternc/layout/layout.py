@@ -49,7 +49,7 @@ class Layout:
       element is visible (the kernel skips the predicate there);
     - `kv_num_blocks [H, Mt]`, `kv_indices [H, Mt, W]`: partial key tiles (predicate applied);
     - `full_q_num_blocks / full_q_indices / q_num_blocks / q_indices [H, Nt, ...]`: the
-      transpose (key tile -> query tiles), for a backward pass.
+      transpose (key tile -> query tiles), for a backward pass; built on first read.
 
     Row r of `*_indices` holds `*_num_blocks[h, r]` valid entries, ascending; the rest is 0.
     `Mt = ceil(M / block_m)`, `Nt = ceil(N / block_n)`. `permutation` is None (tokens in their
@@ -66,10 +66,10 @@ class Layout:
     kv_indices: object
     full_kv_num_blocks: object
     full_kv_indices: object
-    q_num_blocks: object
-    q_indices: object
-    full_q_num_blocks: object
-    full_q_indices: object
+    q_num_blocks: object = field(default=None, repr=False)  # the transposes: built on first read
+    q_indices: object = field(default=None, repr=False)
+    full_q_num_blocks: object = field(default=None, repr=False)
+    full_q_indices: object = field(default=None, repr=False)
     pattern: object = field(default=None, repr=False)
     permutation: object = None
     refined_tiles: int = 0
@@ -81,25 +81,33 @@ class Layout:
     def from_tiles(cls, per_head, M, N, block_m, block_n, pattern=None, refined_tiles=0, device="cpu",
                    permutation=None, data=None):
         """From per-head `(qt, kt, kind)` arrays sorted by (qt, kt); a head may reuse another's tuple."""
-        n_qt, n_kt = -(-M // block_m), -(-N // block_n)
+        n_qt = -(-M // block_m)
 
         def forward(t):
             qt, kt, kind = t
             f, p = kind == FULL, kind == PARTIAL
             return (*_csr(qt[p], kt[p], n_qt), *_csr(qt[f], kt[f], n_qt))
 
+        kv, kvi, fkv, fkvi = _stack(per_head, forward, device)
+        return cls(M, N, len(per_head), block_m, block_n, kv, kvi, fkv, fkvi,
+                   pattern=pattern, permutation=permutation, refined_tiles=refined_tiles, _tiles=tuple(per_head),
+                   data=dict(data or {}))
+
+    def _transpose(self):
+        """Build the transposed tables (`q_num_blocks`, ...) from the tiles."""
+        n_kt = self.shape[2]
+
         def backward(t):
             qt, kt, kind = t
-            order = np.lexsort((qt, kt))
+            # tiles come sorted by (qt, kt): a stable sort by kt gives (kt, qt) order
+            order = np.argsort(kt.astype(np.uint16) if n_kt <= 1 << 16 else kt, kind="stable")
             qt, kt, kind = qt[order], kt[order], kind[order]
             f, p = kind == FULL, kind == PARTIAL
             return (*_csr(kt[p], qt[p], n_kt), *_csr(kt[f], qt[f], n_kt))
 
-        kv, kvi, fkv, fkvi = _stack(per_head, forward, device)
-        qn, qi, fqn, fqi = _stack(per_head, backward, device)
-        return cls(M, N, len(per_head), block_m, block_n, kv, kvi, fkv, fkvi, qn, qi, fqn, fqi,
-                   pattern=pattern, permutation=permutation, refined_tiles=refined_tiles, _tiles=tuple(per_head),
-                   data=dict(data or {}))
+        tables = _stack(self._tiles, backward, self.kv_num_blocks.device)
+        for name, table in zip(_TRANSPOSED, tables):
+            object.__setattr__(self, name, table)
 
     # ------------------------------------------------------------------ summaries
 
@@ -271,3 +279,27 @@ class Layout:
             b(self.kv_num_blocks), b(widen(self.kv_indices)), b(self.full_kv_num_blocks),
             b(widen(self.full_kv_indices)), BLOCK_SIZE=(self.block_m, self.block_n), mask_mod=mask_mod,
             seq_lengths=(self.M, self.N))
+
+
+class _Transposed:
+    """A transposed table of `Layout`, built on first read (`Layout._transpose`): only a backward
+    pass reads them, and a key tile that every query tile visits (a sink) makes them as wide as
+    there are query tiles, Mt x Nt entries."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __get__(self, layout, owner=None):
+        if layout is None:
+            return self
+        if layout.__dict__.get(self.name) is None:
+            layout._transpose()
+        return layout.__dict__[self.name]
+
+    def __set__(self, layout, value):
+        layout.__dict__[self.name] = value
+
+
+_TRANSPOSED = ("q_num_blocks", "q_indices", "full_q_num_blocks", "full_q_indices")
+for _name in _TRANSPOSED:  # after @dataclass, which reads their defaults (None: not built yet)
+    setattr(Layout, _name, _Transposed(_name))

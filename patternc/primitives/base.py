@@ -198,6 +198,12 @@ class Primitive(Node):
         forgets a stride, so rules that divide (block=, blocked, tables by block) are not."""
         return getattr(self, "block", None) is None and not self.per_head_tables
 
+    def distance_only(self) -> bool:
+        """Is the rule a function of `d = p - k` alone (the query's position minus the key)? A
+        tile then shows it every d between its extremes, so compositions of such rules are
+        classified exactly from a table over d (layout/build.py)."""
+        return False
+
     def exact_tiles(self, ctx: Context, block_m: int, block_n: int) -> bool:
         """Is the interval rule tight on these tiles, so that a tile it calls partial really is?"""
         return True

@@ -30,5 +30,8 @@ class Causal(Primitive):
     def bounds_causally(self):
         return self.block is None
 
+    def distance_only(self):
+        return self.block is None
+
     def count_atoms(self, p, b, atoms):  # k <= q (M = N), on blocks k // b <= q // b
         return atoms.one(atoms.key(None, atoms.End(b, b, 0, b - 1)))

@@ -32,8 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..ir.expr import Interval, Term, Truth, clamp, maximum, minimum
-from .base import BOOLS, INTS, Primitive, format_value, param
-from .tables import _prefix_sums, rectangle_truth
+from .base import BOOLS, INTS, MAX_INTERVALS, Primitive, format_value, param
 
 PER_DIM = ("size", "stride", "dilation", "causal")
 
@@ -112,10 +111,6 @@ class Neighborhood(Primitive):
             return 1  # dilation groups of a multi-dimensional grid are not token residues
         return self.constant_step("dilation")
 
-    def exact_tiles(self, ctx, block_m, block_n):
-        # tight when every tile of flattened tokens is a box of the grid (see _tile_truth)
-        return all(_tiles_are_boxes(self.grid(ctx), b) for b in (block_m, block_n))
-
     def _dims(self, p):
         """(size, stride, dilation, causal) per dimension, from the parameters alone."""
         ndim = max((len(getattr(p, n)) for n in PER_DIM if isinstance(getattr(p, n), tuple)), default=1)
@@ -146,26 +141,75 @@ class Neighborhood(Primitive):
         return atoms.closed(math.prod(K for K, *_ in dims), period=1, n0=self.min_length(p), cost="O(N*w)",
                             note="exactly the window per query, NATTEN semantics")
 
-    def _dimension_sums(self, p, ctx, i, L):
-        """Prefix sums of dimension i's visibility table [L, L] (query coordinate, key coordinate)."""
+    def _dimension_windows(self, p, ctx, i, L):
+        """Dimension i's windows in O(L): (r, start, stop, offsets), where the query at position
+        `pos` of dilation group g (coordinate g + r*pos) sees group g's key positions
+        start[offsets[g] + pos] <= j < stop[offsets[g] + pos]. Within a group both ends are
+        nondecreasing in pos; group g's values are shifted by g * (L + 2), so each array is sorted
+        as a whole and one binary search serves every group. Cached per parameters."""
         key = (i, L, *(_per_dim(getattr(p, n), len(self.grid(ctx)))[i] for n in PER_DIM))
-        cache = self.__dict__.setdefault("_sums_cache", {})
+        cache = self.__dict__.setdefault("_windows_cache", {})
         if key not in cache:
-            x, y = np.arange(L)[:, None], np.arange(L)[None, :]
-            group, start, stop = self._window(p, ctx, i, L, x)
-            r = key[4]
-            table = (y % r == group) & (y // r >= start) & (y // r < stop)
-            cache[key] = _prefix_sums(np.broadcast_to(table, (L, L)))
+            x = np.arange(L)
+            _, start, stop = (np.broadcast_to(np.asarray(v, np.int64), x.shape) for v in self._window(p, ctx, i, L, x))
+            r = int(key[4])
+            shift = np.arange(r, dtype=np.int64) * (L + 2)
+            offsets = np.cumsum([0] + [len(range(g, L, r)) for g in range(r)])
+            cache[key] = (r, np.concatenate([start[g::r] + shift[g] for g in range(r)]),
+                          np.concatenate([stop[g::r] + shift[g] for g in range(r)]), offsets, shift)
         return cache[key]
 
+    def _dimension_truth(self, p, ctx, i, L, qa, qb, ka, kb):
+        """(some, every): is some / every (query, key) coordinate pair of [qa, qb] x [ka, kb]
+        (non-empty, inside 0..L-1) inside dimension i's window? Some pair is, iff for a dilation
+        group held by both ranges some query position has a window reaching the group's key
+        positions: by monotonicity those queries are a range, found by binary search."""
+        r, start, stop, offsets, shift = self._dimension_windows(p, ctx, i, L)
+        if r == 1:
+            last = np.searchsorted(start, kb, "right") - 1  # the last query whose window starts <= kb
+            first = np.searchsorted(stop, ka, "right")  # the first whose window ends past ka
+            some = np.maximum(qa, first) <= np.minimum(qb, last)
+            # every window holds every key: the last query's window starts, the first's ends
+            return some, (start[qb] <= ka) & (stop[qa] > kb)
+        # one row per (range pair, query group g = (qa + t) % r, t < min(r, query extent))
+        groups = np.minimum(qb - qa + 1, r)
+        row = np.repeat(np.arange(len(qa)), groups)
+        g = (qa[row] + np.arange(len(row)) - (np.cumsum(groups) - groups)[row]) % r
+        pa, pb = -(-(qa[row] - g) // r), (qb[row] - g) // r  # the query positions in group g
+        ja, jb = -(-(ka[row] - g) // r), (kb[row] - g) // r  # ... and the key positions
+        last = np.searchsorted(start, jb + shift[g], "right") - 1 - offsets[g]
+        first = np.searchsorted(stop, ja + shift[g], "right") - offsets[g]
+        hit = (ja <= jb) & (np.maximum(pa, first) <= np.minimum(pb, last))
+        some = np.zeros(len(qa), bool)
+        some[row[hit]] = True
+        return some, (qa == qb) & (ka == kb) & some  # two groups of keys or of queries: never all
+
     def _tile_truth(self, p, ctx, q: Interval, k: Interval) -> Truth:
-        """Tile classification: the window is a product over dimensions, so on a box of the grid
-        a pair is visible somewhere (everywhere) iff it is in every dimension; each dimension is
-        settled exactly from its small visibility table. Non-box tiles get their bounding box."""
-        truth = Truth(True, False)
-        for i, L, xq, xk in _coordinates(self.grid(ctx), q, k):
-            truth = truth & rectangle_truth(self._dimension_sums(p, ctx, i, L), xq, xk)
-        return truth
+        """Tile classification, exact on any range of tokens: a range is the union of at most
+        2 * ndim - 1 boxes of the grid (`_boxes`), and on a pair of boxes the window, a product
+        over dimensions, holds somewhere (everywhere) iff it does in every dimension
+        (`_dimension_truth`). Tokens outside the grid see nothing; strided ranges (residue order)
+        get their bounding range."""
+        grid = self.grid(ctx)
+        N = math.prod(grid)
+        shape = np.broadcast(q.lo, k.lo).shape
+        q_lo, q_hi, k_lo, k_hi = (np.broadcast_to(x, shape).ravel() for x in (q.lo, q.hi, k.lo, k.hi))
+        nonempty = (q_lo <= q_hi) & (k_lo <= k_hi)
+        inside = (q_lo >= 0) & (q_hi < N) & (k_lo >= 0) & (k_hi < N)
+        q_lo, k_lo, q_hi, k_hi = np.maximum(q_lo, 0), np.maximum(k_lo, 0), np.minimum(q_hi, N - 1), np.minimum(k_hi, N - 1)
+        (ql, qh), (kl, kh) = np.stack(_boxes(grid, q_lo, q_hi), -1), np.stack(_boxes(grid, k_lo, k_hi), -1)
+        # every pair of non-empty pieces, flattened: (tile, query piece, key piece)
+        tile, i, j = np.nonzero((ql <= qh)[:, :, None] & (kl <= kh)[:, None, :])
+        ql, qh, kl, kh = ql[tile, i], qh[tile, i], kl[tile, j], kh[tile, j]
+        some, every, inner = True, True, 1
+        for d in reversed(range(len(grid))):
+            L = grid[d]
+            s, e = self._dimension_truth(p, ctx, d, L, *_coordinate(ql, qh, inner, L), *_coordinate(kl, kh, inner, L))
+            some, every, inner = some & s, every & e, inner * L
+        n = len(q_lo)
+        can_true = np.bincount(tile[some], minlength=n) > 0
+        can_false = nonempty & (~inside | (np.bincount(tile[~every], minlength=n) > 0))
+        return Truth(can_true.reshape(shape), can_false.reshape(shape))
 
     @classmethod
     def strategy(cls, grid=None):
@@ -219,15 +263,27 @@ class Neighborhood(Primitive):
         return visible
 
     def rule_band(self, p, ctx, q0, q1):
-        # keys whose outermost coordinate can be in the window of any query in [q0, q1)
+        # keys whose outermost coordinate can be in the window of a query in [q0, q1) and, row by
+        # row of that dimension, whose second coordinate can too
         grid = self.grid(ctx)
         outer = math.prod(grid[1:])
-        x = Interval(q0 // outer, (q1 - 1) // outer)
-        r = _per_dim(p.dilation, len(grid))[0]
-        group, start, stop = self._window(p, ctx, 0, grid[0], x)
-        lo = Interval.of(start).lo * r + (Interval.of(group).lo if r != 1 else 0)
-        hi = (Interval.of(stop).hi - 1) * r + (Interval.of(group).hi if r != 1 else 0) + 1
-        return [(lo * outer, hi * outer)]
+        lo0, hi0 = self._key_range(p, ctx, 0, grid[0], q0 // outer, (q1 - 1) // outer)
+        rows = int(np.max(hi0 - lo0, initial=0))
+        if len(grid) == 1 or rows > MAX_INTERVALS:
+            return [(lo0 * outer, hi0 * outer)]
+        inner = outer // grid[1]
+        lo1, hi1 = self._key_range(p, ctx, 1, grid[1], *_coordinate(q0, q1 - 1, inner, grid[1]))
+        bands = []
+        for j in range(rows):
+            row = lo0 + j
+            bands.append((np.where(row < hi0, row * outer + lo1 * inner, 0), np.where(row < hi0, row * outer + hi1 * inner, 0)))
+        return bands
+
+    def _key_range(self, p, ctx, i, L, x_lo, x_hi):
+        """Key coordinates [lo, hi) of dimension i that queries at coordinates x_lo..x_hi may see."""
+        r = _per_dim(p.dilation, len(self.grid(ctx)))[i]
+        group, start, stop = (Interval.of(v) for v in self._window(p, ctx, i, L, Interval(x_lo, x_hi)))
+        return start.lo * r + group.lo, (stop.hi - 1) * r + group.hi + 1
 
     def __str__(self):
         args = [format_value(self.size)]
@@ -248,13 +304,24 @@ def _coordinates(grid, q, k):
         inner *= L
 
 
-def _tiles_are_boxes(grid, b) -> bool:
-    """Is every run [i*b, (i+1)*b) of row-major tokens a box of the grid?"""
-    for length in reversed(grid):
-        if b <= length:
-            return length % b == 0
-        if b % length:
-            return False
-        b //= length
-    return True
+def _coordinate(lo, hi, inner, length):
+    """The range of one dimension's coordinate (`token // inner % length`) over boxes of tokens
+    [lo, hi]: the whole dimension where a box spans several rows of the dimension above."""
+    a, b = lo // inner, hi // inner
+    wrap = a // length != b // length
+    return np.where(wrap, 0, a % length), np.where(wrap, length - 1, b % length)
 
+
+def _boxes(grid, lo, hi) -> list:
+    """Token ranges [lo, hi] (arrays) of the row-major grid as at most 2 * ndim - 1 ranges
+    [lo_i, hi_i] that are boxes of it (empty where lo_i > hi_i): level by level from the
+    innermost, the part before the first and after the last whole slice of that level, then the
+    whole slices in between."""
+    end, pieces, size = hi + 1, [], 1
+    for length in reversed(grid[1:]):
+        size *= length
+        cut_lo = np.minimum(-(-lo // size) * size, end)  # where the first whole slice starts
+        cut_hi = np.maximum(end // size * size, cut_lo)  # where the last whole slice ends
+        pieces += [np.stack([lo, cut_lo - 1]), np.stack([cut_hi, end - 1])]
+        lo, end = cut_lo, cut_hi
+    return pieces + [np.stack([lo, end - 1])]

@@ -20,7 +20,7 @@ from functools import lru_cache
 import numpy as np
 
 from ..ir.expr import Term
-from .base import Primitive, param
+from .base import MAX_INTERVALS, Primitive, param
 from .tables import lookup, table_slot
 
 
@@ -69,6 +69,23 @@ class Random(Primitive):
         # lazy: a kernel's traced predicate has no lengths yet, and reads the table as an argument
         # rows: blocks of query positions, which run over the keys' (0..N-1), whatever M is
         return lambda head: random_table(int(p.count), int(p.seed), head, int(ctx.N), int(ctx.N))
+
+    def rule_band(self, p, ctx, q0, q1):
+        # the key blocks drawn for each query block of the range (one interval per draw)
+        table = self.table(p, ctx)(int(ctx.h))
+        n_q, n_k = table.shape
+        per_row = min(int(p.count), n_k)
+        span = int(np.max(q1 - q0, initial=1))
+        if span * per_row > MAX_INTERVALS:
+            return super().rule_band(p, ctx, q0, q1)
+        drawn = np.nonzero(table)[1].reshape(n_q, per_row)  # each row's key blocks
+        bands = []
+        for j in range(span):
+            row = q0 + j
+            inside = (row < q1) & (row >= 0) & (row < n_q)  # positions before key 0 draw nothing
+            for key in drawn[np.clip(row, 0, n_q - 1)].T:
+                bands.append((np.where(inside, key, 0), np.where(inside, key + 1, 0)))
+        return bands
 
     def count_atoms(self, p, b, atoms):
         # in expectation: a key block is one of the row's draws with probability count / (N / b)

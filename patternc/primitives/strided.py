@@ -36,6 +36,9 @@ class Strided(Primitive):
     def residue_modulus(self, grid):
         return self.constant_step("stride")
 
+    def distance_only(self):
+        return self.block is None
+
     def count_atoms(self, p, b, atoms):
         return atoms.one(atoms.residue(b, p.stride, b, 0))
 

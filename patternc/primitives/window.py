@@ -75,6 +75,9 @@ class Window(Primitive):
     def residue_modulus(self, grid):
         return self.constant_step("dilation")
 
+    def distance_only(self):
+        return self.block is None
+
     def count_atoms(self, p, b, atoms):
         r = p.dilation
         lo, hi = atoms.end(b, b, -p.left * r * b), atoms.end(b, b, p.right * r * b + b - 1)
