@@ -45,12 +45,14 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
     """
     import torch
 
-    device = getattr(q, "device", None)  # anything else gets its error from the checks
-    if device is not None and device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
-        dtype = torch.get_autocast_dtype(device.type)
-        q, k, v = (x.to(dtype) for x in (q, k, v))
-    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and any(getattr(x, "requires_grad", False)
-                                                                         for x in (q, k, v))):
+    if torch._C._is_any_autocast_enabled():  # cheap first: reading q.device.type costs more
+        device = getattr(q, "device", None)  # anything else gets its error from the checks
+        if device is not None and device.type in ("cpu", "cuda") and torch.is_autocast_enabled(device.type):
+            dtype = torch.get_autocast_dtype(device.type)
+            q, k, v = (x.to(dtype) for x in (q, k, v))
+    if torch.compiler.is_compiling() or (torch.is_grad_enabled() and (getattr(q, "requires_grad", False)
+                                                                      or getattr(k, "requires_grad", False)
+                                                                      or getattr(v, "requires_grad", False))):
         if return_layout:
             raise PatternError("return_layout=True takes no gradients (and can't be compiled)", None,
                                "call it under torch.no_grad() to inspect the layout")

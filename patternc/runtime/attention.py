@@ -256,7 +256,8 @@ def _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale, documents=
     if isinstance(layout, RoutedPlan):
         layout = layout.layout(q, k)  # the forward's choice again: the selection is deterministic
     packed = {} if documents is None else {"documents": documents}
-    return module.launch_backward(q, k, v, out, lse, do, layout, scale=scale, dlse=dlse, **packed)
+    with _on_device(q):
+        return module.launch_backward(q, k, v, out, lse, do, layout, scale=scale, dlse=dlse, **packed)
 
 
 def _config(q, k, v, pattern, scale, config, device_tag, documents=None) -> dict:
@@ -278,16 +279,30 @@ def _run(module, layout, q, k, v, scale, return_lse, return_layout, documents=No
     if routed:
         layout = layout.layout(q, k)
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device) if return_lse else None
-    if record is not None and not routed and documents is None and not return_layout:
-        from .launcher import Never, record as record_launch
+    with _on_device(q):
+        if record is not None and not routed and documents is None and not return_layout:
+            from .launcher import record as record_launch
 
-        out, lse, fast = record_launch(module, layout, q, k, v, scale, lse, pattern)
-        _remember_fast(record, Never(pattern) if fast is None else fast)
-    else:
-        packed = {} if documents is None else {"documents": documents}
-        out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse, **packed)
+            out, lse, fast = record_launch(module, layout, q, k, v, scale, lse, pattern)
+            if fast is not None:
+                _remember_fast(record, fast)
+        else:
+            packed = {} if documents is None else {"documents": documents}
+            out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse, **packed)
     result = (out,) + ((lse,) if return_lse else ()) + ((layout,) if return_layout else ())
     return result if len(result) > 1 else out
+
+
+def _on_device(q):
+    """Triton launches on the current CUDA device: make it q's for the call (a no-op context
+    where it is already, or on the CPU)."""
+    import contextlib
+
+    import torch
+
+    if q.is_cuda and q.device.index != torch.cuda.current_device():
+        return torch.cuda.device(q.device)
+    return contextlib.nullcontext()
 
 
 def _remember_fast(key, fast):

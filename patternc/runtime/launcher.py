@@ -57,8 +57,8 @@ def _hooks():
     """Triton's launch hooks as read per call: (runtime knobs, the hook-chain type or None)."""
     from triton import knobs
 
-    try:
-        from triton.knobs import HookChain  # Triton >= 3.5: hooks are chains, idle when empty
+    try:  # Triton >= 3.5: hooks are chains, idle when empty
+        from triton.knobs import HookChain
     except ImportError:  # Triton 3.4: a hook is a callable or None
         HookChain = None
     return knobs.runtime, HookChain
@@ -80,9 +80,9 @@ def _descriptor_base_only() -> bool:
 class FastLaunch:
     """One recorded launch of one problem, replayed with a call's tensors (see the module)."""
 
-    __slots__ = ("pattern", "run", "function", "metadata", "grid", "args", "device", "current_device",
-                 "current_stream", "slots", "descriptors", "lse_slot", "lse_shape", "scale_slot", "default_scale",
-                 "knobs", "chain", "pre_run", "torch", "lse")
+    __slots__ = ("args", "chain", "current_device", "current_stream", "default_scale", "descriptors", "device",
+                 "function", "grid", "knobs", "lse", "lse_shape", "lse_slot", "metadata", "pattern", "pre_run",
+                 "run", "scale_slot", "slots", "torch")
 
     def __call__(self, q, k, v, scale, return_lse):
         """(out, lse or None), or None when the recorded launch doesn't fit this call."""
@@ -106,9 +106,9 @@ class FastLaunch:
         tensors = (q, k, v, out)
         for slot, which in self.slots:
             args[slot] = tensors[which]
-        for slot, which, template, view in self.descriptors:
-            desc = object.__new__(type(template))
-            desc.__dict__.update(template.__dict__)
+        for slot, which, cls, fields, view in self.descriptors:
+            desc = object.__new__(cls)
+            desc.__dict__.update(fields)
             desc.base = tensors[which] if view is None else tensors[which].view(view)
             args[slot] = desc
         args[self.scale_slot] = qk_scale
@@ -123,14 +123,19 @@ class FastLaunch:
 
 def record(module, layout, q, k, v, scale, lse, pattern):
     """Run `module.launch(q, k, v, layout, scale=scale, lse=lse)` once, as it is, and return
-    (out, lse, FastLaunch or None: None where the launch can't be replayed)."""
+    (out, lse, what to keep for the problem's later calls): a FastLaunch, `Never(pattern)` where
+    this launch can't be replayed, or None where nothing was recorded (not on the current CUDA
+    device: a later call may be)."""
     import torch
 
     target = _target(q)
-    kernel = getattr(module, "attention_fwd", None)
-    if target is None or kernel is None or getattr(module, "LOG2E", None) != LOG2E:
+    if target is None:
         out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse)
         return out, lse, None
+    kernel = getattr(module, "attention_fwd", None)
+    if kernel is None or getattr(module, "LOG2E", None) != LOG2E:
+        out, lse = module.launch(q, k, v, layout, scale=scale, lse=lse)
+        return out, lse, Never(pattern)
     seen = []
 
     class Seen:  # stands for the kernel in launch()'s globals during this one call
@@ -141,18 +146,25 @@ def record(module, layout, q, k, v, scale, lse, pattern):
                 return compiled
             return launch
 
+    out, lse = launch_with(module, Seen())(q, k, v, layout, scale=scale, lse=lse)
+    fast = None
+    if len(seen) == 1:
+        grid, kwargs, compiled = seen[0]
+        fast = _replay(kernel, grid, kwargs, compiled, (q, k, v, out), lse, target, pattern, torch)
+    return out, lse, Never(pattern) if fast is None else fast
+
+
+def launch_with(module, kernel):
+    """`module.launch` with `kernel` in place of the module's `attention_fwd` (the module itself
+    unchanged: the function gets globals of its own)."""
     launch = module.launch
-    watched = types.FunctionType(launch.__code__, {**vars(module), "attention_fwd": Seen()}, launch.__name__,
-                                 launch.__defaults__, launch.__closure__)
-    watched.__kwdefaults__ = launch.__kwdefaults__
-    out, lse = watched(q, k, v, layout, scale=scale, lse=lse)
-    if len(seen) != 1:
-        return out, lse, None
-    grid, kwargs, compiled = seen[0]
-    return out, lse, _replay(kernel, grid, kwargs, compiled, (q, k, v, out), lse, scale, target, pattern, torch)
+    copy = types.FunctionType(launch.__code__, {**vars(module), "attention_fwd": kernel}, launch.__name__,
+                              launch.__defaults__, launch.__closure__)
+    copy.__kwdefaults__ = launch.__kwdefaults__
+    return copy
 
 
-def _replay(kernel, grid, kwargs, compiled, tensors, lse, scale, target, pattern, torch):
+def _replay(kernel, grid, kwargs, compiled, tensors, lse, target, pattern, torch):
     """The FastLaunch of one seen kernel call, or None where it doesn't fit the module's rules."""
     names = list(getattr(kernel, "arg_names", ()))
     if (not names or set(kwargs) - _OPTIONS != set(names) or getattr(kernel, "pre_run_hooks", True)
@@ -182,7 +194,8 @@ def _replay(kernel, grid, kwargs, compiled, tensors, lse, scale, target, pattern
                     or not isinstance(base, torch.Tensor) or base.data_ptr() != source.data_ptr()
                     or not source.is_contiguous()):
                 return None
-            fast.descriptors.append((slot, _DESCRIPTORS[name], value, None if base_only else tuple(base.shape)))
+            fast.descriptors.append((slot, _DESCRIPTORS[name], type(value), dict(vars(value), base=None),
+                                     None if base_only else tuple(base.shape)))
         elif name == "Lse":
             if lse is not None:
                 if value is not lse or not lse.is_contiguous():
@@ -198,6 +211,9 @@ def _replay(kernel, grid, kwargs, compiled, tensors, lse, scale, target, pattern
             return None
     if fast.scale_slot is None or (lse is not None and fast.lse_slot is None):
         return None
+    for slot in [slot for slot, _ in fast.slots] + [slot for slot, *_ in fast.descriptors] + [fast.lse_slot]:
+        if slot is not None:
+            fast.args[slot] = None  # put in per call: the recorded call's tensors aren't kept alive
     D = tensors[0].shape[3]
     fast.default_scale = D ** -0.5 * LOG2E
     fast.lse_shape = tuple(tensors[0].shape[:3])
