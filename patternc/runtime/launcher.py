@@ -44,13 +44,17 @@ def _target(q):
     or None where there is none (not CUDA, or q's device is not the current one). Tests replace this."""
     if q.device.type != "cuda":
         return None
+    import torch
     from triton.runtime import driver
 
     active = driver.active
     index = active.get_current_device()
     if q.device.index != index:
         return None
-    return index, active.get_current_device, active.get_current_stream
+    current = active.get_current_device
+    if current is torch.cuda.current_device:  # Triton asks torch: the same answer without its lazy-init check
+        current = getattr(torch._C, "_cuda_getDevice", current)
+    return index, current, active.get_current_stream
 
 
 def _hooks():
