@@ -159,10 +159,11 @@ def _device_tag(device) -> str:
 
 
 def training_config(head_dim: int, dtype) -> dict:
-    """The tiles of training (the op's forward and backward share one layout): the backward's
-    five matmuls per tile spill registers at the forward's larger tiles, so smaller ones, with
-    a pipeline deep enough for the backward's one stage less (measured on an H200,
-    benchmarks/results/2026-12-01-h200-backward/)."""
+    """Fixed tiles for both passes, where one tile shape must serve forward and backward (blocks
+    of context parallelism; the simulator's training model): the backward's five matmuls per
+    tile spill registers at the forward's larger tiles, so smaller ones, with a pipeline deep
+    enough for the backward's one stage less (measured on an H200,
+    benchmarks/results/2026-12-01-h200-backward/). The custom op tunes each pass apart."""
     import torch
 
     if os.environ.get("TRITON_INTERPRET") == "1":
@@ -173,8 +174,8 @@ def training_config(head_dim: int, dtype) -> dict:
 
 
 def forward(q, k, v, pattern, scale, config, documents=None):
-    """(out, lse): the custom op's forward."""
-    config = config if config is not None else training_config(q.shape[3], q.dtype)
+    """(out, lse): the custom op's forward, tuned as inference is (the backward needs only its
+    output and LSE, not its tiles)."""
     return _attention(q, k, v, pattern, scale, True, config, False, documents)
 
 
@@ -229,8 +230,9 @@ def _attention(q, k, v, pattern, scale, return_lse, config, return_layout, docum
 
 
 def backward(do, q, k, v, out, lse, dlse, pattern, scale, config, documents=None):
-    """(dq, dk, dv): the custom op's backward, through the generated backward kernels with the
-    forward's config and layout (on a CPU without the interpreter: the dense formula)."""
+    """(dq, dk, dv): the custom op's backward, through the generated backward kernels, with the
+    caller's config or one autotuned for the backward (on a CPU without the interpreter: the
+    dense formula)."""
     key = (id(pattern), q.shape, k.shape, q.dtype, q.device, config_key(config), documents is None)
     hit = _ready_backward.get(key)
     if hit is not None and hit[0] is pattern:  # the cached path, as the forward's
@@ -243,10 +245,21 @@ def backward(do, q, k, v, out, lse, dlse, pattern, scale, config, documents=None
                            "key blocks, which the dK/dV kernel's per-key-tile tables can't carry", pattern.span,
                            "train with query=block (MoBA's block routing), or run query=token under torch.no_grad()")
     B, H, M, D = q.shape
+    N = k.shape[2]
     device_tag = _device_tag(q.device)
-    config = config if config is not None else training_config(D, q.dtype)
-    cfg = _config(q, k, v, pattern, scale, config, device_tag, documents)
-    module, layout = _prepare(pattern, B, H, M, k.shape[2], D, cfg, str(q.device), device_tag, backward=True,
+    interpret = os.environ.get("TRITON_INTERPRET") == "1"
+    if config is None and not interpret:
+        from . import autotune
+
+        def run(cfg):
+            module, layout = _prepare(pattern, B, H, M, N, D, dict(cfg), str(q.device), device_tag, backward=True,
+                                      documents=documents is not None)
+            _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale, documents)
+
+        config = _tuned(_problem(q, k, pattern, device_tag, documents, "backward|"), run,
+                        autotune.backward_candidates(D, q.dtype, _capability(q.device)))
+    cfg = dict(default_config(D, q.dtype, interpret), **(config or {}))
+    module, layout = _prepare(pattern, B, H, M, N, D, cfg, str(q.device), device_tag, backward=True,
                               documents=documents is not None)
     _remember(_ready_backward, key, user_pattern, module, layout)
     return _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale, documents)
@@ -338,27 +351,42 @@ def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag, backward=False, do
 
 
 def _tuned_config(q, k, v, pattern, scale, device_tag, documents=None) -> dict:
-    """The autotuned config for this problem (searched once per device, then cached on disk)."""
-    import torch
-
+    """The autotuned forward config for this problem (searched once per device, then cached on disk)."""
     from . import autotune
 
     B, H, M, D = q.shape
-    N = k.shape[2]
-    key = (f"{pattern}|B{B}|H{H}|Hkv{k.shape[1]}|M{M}|N{N}|D{D}|{q.dtype}|{device_tag}"
-           + ("|documents" if documents is not None else ""))
-    found = autotune.lookup(key)
-    if found is not None:
-        return found
 
     def run(cfg):
-        module, layout = _prepare(pattern, B, H, M, N, D, dict(cfg), str(q.device), device_tag,
+        module, layout = _prepare(pattern, B, H, M, k.shape[2], D, dict(cfg), str(q.device), device_tag,
                                   documents=documents is not None)
         _run(module, layout, q, k, v, scale, False, False, documents)
 
-    best = autotune.tune(run, autotune.candidates(D, q.dtype, torch.cuda.get_device_capability(q.device)))
-    autotune.remember(key, best)
-    return best
+    return _tuned(_problem(q, k, pattern, device_tag, documents), run,
+                  autotune.candidates(D, q.dtype, _capability(q.device)))
+
+
+def _problem(q, k, pattern, device_tag, documents, kind: str = "") -> str:
+    """The autotuner's key of a problem: what the choice may depend on."""
+    B, H, M, D = q.shape
+    return (f"{kind}{pattern}|B{B}|H{H}|Hkv{k.shape[1]}|M{M}|N{k.shape[2]}|D{D}|{q.dtype}|{device_tag}"
+            + ("|documents" if documents is not None else ""))
+
+
+def _tuned(key: str, run, candidates: list[dict]) -> dict:
+    """The config remembered for `key`, or the fastest candidate under `run(config)`, remembered."""
+    from . import autotune
+
+    found = autotune.lookup(key)
+    if found is None:
+        found = autotune.tune(run, candidates)
+        autotune.remember(key, found)
+    return found
+
+
+def _capability(device) -> tuple[int, int]:
+    import torch
+
+    return torch.cuda.get_device_capability(device)
 
 
 _warned = False

@@ -29,6 +29,23 @@ def candidates(head_dim: int, dtype, capability: tuple[int, int]) -> list[dict]:
             for mem in memories for m, n, w, s in shapes]
 
 
+def backward_candidates(head_dim: int, dtype, capability: tuple[int, int]) -> list[dict]:
+    """Configs worth timing for the backward kernels, tuned apart from the forward (they only read
+    its output and LSE): five matmuls per tile hold more registers, so smaller tiles and shallower
+    pipelines than the forward's (the backward kernels run one stage less than `num_stages`)."""
+    import torch
+
+    memories = ["tma", "pointers"] if capability >= (9, 0) else ["pointers"]
+    if dtype == torch.float32 or head_dim > 128:
+        shapes = [(64, 32, 4, 2), (32, 32, 4, 2), (32, 64, 4, 2)]
+    elif head_dim <= 64:
+        shapes = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 8, 3)]
+    else:
+        shapes = [(64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3)]
+    return [{"block_m": m, "block_n": n, "num_warps": w, "num_stages": s, "memory": mem}
+            for m, n, w, s in shapes for mem in memories[:1 if (m, n) != (64, 64) else 2]]
+
+
 def _path():
     return cache_dir().parent / "autotune.json"
 
