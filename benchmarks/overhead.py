@@ -34,6 +34,8 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # patternc from this checkout
+
 PATTERNS = {"causal": "causal", "window64": "causal & window(64)"}
 SHAPE = (1, 1, 256, 64)
 
