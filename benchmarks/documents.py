@@ -146,6 +146,8 @@ def main(argv=None):
             row["rel_err_vs_flex"] = rel_err(out, ref)
             row["rel_err_vs_per_document"] = rel_err(out, dense(q, k, v))
             row["patternc_ms"] = bench(lambda: ours(q, k, v))
+            # the same pattern over the whole sequence as one document: what the packing costs
+            row["patternc_one_sequence_ms"] = bench(lambda: patternc.attention(q, k, v, pattern))
             row["flex_ms"] = bench(lambda: theirs(q, k, v))
             row["per_document_ms"] = bench(lambda: dense(q, k, v))
         grads, want = fwd_bwd(ours, q, k, v, do), fwd_bwd(theirs, q, k, v, do)
@@ -160,7 +162,7 @@ def main(argv=None):
         print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "documents.json").write_text(json.dumps({"env": env, "lengths": lengths, "rows": rows}, indent=1))
-    cols = ["pattern", "documents", "patternc_ms", "flex_ms", "per_document_ms", "speedup_vs_flex",
+    cols = ["pattern", "documents", "patternc_ms", "patternc_one_sequence_ms", "flex_ms", "per_document_ms", "speedup_vs_flex",
             "speedup_vs_per_document", "patternc_fwd_bwd_ms", "flex_fwd_bwd_ms", "per_document_fwd_bwd_ms",
             "speedup_vs_flex_fwd_bwd", "rel_err_vs_flex", "grad_rel_err_vs_flex", "create_block_mask_ms"]
     lines = [f"# Packed documents, {env['card']}, torch {env['torch']}, triton {env['triton']}, driver {env['driver']}",

@@ -252,3 +252,19 @@ def test_simulator_predicts_packed_calls():
     assert many.ms < patternc.simulate("causal", 8192, heads=4, config=cfg).ms  # fewer tiles across documents
     with pytest.raises(PatternError, match="token grid"):
         patternc.simulate("grid(8, 8)\nneighborhood((3, 3))", 64, documents=[0, 64])
+
+
+def test_boundaries_changed_in_place_are_used_and_checked_again(interpret):
+    """Checks and program tables are kept per boundaries tensor (the layers of a step share one);
+    an in-place change is a new version: laid out and checked again."""
+    pattern = patternc.compile("causal & window(6)")
+    q, k, v = inputs(2, 2, 40, 16, seed=3)
+    documents = torch.tensor([0, 17, 40], dtype=torch.int32)
+    for bounds in ([0, 17, 40], [0, 9, 40], [0, 9, 40]):
+        documents.copy_(torch.tensor(bounds, dtype=torch.int32))
+        got = patternc.attention(q, k, v, pattern, documents=documents)
+        want = patternc.reference_attention(*(x.double() for x in (q, k, v)), pattern, documents=bounds)
+        assert_close(got, want, 1e-5, f"documents {bounds}")
+    documents[1] = 50
+    with pytest.raises(PatternError, match="decrease at index 2"):
+        patternc.attention(q, k, v, pattern, documents=documents)

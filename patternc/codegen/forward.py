@@ -266,7 +266,7 @@ def forward_source(spec: KernelSpec, summary: str = "", backward_doc: str = "") 
         f"{order.doc}{tables.doc}{program.doc}.{backward_doc}".replace("\n    ", " "), width=96)
     header = fill("HEADER", HEADER, passes="forward and backward" if backward_doc else "forward",
                   pattern=textwrap.indent(spec.pattern_text, "    "), description=description, summary=summary,
-                  version=__version__, generator=str(GENERATOR_VERSION), imports=list(memory.imports),
+                  version=__version__, generator=str(GENERATOR_VERSION), imports=list(program.imports + memory.imports),
                   block_m=str(spec.block_m), block_n=str(spec.block_n), head_dim=str(spec.head_dim),
                   num_warps=str(spec.num_warps), num_stages=str(spec.num_stages), constants=order.constants())
     predicate = fill("PREDICATE", PREDICATE, routed_param=routed.predicate_param, table_param=tables.predicate_param,

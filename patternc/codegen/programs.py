@@ -24,11 +24,35 @@ KV_HEADS = ["off_kz = tl.program_id(0)", "off_z = off_kz // (H // GROUP)", "off_
 
 DOCUMENT_TILES = '''
 
-def document_tiles(documents, block, work):
+_DOCUMENT_TILES = {}  # (id(documents), its version, id(layout), side) -> (weakref, table)
+
+
+def document_tiles(documents, layout, side):
     """int32 [T, 3]: (first token, length, tile) of each program of a sweep over packed
-    documents, one per (document, tile of `block` tokens), the tiles with the most `work` (per
-    tile index: [tiles]) first; programs past the last tile get length 0 and stop at once. Built
-    on the device from the boundaries, with no host sync: T = tiles + documents bounds the count."""
+    documents (`side` "rows": query tiles of BLOCK_M, "columns": key tiles of BLOCK_N), one per
+    (document, tile), the busiest tiles of `layout` first; programs past the last tile get
+    length 0 and stop at once. Built on the device from the boundaries with no host sync, once
+    per boundaries tensor and layout (the layers of a model share one per step), not kept while
+    a CUDA graph is captured."""
+    key = (id(documents), documents._version, id(layout), side)
+    hit = _DOCUMENT_TILES.get(key)
+    if hit is not None and hit[0]() is documents:
+        return hit[1]
+    if side == "rows":
+        block, work = BLOCK_M, (layout.full_kv_num_blocks + layout.kv_num_blocks).sum(0)
+    else:
+        block, work = BLOCK_N, (layout.full_q_num_blocks + layout.q_num_blocks).sum(0)
+    table = _document_tiles(documents, block, work)
+    if not (documents.is_cuda and torch.cuda.is_current_stream_capturing()):
+        if len(_DOCUMENT_TILES) > 64:
+            _DOCUMENT_TILES.clear()
+        _DOCUMENT_TILES[key] = (weakref.ref(documents), table)
+    return table
+
+
+def _document_tiles(documents, block, work):
+    """document_tiles' table for tiles of `block` tokens, `work` per tile index ([tiles]):
+    T = tiles + documents bounds the count of programs."""
     starts, lengths = documents[:-1], documents[1:] - documents[:-1]
     tiles = (lengths + block - 1) // block
     ends = torch.cumsum(tiles, 0)
@@ -55,6 +79,7 @@ DOCUMENT_CHECKS = [
 
 class Whole:
     packed = False
+    imports = ()
     launch_param = ""
     helper = ""
     doc = ""
@@ -97,6 +122,7 @@ class Whole:
 
 class Packed(Whole):
     packed = True
+    imports = ("import weakref",)
     launch_param = ", documents=None"
     helper = DOCUMENT_TILES
     doc = "; packed documents (a program per document tile, positions from each document's first token)"
@@ -136,11 +162,8 @@ class Packed(Whole):
                 '    raise ValueError("packed documents place their tokens themselves: positions= must be None")']
 
     def prepare(self, own: str) -> list[str]:
-        if own == "m":
-            return ["doc_rows = document_tiles(documents, BLOCK_M, (layout.full_kv_num_blocks + layout.kv_num_blocks)"
-                    ".sum(0))"]
-        return ["doc_cols = document_tiles(documents, BLOCK_N, (layout.full_q_num_blocks + layout.q_num_blocks)"
-                ".sum(0))"]
+        return ['doc_rows = document_tiles(documents, layout, "rows")' if own == "m" else
+                'doc_cols = document_tiles(documents, layout, "columns")']
 
     def programs(self, own: str) -> str:
         return "doc_rows.shape[0]" if own == "m" else "doc_cols.shape[0]"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import weakref
 from functools import lru_cache
 
 from ..errors import PatternError
@@ -84,8 +85,9 @@ def _check_inputs(q, k, v):
 def _check_documents(documents, q, k, pattern: Pattern | None = None):
     """`documents=` for this call: a tensor of boundaries on q's device over self-attention (no
     host sync), a pattern that applies per document (checked once per pattern), and boundaries
-    from 0 to N that never decrease (one host sync; not while a CUDA graph is captured, where
-    syncing is not allowed: graphs replay boundaries checked when they were first run eagerly)."""
+    from 0 to N that never decrease (one host sync per boundaries tensor and version, so the
+    layers of a model pay it once per step; not while a CUDA graph is captured, where syncing is
+    not allowed: graphs replay boundaries checked when they were first run eagerly)."""
     import torch
 
     from ..ir.documents import check_tensor, check_values
@@ -97,8 +99,18 @@ def _check_documents(documents, q, k, pattern: Pattern | None = None):
     check_tensor(documents, N, q.device)
     if pattern is not None:
         _check_document_pattern(pattern, q.shape[1])
+    key = (id(documents), documents._version, N)
+    seen = _checked_documents.get(key)
+    if seen is not None and seen() is documents:  # the layers of a model share one tensor per step
+        return
     if not (q.device.type == "cuda" and torch.cuda.is_current_stream_capturing()):
         check_values(documents, N)
+        if len(_checked_documents) > 64:
+            _checked_documents.clear()
+        _checked_documents[key] = weakref.ref(documents)
+
+
+_checked_documents: dict = {}  # (id, version, N) -> weakref of boundaries already checked
 
 
 @lru_cache(maxsize=256)
