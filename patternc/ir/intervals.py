@@ -30,13 +30,15 @@ class Interval:
 
     def __add__(self, o):
         o = Interval.of(o)
-        return Interval(self.lo + o.lo, self.hi + o.hi, step=np.gcd(self.step, o.step))
+        step = self.step if o.step.ndim == 0 and o.step == 0 else np.gcd(self.step, o.step)  # + a constant
+        return Interval(self.lo + o.lo, self.hi + o.hi, step=step)
 
     __radd__ = __add__
 
     def __sub__(self, o):
         o = Interval.of(o)
-        return Interval(self.lo - o.hi, self.hi - o.lo, step=np.gcd(self.step, o.step))
+        step = self.step if o.step.ndim == 0 and o.step == 0 else np.gcd(self.step, o.step)  # - a constant
+        return Interval(self.lo - o.hi, self.hi - o.lo, step=step)
 
     def __rsub__(self, o):
         return Interval.of(o) - self
@@ -127,6 +129,10 @@ class Interval:
         `lo, lo + step, ..., <= hi` (step 1: every integer in range)?"""
         base, c = self.modulus
         lo, hi = base.lo, base.hi
+        in_range = (v >= 0) & (v < c)
+        if np.all(base.step <= 1):  # every integer of [lo, hi] (token order): the first hit is lo + (v - lo) % c
+            can_true = in_range & (lo + (v - lo) % c <= hi)
+            return Truth(can_true, ~in_range | (hi > lo) & (c > 1) | (lo % c != v))
         step = np.where(base.step == 0, c, base.step)  # a single value: any step that stays put
         v, lo, hi, step, c = np.broadcast_arrays(np.asarray(v, np.int64), lo, hi, step, np.asarray(c, np.int64))
         # the smallest lattice value x = lo + step*t (t >= 0) with x % c == v: solve step*t = v - lo (mod c)
@@ -141,7 +147,6 @@ class Interval:
                 inverse[other & (s == s_) & (modulus == m_)] = pow(int(s_), -1, int(m_))
         t = (v - lo) // g * inverse % modulus
         first = lo + step * t
-        in_range = (v >= 0) & (v < c)
         can_true = in_range & solvable & (first <= hi)
         # two lattice points differ mod c unless step is a multiple of c
         varies = (hi >= lo + step) & (step % c != 0)

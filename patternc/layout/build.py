@@ -28,18 +28,32 @@ from .residue import residue_order
 def candidate_tiles(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, order=None):
     """(query tile, key tile) pairs that may hold a visible element, as two sorted int64 arrays
     (tile indices in the layout's token order)."""
+    return _expand(*candidate_runs(node, ctx, M, N, bm, bn, order))
+
+
+def candidate_runs(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, order=None):
+    """The candidate tiles as runs: (query tile, first key tile, end key tile), sorted, merged."""
     n_qt, n_kt = -(-M // bm), -(-N // bn)
     q0 = np.arange(n_qt, dtype=np.int64) * bm
     q1 = np.minimum(q0 + bm, M)
     x, y = _band_set(node, ctx, q0, q1, N, order)
-    # key ranges -> key tile ranges, merged again (neighbouring ranges may share a tile), expanded
+    # key ranges -> key tile ranges, merged again (neighbouring ranges may share a tile)
     row = x // (N + 1)
     lo, hi = x - row * (N + 1), y - row * (N + 1)
     x, y = _merge(row * (n_kt + 1) + lo // bn, row * (n_kt + 1) - (-hi // bn))
-    counts = y - x
-    qt = np.repeat(x // (n_kt + 1), counts)
-    first = np.repeat(x - (x // (n_kt + 1)) * (n_kt + 1) - (np.cumsum(counts) - counts), counts)
-    return qt, first + np.arange(len(qt), dtype=np.int64)
+    row = x // (n_kt + 1)
+    return row, x - row * (n_kt + 1), y - row * (n_kt + 1)
+
+
+def _expand(row, lo, hi):
+    """Runs [lo, hi) of key tiles per query tile -> (query tile, key tile) per tile, in order."""
+    counts = hi - lo
+    ends = np.cumsum(counts)
+    kt = np.ones(int(ends[-1]) if len(ends) else 0, np.int64)  # +1 per tile, a jump at each run's start
+    nonempty = counts > 0
+    lo, hi, starts = lo[nonempty], hi[nonempty], (ends - counts)[nonempty]
+    kt[starts] = lo - np.append(0, hi[:-1] - 1)
+    return np.repeat(row, counts), np.cumsum(kt, out=kt)
 
 
 # Candidate keys as a set of ranges per query tile, in one flat sorted array: the range [lo, hi)
@@ -203,23 +217,68 @@ def _evaluate(node: Node, ctx: Context, owner, q_lo, q_hi, k_lo, k_hi, tokens, a
             notall[owner[part[~visible.all(1).numpy()]]] = True
 
 
+# candidate runs of at least RUN key tiles are classified whole first, and split in halves only
+# where they are not all full or all empty: dense regions cost O(log) instead of O(tiles). Tiles
+# are classified CHUNK at a time (smaller temporaries are much faster than fresh large ones).
+RUN, CHUNK = 8, 1 << 18
+
+
 def head_tiles(node: Node, head: int, M: int, N: int, bm: int, bn: int, grid, data, order=None):
     """(qt, kt, kind, refined) of one head: visited tiles with kind PARTIAL or FULL."""
     ctx = Context(M, N, head, grid, data)
     tokens = order.token_interval if order is not None else (lambda iv: iv)
-    qt, kt = candidate_tiles(node, ctx, M, N, bm, bn, order)
-    q = Interval(qt * bm, np.minimum(qt * bm + bm, M) - 1)
-    k = Interval(kt * bn, np.minimum(kt * bn + bn, N) - 1)
-    truth, undecided = classify(node, ctx, tokens(q), tokens(k), bm, bn)
-    visible, full = truth.can_true.copy(), ~truth.can_false
-    refined = int(undecided.sum())
-    if refined:
-        idx = np.nonzero(undecided)[0]
-        anyv, allv = settle(node, ctx, Interval(q.lo[idx], q.hi[idx]), Interval(k.lo[idx], k.hi[idx]), bm, bn, tokens)
-        visible[idx], full[idx] = anyv, allv
-    keep = visible
-    kind = np.where(full[keep], FULL, PARTIAL).astype(np.int8)
-    return qt[keep], kt[keep], kind, refined
+
+    def rectangles(row, lo, hi):  # query tile x key tiles [lo, hi), in layout positions
+        return Interval(row * bm, np.minimum(row * bm + bm, M) - 1), Interval(lo * bn, np.minimum(hi * bn, N) - 1)
+
+    def truth_of(row, lo, hi):
+        q, k = rectangles(row, lo, hi)
+        return classify(node, ctx, tokens(q), tokens(k), bm, bn)
+
+    row, lo, hi = candidate_runs(node, ctx, M, N, bm, bn, order)
+    if order is not None:  # a run of layout positions must stay inside one residue class
+        row, lo, hi = _split(row, lo, hi, order.class_len // bn)
+    decided, short = [], []  # runs decided whole: (row, lo, hi, kind); runs to classify tile by tile
+    while len(row):
+        long = hi - lo >= RUN
+        short.append((row[~long], lo[~long], hi[~long]))
+        row, lo, hi = row[long], lo[long], hi[long]
+        truth, undecided = truth_of(row, lo, hi)
+        full = ~undecided & ~truth.can_false
+        decided.append((row[full], lo[full], hi[full], np.full(int(full.sum()), FULL, np.int8)))
+        split = truth.can_true & ~full  # neither all full nor all empty: halves
+        row, lo, hi = row[split], lo[split], hi[split]
+        mid = (lo + hi) // 2
+        row, lo, hi = np.concatenate([row, row]), np.concatenate([lo, mid]), np.concatenate([mid, hi])
+    in_order = len(short) <= 1 and not any(len(r[0]) for r in decided)  # else the runs need sorting
+    qt, kt = _expand(*(np.concatenate(x) for x in zip(*short))) if short else (row, lo)
+    refined = 0
+    for start in range(0, len(qt), CHUNK):
+        q_c, k_c = qt[start:start + CHUNK], kt[start:start + CHUNK]
+        truth, undecided = truth_of(q_c, k_c, k_c + 1)
+        visible, full = truth.can_true.copy(), ~truth.can_false
+        if undecided.any():
+            idx = np.nonzero(undecided)[0]
+            visible[idx], full[idx] = settle(node, ctx, *rectangles(q_c[idx], k_c[idx], k_c[idx] + 1), bm, bn, tokens)
+            refined += len(idx)
+        decided.append((q_c[visible], k_c[visible], k_c[visible] + 1, np.where(full[visible], FULL, PARTIAL).astype(np.int8)))
+    row, lo, hi, kind = (np.concatenate(x) for x in zip(*decided)) if decided else (qt, kt, kt, kt.astype(np.int8))
+    if not in_order:
+        by_row = np.argsort(row * (-(-N // bn) + 1) + lo, kind="stable")  # timsort: merges the sorted pieces
+        row, lo, hi, kind = row[by_row], lo[by_row], hi[by_row], kind[by_row]
+    if (hi - lo == 1).all():
+        return row, lo, kind, refined
+    qt, kt = _expand(row, lo, hi)
+    return qt, kt, np.repeat(kind, hi - lo), refined
+
+
+def _split(row, lo, hi, period):
+    """Runs [lo, hi) cut at the multiples of `period`."""
+    first, last = lo // period, (hi - 1) // period
+    pieces = last - first + 1
+    cls = np.repeat(first, pieces) + np.arange(int(pieces.sum())) - np.repeat(np.cumsum(pieces) - pieces, pieces)
+    return (np.repeat(row, pieces), np.maximum(np.repeat(lo, pieces), cls * period),
+            np.minimum(np.repeat(hi, pieces), (cls + 1) * period))
 
 
 def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: int, block_n: int,

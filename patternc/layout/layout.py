@@ -13,10 +13,8 @@ def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int):
     """(counts [n_rows], indices [n_rows, width]) of the (row, col) pairs, sorted by row then col."""
     counts = np.bincount(rows, minlength=n_rows).astype(np.int32)
     width = max(int(counts.max(initial=0)), 1)
-    starts = np.cumsum(counts) - counts
     indices = np.zeros((n_rows, width), dtype=np.int32)
-    if len(rows):
-        indices[rows, np.arange(len(rows)) - starts[rows]] = cols
+    indices[np.arange(width, dtype=np.int32) < counts[:, None]] = cols  # row by row, in order
     return counts, indices
 
 

@@ -188,8 +188,8 @@ class Neighborhood(Primitive):
         """Tile classification, exact on any range of tokens: a range is the union of at most
         2 * ndim - 1 boxes of the grid (`_boxes`), and on a pair of boxes the window, a product
         over dimensions, holds somewhere (everywhere) iff it does in every dimension
-        (`_dimension_truth`). Tokens outside the grid see nothing; strided ranges (residue order)
-        get their bounding range."""
+        (`_box_truth`). Tokens outside the grid see nothing; strided ranges (residue order) get
+        their bounding range."""
         grid = self.grid(ctx)
         N = math.prod(grid)
         shape = np.broadcast(q.lo, k.lo).shape
@@ -197,19 +197,27 @@ class Neighborhood(Primitive):
         nonempty = (q_lo <= q_hi) & (k_lo <= k_hi)
         inside = (q_lo >= 0) & (q_hi < N) & (k_lo >= 0) & (k_hi < N)
         q_lo, k_lo, q_hi, k_hi = np.maximum(q_lo, 0), np.maximum(k_lo, 0), np.minimum(q_hi, N - 1), np.minimum(k_hi, N - 1)
-        (ql, qh), (kl, kh) = np.stack(_boxes(grid, q_lo, q_hi), -1), np.stack(_boxes(grid, k_lo, k_hi), -1)
-        # every pair of non-empty pieces, flattened: (tile, query piece, key piece)
-        tile, i, j = np.nonzero((ql <= qh)[:, :, None] & (kl <= kh)[:, None, :])
-        ql, qh, kl, kh = ql[tile, i], qh[tile, i], kl[tile, j], kh[tile, j]
+        some, every = np.zeros(len(q_lo), bool), np.zeros(len(q_lo), bool)
+        boxes = _is_box(grid, q_lo, q_hi) & _is_box(grid, k_lo, k_hi) & (q_lo <= q_hi) & (k_lo <= k_hi)
+        some[boxes], every[boxes] = self._box_truth(p, ctx, q_lo[boxes], q_hi[boxes], k_lo[boxes], k_hi[boxes])
+        rest = np.flatnonzero(~boxes)
+        if len(rest):  # every pair of non-empty pieces, flattened: (range pair, query piece, key piece)
+            (ql, qh), (kl, kh) = (np.stack(_boxes(grid, lo[rest], hi[rest]), -1) for lo, hi in ((q_lo, q_hi), (k_lo, k_hi)))
+            pair, i, j = np.nonzero((ql <= qh)[:, :, None] & (kl <= kh)[:, None, :])
+            s, e = self._box_truth(p, ctx, ql[pair, i], qh[pair, i], kl[pair, j], kh[pair, j])
+            some[rest] = np.bincount(pair[s], minlength=len(rest)) > 0
+            every[rest] = np.bincount(pair[~e], minlength=len(rest)) == 0
+        return Truth(some.reshape(shape), (nonempty & ~(every & inside)).reshape(shape))
+
+    def _box_truth(self, p, ctx, q_lo, q_hi, k_lo, k_hi):
+        """(some, every) visible over boxes of tokens [q_lo, q_hi] x [k_lo, k_hi]: in every dimension."""
+        grid = self.grid(ctx)
         some, every, inner = True, True, 1
         for d in reversed(range(len(grid))):
             L = grid[d]
-            s, e = self._dimension_truth(p, ctx, d, L, *_coordinate(ql, qh, inner, L), *_coordinate(kl, kh, inner, L))
+            s, e = self._dimension_truth(p, ctx, d, L, *_coordinate(q_lo, q_hi, inner, L), *_coordinate(k_lo, k_hi, inner, L))
             some, every, inner = some & s, every & e, inner * L
-        n = len(q_lo)
-        can_true = np.bincount(tile[some], minlength=n) > 0
-        can_false = nonempty & (~inside | (np.bincount(tile[~every], minlength=n) > 0))
-        return Truth(can_true.reshape(shape), can_false.reshape(shape))
+        return np.broadcast_to(some, q_lo.shape), np.broadcast_to(every, q_lo.shape)
 
     @classmethod
     def strategy(cls, grid=None):
@@ -310,6 +318,19 @@ def _coordinate(lo, hi, inner, length):
     a, b = lo // inner, hi // inner
     wrap = a // length != b // length
     return np.where(wrap, 0, a % length), np.where(wrap, length - 1, b % length)
+
+
+def _is_box(grid, lo, hi):
+    """Is each token range [lo, hi] a box of the row-major grid? It is when, at the first level
+    whose slices hold it whole, it is whole slices of the level below."""
+    end, below, size, box, placed = hi + 1, 1, 1, np.zeros(np.shape(lo), bool), np.zeros(np.shape(lo), bool)
+    for length in reversed(grid):
+        size *= length
+        here = ~placed & ((lo // size == hi // size) | (size == math.prod(grid)))
+        box |= here & (lo % below == 0) & (end % below == 0)
+        placed |= here
+        below = size
+    return box
 
 
 def _boxes(grid, lo, hi) -> list:

@@ -29,7 +29,7 @@ def lookup(table_for_head, h, Q, K, slot: int | None = None):
     the lookup is evaluated: traced, with the table an argument `slot`, it is `table(slot, h, Q, K)`)."""
     if isinstance(Q, Interval) or isinstance(K, Interval):
         head = int(Interval.of(h).lo.reshape(-1)[0])
-        return rectangle_truth(_prefix_sums(table_for_head(head)), Interval.of(Q), Interval.of(K))
+        return rectangle_truth(_table_sums(table_for_head(head)), Interval.of(Q), Interval.of(K))
     if isinstance(Q, Sym) or isinstance(K, Sym):
         if slot is None:
             raise NotImplementedError("a table lookup is traced only where the table is an argument (kernels)")
@@ -58,6 +58,25 @@ def rectangle_truth(sums: np.ndarray, rows: Interval, cols: Interval) -> Truth:
     count = sums[r1, c1] - sums[r0, c1] - sums[r1, c0] + sums[r0, c0]
     area = np.maximum(rows.hi + 1 - rows.lo, 0) * np.maximum(cols.hi + 1 - cols.lo, 0)
     return Truth(count > 0, count < area)
+
+
+# a layout classifies tiles against one table many times (chunks, refinement): the prefix sums of
+# the last tables, up to SUMS_BYTES of them, keyed by the table's memory (an entry holds its
+# table, which nothing mutates, so the memory can't be another table's while it is cached)
+_SUMS: dict = {}
+SUMS_BYTES = 1 << 28
+
+
+def _table_sums(table: np.ndarray) -> np.ndarray:
+    key = (table.__array_interface__["data"][0], table.shape, table.strides, table.dtype.str)
+    if key in _SUMS:
+        return _SUMS[key][1]
+    sums = _prefix_sums(table)
+    while _SUMS and sum(s.nbytes for _, s in _SUMS.values()) + sums.nbytes > SUMS_BYTES:
+        _SUMS.pop(next(iter(_SUMS)))
+    if sums.nbytes <= SUMS_BYTES:
+        _SUMS[key] = (table, sums)
+    return sums
 
 
 def _prefix_sums(table: np.ndarray) -> np.ndarray:
