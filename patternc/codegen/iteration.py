@@ -6,8 +6,9 @@ follow a `Sweep`: `ROWS` (a program per query tile, looping over key tiles: the 
 and dQ) or `COLUMNS` (a program per key tile, looping over query tiles through the
 transposed tables: dK/dV). The loop body is the kernel family's: `loops` takes it as a
 function of `masked` (partial tiles evaluate the predicate, full tiles don't). With `clip`,
-tiles at or past the end of the side looped over are skipped (packed documents: a layout line
-made for the packed length passes the end of a short document).
+tiles at or past the end of the side looped over are left out of the loops (packed documents: a
+layout line made for the packed length passes the end of a short document): runs end there, and
+table loops count their entries before it by bisection (`tiles_before`, entries ascend).
 """
 from __future__ import annotations
 
@@ -76,26 +77,28 @@ class Table:
         full_n, full_i, part_n, part_i = sweep.tables
         s, own, head = sweep.strides, sweep.own, routed.table_row
 
-        def body(masked: bool) -> list[str]:
+        def clipped(kind: str) -> list[str]:
             if not clip:
-                return indent(step(masked), 4)
-            return [f"    if {sweep.loop} < {sweep.length}:  # the {sweep.tile}s of a line may pass a document's end",
-                    *indent(step(masked), 8)]
+                return []
+            return [f"# the {sweep.tile}s of a line may pass a document's end: keep those before it",
+                    f"n_{kind} = tiles_before({kind}_{sweep.line}, n_{kind}, {sweep.length}, {sweep.block})"]
 
         return [f"# full tiles: {FULL_WHY}",
                 f"n_full = tl.load({full_n} + {head} * {s[0]} + {own})",
                 f"full_{sweep.line} = {full_i} + {head} * {s[1]} + {own} * {s[2]}",
+                *clipped("full"),
                 "for i in range(0, n_full):",
                 "    " + tile_start(sweep, f"tl.load(full_{sweep.line} + i)"),
-                *body(False),
+                *indent(step(False), 4),
                 "",
                 f"# partial tiles: {PARTIAL_WHY}",
                 f"n_partial = tl.load({part_n} + {head} * {s[3]} + {own})",
                 f"partial_{sweep.line} = {part_i} + {head} * {s[4]} + {own} * {s[5]}",
+                *clipped("partial"),
                 *routed.partial_setup(sweep),
                 "for i in range(0, n_partial):",
                 *indent(routed.decode(sweep, f"partial_{sweep.line} + i"), 4),
-                *body(True),
+                *indent(step(True), 4),
                 ""]
 
 

@@ -24,6 +24,21 @@ KV_HEADS = ["off_kz = tl.program_id(0)", "off_z = off_kz // (H // GROUP)", "off_
 
 DOCUMENT_TILES = '''
 
+
+@triton.jit
+def tiles_before(entries, n, end, BLOCK: tl.constexpr):
+    """How many of the n ascending tile indices at `entries` start before token `end`
+    (bisection: 24 steps cover any table)."""
+    lo = n * 0
+    hi = n
+    for _ in tl.static_range(24):
+        active = lo < hi
+        mid = (lo + hi) // 2
+        below = tl.load(entries + mid, mask=active, other=0) * BLOCK < end
+        lo = tl.where(active & below, mid + 1, lo)
+        hi = tl.where(active & ~below, mid, hi)
+    return lo
+
 _DOCUMENT_TILES = {}  # (id(documents), its version, id(layout), side) -> (weakref, table)
 
 
