@@ -15,6 +15,8 @@ Cost: O(candidate tiles) plus, per undecided tile, work along its undecided boun
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ..errors import PatternError
@@ -143,6 +145,10 @@ def _distance_truth(node: Node, ctx: Context, q: Interval, k: Interval) -> Truth
     modulus r in residue order, where tiles are tokens c + r*i), so the rule is evaluated once per
     d over the range the tiles span and counted with prefix sums along each class mod g. None
     where tiles mix steps (then the operands are classified one by one)."""
+    if np.ndim(ctx.h):  # one head per tile: the table is the same for all of them, or not used
+        if depends_on_head(node):
+            return None
+        ctx = dataclasses.replace(ctx, h=int(np.ravel(ctx.h)[0]) if np.size(ctx.h) else 0)
     shape = np.broadcast(q.lo, k.lo).shape
     steps = np.concatenate([np.ravel(q.step), np.ravel(k.step)])
     g = max(int(steps.max(initial=0)), 1)
@@ -170,7 +176,8 @@ def settle(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: int,
     """Exact (any visible, all visible) for tiles whose classification was undecided, by
     splitting them into quadrants and classifying those, recursively, until every piece is
     decided; pieces of at most LEAF elements are evaluated element by element. A tile stops as
-    soon as it is known to be partial. Work grows with the undecided boundary, not the area."""
+    soon as it is known to be partial. Work grows with the undecided boundary, not the area.
+    `ctx.h` may hold one head per tile."""
     n = len(q.lo)
     anyv, notall = np.zeros(n, bool), np.zeros(n, bool)
     owner = np.arange(n)
@@ -178,7 +185,8 @@ def settle(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: int,
     while len(owner):
         small = (q_hi - q_lo + 1) * (k_hi - k_lo + 1) <= LEAF
         if small.any():
-            _evaluate(node, ctx, owner[small], q_lo[small], q_hi[small], k_lo[small], k_hi[small], tokens, anyv, notall)
+            _evaluate(node, _heads_of(ctx, owner[small]), owner[small], q_lo[small], q_hi[small], k_lo[small],
+                      k_hi[small], tokens, anyv, notall)
             owner, q_lo, q_hi, k_lo, k_hi = owner[~small], q_lo[~small], q_hi[~small], k_lo[~small], k_hi[~small]
         q_mid = (q_lo + q_hi) // 2
         k_mid = (k_lo + k_hi) // 2
@@ -189,7 +197,8 @@ def settle(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: int,
                 keep = qkeep & kkeep
                 parts.append((owner[keep], qa[keep], qb[keep], ka[keep], kb[keep]))
         owner, q_lo, q_hi, k_lo, k_hi = (np.concatenate(x) for x in zip(*parts))
-        truth, undecided = classify(node, ctx, tokens(Interval(q_lo, q_hi)), tokens(Interval(k_lo, k_hi)), bm, bn)
+        truth, undecided = classify(node, _heads_of(ctx, owner), tokens(Interval(q_lo, q_hi)),
+                                    tokens(Interval(k_lo, k_hi)), bm, bn)
         decided = ~undecided
         anyv[owner[decided & truth.can_true]] = True
         notall[owner[decided & truth.can_false]] = True
@@ -197,6 +206,11 @@ def settle(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: int,
         keep = undecided & ~(anyv[owner] & notall[owner])
         owner, q_lo, q_hi, k_lo, k_hi = owner[keep], q_lo[keep], q_hi[keep], k_lo[keep], k_hi[keep]
     return anyv, ~notall
+
+
+def _heads_of(ctx: Context, owner) -> Context:
+    """The context of pieces of tiles `owner`: its head per tile where it has one per tile."""
+    return ctx if np.ndim(ctx.h) == 0 else dataclasses.replace(ctx, h=ctx.h[owner])
 
 
 def _evaluate(node: Node, ctx: Context, owner, q_lo, q_hi, k_lo, k_hi, tokens, anyv, notall):
@@ -211,7 +225,8 @@ def _evaluate(node: Node, ctx: Context, owner, q_lo, q_hi, k_lo, k_hi, tokens, a
         for part in np.array_split(same, -(-len(same) * h * w // BATCH)):
             rows = torch.from_numpy(tokens(Interval(q_lo[part, None] + np.arange(h))).lo)
             keys = torch.from_numpy(tokens(Interval(k_lo[part, None] + np.arange(w))).lo)
-            visible = torch.as_tensor(node.visible(ctx, rows[:, :, None], keys[:, None, :]))
+            at = ctx if np.ndim(ctx.h) == 0 else dataclasses.replace(ctx, h=torch.from_numpy(ctx.h[part, None, None]))
+            visible = torch.as_tensor(node.visible(at, rows[:, :, None], keys[:, None, :]))
             visible = visible.expand(len(part), h, w).reshape(len(part), h * w)
             anyv[owner[part[visible.any(1).numpy()]]] = True
             notall[owner[part[~visible.all(1).numpy()]]] = True
@@ -225,17 +240,32 @@ RUN, CHUNK = 8, 1 << 18
 
 def head_tiles(node: Node, head: int, M: int, N: int, bm: int, bn: int, grid, data, order=None):
     """(qt, kt, kind, refined) of one head: visited tiles with kind PARTIAL or FULL."""
-    ctx = Context(M, N, head, grid, data)
+    (tiles,), refined = heads_tiles(node, [head], M, N, bm, bn, grid, data, order)
+    return (*tiles, refined)
+
+
+def heads_tiles(node: Node, heads, M: int, N: int, bm: int, bn: int, grid, data, order=None):
+    """([(qt, kt, kind)] per head, refined) of several heads at once: a row is a (head, query
+    tile) pair and the context's head follows the rows, so each step is one batch for all heads
+    (rules that look up per-head tables take one head at a time)."""
+    n_qt, n_kt = -(-M // bm), -(-N // bn)
+    heads = np.asarray(list(heads), dtype=np.int64)
+    one = Context(M, N, int(heads[0]), grid, data)
     tokens = order.token_interval if order is not None else (lambda iv: iv)
 
+    def at(row):  # the context of these rows: their heads
+        return one if len(heads) == 1 else dataclasses.replace(one, h=heads[row // n_qt])
+
     def rectangles(row, lo, hi):  # query tile x key tiles [lo, hi), in layout positions
-        return Interval(row * bm, np.minimum(row * bm + bm, M) - 1), Interval(lo * bn, np.minimum(hi * bn, N) - 1)
+        qt = row % n_qt
+        return Interval(qt * bm, np.minimum(qt * bm + bm, M) - 1), Interval(lo * bn, np.minimum(hi * bn, N) - 1)
 
     def truth_of(row, lo, hi):
         q, k = rectangles(row, lo, hi)
-        return classify(node, ctx, tokens(q), tokens(k), bm, bn)
+        return classify(node, at(row), tokens(q), tokens(k), bm, bn)
 
-    row, lo, hi = candidate_runs(node, ctx, M, N, bm, bn, order)
+    runs = [candidate_runs(node, dataclasses.replace(one, h=int(h)), M, N, bm, bn, order) for h in heads]
+    row, lo, hi = (np.concatenate(x) for x in zip(*((r + i * n_qt, a, b) for i, (r, a, b) in enumerate(runs))))
     if order is not None:  # a run of layout positions must stay inside one residue class
         row, lo, hi = _split(row, lo, hi, order.class_len // bn)
     decided, short = [], []  # runs decided whole: (row, lo, hi, kind); runs to classify tile by tile
@@ -248,28 +278,55 @@ def head_tiles(node: Node, head: int, M: int, N: int, bm: int, bn: int, grid, da
         decided.append((row[full], lo[full], hi[full], np.full(int(full.sum()), FULL, np.int8)))
         split = truth.can_true & ~full  # neither all full nor all empty: halves
         row, lo, hi = row[split], lo[split], hi[split]
+        if order is None:  # runs whose tiles all classify alike: their first tile decides
+            alike = _alike(node, at(row), *rectangles(row, lo, hi), bn) & (hi * bn <= N)  # whole tiles
+            r, a = row[alike], lo[alike]
+            decided.append(_decide(node, at(r), r, a, hi[alike], *rectangles(r, a, a + 1), bm, bn, tokens))
+            row, lo, hi = row[~alike], lo[~alike], hi[~alike]
         mid = (lo + hi) // 2
         row, lo, hi = np.concatenate([row, row]), np.concatenate([lo, mid]), np.concatenate([mid, hi])
     in_order = len(short) <= 1 and not any(len(r[0]) for r in decided)  # else the runs need sorting
     qt, kt = _expand(*(np.concatenate(x) for x in zip(*short))) if short else (row, lo)
     refined = 0
     for start in range(0, len(qt), CHUNK):
-        q_c, k_c = qt[start:start + CHUNK], kt[start:start + CHUNK]
-        truth, undecided = truth_of(q_c, k_c, k_c + 1)
-        visible, full = truth.can_true.copy(), ~truth.can_false
-        if undecided.any():
-            idx = np.nonzero(undecided)[0]
-            visible[idx], full[idx] = settle(node, ctx, *rectangles(q_c[idx], k_c[idx], k_c[idx] + 1), bm, bn, tokens)
-            refined += len(idx)
-        decided.append((q_c[visible], k_c[visible], k_c[visible] + 1, np.where(full[visible], FULL, PARTIAL).astype(np.int8)))
-    row, lo, hi, kind = (np.concatenate(x) for x in zip(*decided)) if decided else (qt, kt, kt, kt.astype(np.int8))
+        r, k = qt[start:start + CHUNK], kt[start:start + CHUNK]
+        decided.append(_decide(node, at(r), r, k, k + 1, *rectangles(r, k, k + 1), bm, bn, tokens))
+        refined += decided[-1][4]
+    row, lo, hi, kind = (np.concatenate(x) for x in zip(*(d[:4] for d in decided))) if decided else (qt, kt, kt, kt.astype(np.int8))
     if not in_order:
-        by_row = np.argsort(row * (-(-N // bn) + 1) + lo, kind="stable")  # timsort: merges the sorted pieces
+        by_row = np.argsort(row * (n_kt + 1) + lo, kind="stable")  # timsort: merges the sorted pieces
         row, lo, hi, kind = row[by_row], lo[by_row], hi[by_row], kind[by_row]
-    if (hi - lo == 1).all():
-        return row, lo, kind, refined
-    qt, kt = _expand(row, lo, hi)
-    return qt, kt, np.repeat(kind, hi - lo), refined
+    bounds, out = np.searchsorted(row, np.arange(len(heads) + 1) * n_qt), []
+    for first, last in zip(bounds[:-1], bounds[1:]):
+        r, a, b, c = row[first:last] % n_qt, lo[first:last], hi[first:last], kind[first:last]
+        out.append((r, a, c) if (b - a == 1).all() else (*_expand(r, a, b), np.repeat(c, b - a)))
+    return out, refined
+
+
+def _alike(node: Node, ctx: Context, q: Interval, k: Interval, bn: int):
+    """Runs (a query tile x key tiles q x k) whose tiles all have one classification: each
+    primitive is empty or full on the whole run, or reads only `k % P` for a P dividing the tile
+    width (`Primitive.key_period`). Then every tile's visible set is the first one's, shifted."""
+    if isinstance(node, Primitive):
+        period = node.key_period(ctx)
+        if period is not None and bn % period == 0:
+            return np.ones(np.shape(q.lo), bool)
+        t = Truth.of(node.visible(ctx, q, k))
+        return np.broadcast_to(~(t.can_true & t.can_false), np.shape(q.lo))
+    return _alike(node.a, ctx, q, k, bn) & _alike(node.b, ctx, q, k, bn)
+
+
+def _decide(node: Node, ctx: Context, row, lo, hi, q: Interval, k: Interval, bm: int, bn: int, tokens):
+    """(row, lo, hi, kind, refined) of the visible ones among runs whose tiles all classify like
+    the tile q x k (in layout positions): classified, settled where undecided."""
+    truth, undecided = classify(node, ctx, tokens(q), tokens(k), bm, bn)
+    visible, full = truth.can_true.copy(), ~truth.can_false
+    idx = np.nonzero(undecided)[0]
+    if len(idx):
+        at = ctx if np.ndim(ctx.h) == 0 else dataclasses.replace(ctx, h=ctx.h[idx])
+        visible[idx], full[idx] = settle(node, at, Interval(q.lo[idx], q.hi[idx]), Interval(k.lo[idx], k.hi[idx]),
+                                         bm, bn, tokens)
+    return row[visible], lo[visible], hi[visible], np.where(full[visible], FULL, PARTIAL).astype(np.int8), len(idx)
 
 
 def _split(row, lo, hi, period):
@@ -307,14 +364,19 @@ def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: i
     for s in sections:
         node = s.expr
         sdata = dict(data, causal=under_causal(node))
-        shared = not depends_on_head(node)
-        for h in range(s.lo, s.hi + 1):
-            if shared and h > s.lo:
-                per_head[h] = per_head[s.lo]
-                continue
-            qt, kt, kind, r = head_tiles(node, h, M, N, block_m, block_n, grid, sdata, residue)
-            per_head[h] = (qt, kt, kind)
-            refined += r
+        heads = list(range(s.lo, s.hi + 1))
+        if not depends_on_head(node):  # one tiling for all heads
+            tiles, r = heads_tiles(node, heads[:1], M, N, block_m, block_n, grid, sdata, residue)
+            tiles *= len(heads)
+        elif any(n.per_head_tables for n in node.walk() if isinstance(n, Primitive)):  # a head at a time
+            tiles, r = [], 0
+            for h in heads:
+                (t,), rh = heads_tiles(node, [h], M, N, block_m, block_n, grid, sdata, residue)
+                tiles, r = tiles + [t], r + rh
+        else:  # the rule reads h in its arithmetic: all heads in one batch
+            tiles, r = heads_tiles(node, heads, M, N, block_m, block_n, grid, sdata, residue)
+        per_head[s.lo: s.hi + 1] = tiles
+        refined += r
     return Layout.from_tiles(per_head, M, N, block_m, block_n, pattern=pattern, refined_tiles=refined,
                              device=device, permutation=residue, data=data)
 

@@ -29,11 +29,11 @@ def _stack(per_head, build, device):
     built = {key: build(t) for key, t in unique.items()}
     parts = list(zip(*(built[id(t)] for t in per_head)))
     out = []
-    for arrays in parts:
-        width = max(a.shape[-1] for a in arrays) if arrays[0].ndim == 2 else None
-        if width is not None:
-            arrays = [np.pad(a, ((0, 0), (0, width - a.shape[-1]))) for a in arrays]
-        out.append(torch.as_tensor(np.stack(arrays), device=device))
+    for arrays in parts:  # one array per head, index rows padded with zeros to the widest
+        stacked = np.zeros((len(arrays), *np.max([a.shape for a in arrays], axis=0)), arrays[0].dtype)
+        for h, a in enumerate(arrays):
+            stacked[(h, *map(slice, a.shape))] = a
+        out.append(torch.as_tensor(stacked, device=device))
     return out
 
 

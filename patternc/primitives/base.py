@@ -204,6 +204,12 @@ class Primitive(Node):
         classified exactly from a table over d (layout/build.py)."""
         return False
 
+    def key_period(self, ctx: Context) -> int | None:
+        """A period P such that the rule reads the key only through `k % P` and nothing of the
+        query (`columns`): key tiles whose width P divides then all hold the same pattern, so a
+        row of them classifies alike (layout/build.py). None: no such period."""
+        return None
+
     def exact_tiles(self, ctx: Context, block_m: int, block_n: int) -> bool:
         """Is the interval rule tight on these tiles, so that a tile it calls partial really is?"""
         return True

@@ -54,6 +54,12 @@ class Columns(Primitive):
     def rule(self, p, ctx, q, k):
         return k % p.period == p.phase
 
+    def key_period(self, ctx):
+        p = self.params(ctx)
+        if np.ndim(p.period):
+            return None  # a period per head
+        return int(p.period) * (1 if p.block is None else int(p.block))  # reads k // block % period
+
     def rule_band(self, p, ctx, q0, q1):
         # one key interval per visible column; a plain band when there are too many to list
         starts = np.arange(int(p.phase), int(ctx.N), int(p.period))
