@@ -6,7 +6,9 @@
 #
 # Each part can be switched off to split a session over several calls: TESTS=0 (the GPU tests),
 # CALIBRATE=0 (`patternc calibrate`), FORWARD=0 (benchmarks/attention.py), BACKWARD=0
-# (benchmarks/backward.py), TRAIN=0 (examples/train_tiny.py, patternc eager, compiled and compiled with CUDA graphs vs dense).
+# (benchmarks/backward.py), DOCS=0 (benchmarks/documents.py), OVERHEAD=0 (benchmarks/overhead.py),
+# SELECTION=0 (benchmarks/routed_selection.py), BENCH=0 (benchmarks/bench_cli_gpu.sh), TRAIN=0
+# (examples/train_tiny.py, patternc eager, compiled and compiled with CUDA graphs vs dense).
 #
 # OUT gets card.txt (card, driver, torch, triton), gpu_tests.txt, profile.json and calibrate.txt,
 # log.txt and bench/ (forward), bwd_log.txt and bwd/ (forward+backward), train_*.json and
@@ -37,6 +39,19 @@ if [ "${FORWARD:-1}" != 0 ]; then
 fi
 if [ "${BACKWARD:-1}" != 0 ]; then
     python3 benchmarks/backward.py --out "$out/bwd" "${patterns[@]}" 2>&1 | tee "$out/bwd_log.txt" | grep -v "^  "
+fi
+if [ "${DOCS:-1}" != 0 ]; then
+    python3 benchmarks/documents.py --out "$out/documents" 2>&1 | tee "$out/documents_log.txt" | tail -6
+fi
+if [ "${OVERHEAD:-1}" != 0 ]; then
+    python3 benchmarks/overhead.py --out "$out/overhead" 2>&1 | tee "$out/overhead_log.txt" | tail -12
+fi
+if [ "${SELECTION:-1}" != 0 ]; then
+    python3 benchmarks/routed_selection.py --out "$out/selection" 2>&1 | tee "$out/selection_log.txt" | tail -12
+fi
+if [ "${BENCH:-1}" != 0 ]; then
+    benchmarks/bench_cli_gpu.sh "$out/bench_cli" >"$out/bench_cli_log.txt" 2>&1
+    tail -20 "$out/bench_cli_log.txt"
 fi
 if [ "${TRAIN:-1}" != 0 ]; then
     for mode in patternc compiled graphs dense; do
