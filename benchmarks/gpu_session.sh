@@ -27,7 +27,8 @@ export PATTERNC_CACHE_DIR=${PATTERNC_CACHE_DIR:-/tmp/patternc-cache} PYTHONUNBUF
     python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 } | tee "$out/card.txt"
 if [ "${TESTS:-1}" != 0 ]; then
-    python3 -m pytest -q -m gpu -p no:cacheprovider tests/ 2>&1 | tee "$out/gpu_tests.txt" | tail -3
+    # default configs: autotuning every new shape of every test would compile every candidate
+    PATTERNC_AUTOTUNE=0 python3 -m pytest -q -m gpu -p no:cacheprovider tests/ 2>&1 | tee "$out/gpu_tests.txt" | tail -3
 fi
 if [ "${CALIBRATE:-1}" != 0 ]; then
     { time python3 -m patternc calibrate --output "$out/profile.json"; } 2>&1 | tee "$out/calibrate.txt" | tail -25

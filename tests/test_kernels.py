@@ -195,6 +195,7 @@ def test_gpu_head_dims_and_fp32(D):
 @gpu
 def test_gpu_autotuned_public_api(tmp_path, monkeypatch):
     monkeypatch.setenv("PATTERNC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("PATTERNC_AUTOTUNE", "1")  # GPU test runs switch it off elsewhere
     q, k, v = (torch.randn(1, 4, 2048, 128, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     for text in ("causal & window(256, dilation=4)", "causal & window(512)", "grid(32, 64)\nneighborhood((7, 7))"):
         out = patternc.attention(q, k, v, text)

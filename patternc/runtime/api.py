@@ -23,7 +23,7 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
     `selection [B, H, nQ, nK]` holds the chosen blocks).
 
     The first call for a problem shape autotunes the kernel config on this device (cached on
-    disk); `config` overrides it: `{"block_m", "block_n", "num_warps", "num_stages"}`, and
+    disk; `PATTERNC_AUTOTUNE=0` takes the default config instead); `config` overrides it: `{"block_m", "block_n", "num_warps", "num_stages"}`, and
     `"iteration"`: "runs" loops over ranges of key tiles where every row has few runs (the
     default, "auto"), "table" always reads index tables; `"memory"`: "pointers" (default) or
     "tma" (Hopper tensor descriptors); `"order"`: "auto" (residue order for dilated/strided

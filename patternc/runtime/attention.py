@@ -260,7 +260,7 @@ def backward(do, q, k, v, out, lse, dlse, pattern, scale, config, documents=None
     N = k.shape[2]
     device_tag = _device_tag(q.device)
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if config is None and not interpret:
+    if config is None and _autotunes(interpret):
         from . import autotune
 
         def run(cfg):
@@ -288,7 +288,7 @@ def _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale, documents=
 def _config(q, k, v, pattern, scale, config, device_tag, documents=None) -> dict:
     """The kernel config: defaults, the autotuned choice (GPU) and the caller's overrides."""
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
-    if config is None and not interpret:
+    if config is None and _autotunes(interpret):
         config = _tuned_config(q, k, v, pattern, scale, device_tag, documents)
     return dict(default_config(q.shape[3], q.dtype, interpret), **(config or {}))
 
@@ -360,6 +360,13 @@ def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag, backward=False, do
                      layout.permutation.modulus if layout.permutation is not None else None, device_tag,
                      backward=backward, documents=documents)
     return module, layout
+
+
+def _autotunes(interpret: bool) -> bool:
+    """Whether a config left to patternc is searched for (on the GPU, unless PATTERNC_AUTOTUNE=0,
+    e.g. for test runs, where every new shape would otherwise compile every candidate) or the
+    default one is taken (the interpreter)."""
+    return not interpret and os.environ.get("PATTERNC_AUTOTUNE", "1") != "0"
 
 
 def _tuned_config(q, k, v, pattern, scale, device_tag, documents=None) -> dict:
