@@ -198,11 +198,14 @@ def test_routed_block(interpret):
         run(module, forward_only, q, k, v, do)
 
 
-def test_routed_token_has_no_backward_yet():
+def test_routed_token_backward_reads_each_rows_choice():
+    """query=token: the dK/dV kernel reads the choice words of the query rows it loops over (its
+    gradients are checked through the op in test_training.py)."""
     spec = make_spec(patternc.compile("causal & topk(2, block=16, query=token)"), heads=1, M=64, N=64, head_dim=16,
                      **SMALL, routed="token")
-    with pytest.raises(ValueError, match="routed backward: topk.query=token. has no dK/dV kernel"):
-        module_source(spec, backward=True)
+    source = module_source(spec, backward=True)
+    dkdv = source[source.index("def attention_bwd_dkdv"):source.index("def dq_step")]
+    assert "choice_column + rows * stride_cwm" in dkdv and "[None, :]" in dkdv
     assert "def launch_backward" not in module_source(spec)
 
 

@@ -59,6 +59,8 @@ VARIANTS = {
     "documents_runs": ("causal & (window(1024) | sink(4))", 4, 8192, 8192, TILES, {"runs": (1, 2), "documents": True},
                        ""),
     "documents_table_backward": ("window(512) | blocked(256)", 4, 8192, 8192, SMALL_TILES, {"documents": True}, ""),
+    "topk_token_table_backward": ("causal & topk(4, block=128, query=token)", 4, 2048, 2048, TILES, {"routed": "token"},
+                                  ""),
     "bigbird_tables_backward": ("window(3, block=64) | global(0..1, block=64) | random(3, block=64)", 4, 4096, 4096,
                                 TILES, {}, ""),
 }

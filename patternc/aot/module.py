@@ -152,13 +152,6 @@ def _backward_layout(layout):
     """The dK/dV kernel's transposed tables too, from the forward's choice."""
     return _types.SimpleNamespace(**vars(layout), **transposed(
         layout.full_kv_num_blocks, layout.full_kv_indices, layout.kv_num_blocks, layout.kv_indices, layout.key_tiles))
-{no_backward}'''
-
-NO_BACKWARD = '''
-
-def launch_backward(*args, **kwargs):
-    raise NotImplementedError("the backward of topk(query=token) is not built yet: each query row chooses its own "
-                              "key blocks, which the dK/dV kernel's per-key-tile tables can't carry")
 '''
 
 
@@ -172,7 +165,7 @@ def tail_source(name: str, M: int, N: int, H: int, dtype: str, data: dict, routi
         return TAIL.format(name=name, M=M, N=N, H=H, dtype=dtype, tables=tables, routed_note="", plan_doc="",
                            layout_functions=STATIC)
     options = "".join(f"\n    {key!r}: {value!r}," for key, value in routing.items())
-    functions = ROUTED.format(routing=f"{{{options}\n}}", no_backward="" if routing["query"] == "block" else NO_BACKWARD)
+    functions = ROUTED.format(routing=f"{{{options}\n}}")
     note = ("\n# A routed pattern: the routing kernels and `route` above (patternc's, as they are) choose the\n"
             "# key blocks from q and k on every call and write the index tables from the plan's.")
     return "\n\n\n" + routing_source() + TAIL.format(name=name, M=M, N=N, H=H, dtype=dtype, tables=tables,

@@ -34,7 +34,7 @@ def routed_parts(pattern, M: int, N: int, heads: int | None, head_dim: int, cfg:
     summary = (f"routed: {plan.topk} chooses key blocks from q and k on every call (the routing kernels\n"
                f"below); its plan holds {int(plan.cand_kt.shape[-1])} candidate tiles per head, index tables "
                f"{plan.width} wide. With every key block chosen:\n" + summary_text(chosen))
-    kernel = module_source(spec, summary=summary, backward=plan.query == "block")
+    kernel = module_source(spec, summary=summary, backward=True)
     data = {name: getattr(plan, name) for name in PLAN}
     data["block_tables()"] = plan.tables
     routing = dict(block=plan.block, count=plan.count, threshold=plan.threshold, shared=plan.shared,

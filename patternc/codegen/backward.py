@@ -16,7 +16,8 @@ Three kernels, appended to the forward's module (which holds `visible()`, the co
 p is recomputed from the forward's LSE: p = exp2(q k^T * qk_scale - lse2), lse2 = LSE * log2(e),
 +inf for rows that see no key so that their p is exactly 0 (never -inf times anything).
 Memory (`Pointers` | `Tma`), token order and routing come from the same emitters as the
-forward's; routed patterns with per-token choices (`query=token`) have no dK/dV kernel yet.
+forward's; with per-token routing (`query=token`) the dK/dV kernel reads each query row's choice of its
+own key block from the choice words.
 """
 from __future__ import annotations
 
@@ -298,9 +299,6 @@ def backward_source(spec: KernelSpec) -> str:
     """The backward family for `spec`, to append to its forward module: the kernels and
     `launch_backward()`. Raises ValueError for routing with per-token choices (no dK/dV yet)."""
     memory, iteration, order, routed, tables, program = emitters(spec)
-    if spec.routed == "token":
-        raise ValueError("routed backward: topk(query=token) has no dK/dV kernel yet (each query row chooses its "
-                         "own key blocks, which the transposed tables can't carry); use query=block")
     rows, rows_params = _rows_kernel()
     dkdv, dkdv_params = _dkdv_kernel(memory, order, routed, tables, program)
     dq, dq_params = _dq_kernel(memory, iteration, order, routed, tables, program)

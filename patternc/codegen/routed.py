@@ -57,17 +57,24 @@ class ByToken(ByBlock):
                  Arg("stride_cwm", "layout.choice_words.stride(1)"), Arg("route_block", "layout.block")]]
 
     def partial_setup(self, sweep: Sweep) -> list[str]:
-        if sweep.own_letter != "m":
-            raise NotImplementedError("per-token routing reads the choices of the program's own query rows: "
-                                      "it needs a sweep over rows")
-        return ["choice_rows = choice_words + off_hz * stride_cwh + offs_m * stride_cwm"]
+        if sweep.own_letter == "m":  # the program's own query rows, over the key blocks it loops
+            return ["choice_rows = choice_words + off_hz * stride_cwh + offs_m * stride_cwm"]
+        # the program's own key block (dK/dV), over the query rows it loops
+        return ["key_block = start_n * BLOCK_N // route_block  # this program's key tile lies in one routing block",
+                "choice_column = choice_words + off_hz * stride_cwh + key_block // 32"]
 
     def decode(self, sweep: Sweep, entry: str) -> list[str]:
+        if sweep.own_letter == "m":
+            return Static.decode(self, sweep, entry) + [
+                "# each query row's own topk choice of this key block: one bit of its words",
+                f"key_block = {sweep.loop} // route_block",
+                "words = tl.load(choice_rows + key_block // 32, mask=offs_m < Q_LEN, other=0)",
+                "selected = ((words >> (key_block % 32)) & 1)[:, None]"]
         return Static.decode(self, sweep, entry) + [
-            "# each query row's own topk choice of this key block: one bit of its words",
-            f"key_block = {sweep.loop} // route_block",
-            "words = tl.load(choice_rows + key_block // 32, mask=offs_m < Q_LEN, other=0)",
-            "selected = ((words >> (key_block % 32)) & 1)[:, None]"]
+            "# each query row's own topk choice of this program's key block: one bit of its words",
+            f"rows = {sweep.loop} + tl.arange(0, BLOCK_M)",
+            "words = tl.load(choice_column + rows * stride_cwm, mask=rows < Q_LEN, other=0)",
+            "selected = ((words >> (key_block % 32)) & 1)[None, :]  # transposed, as the dK/dV tiles"]
 
 
 MODES = {"": Static(), "block": ByBlock(), "token": ByToken()}

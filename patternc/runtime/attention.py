@@ -9,7 +9,6 @@ from functools import lru_cache
 from ..errors import PatternError
 from ..ir.pattern import Pattern
 from ..layout.cache import cached_layout
-from ..layout.routed import routed_node
 from .routed import RoutedPlan
 
 SUPPORTED_HEAD_DIMS = (16, 32, 64, 128, 256)
@@ -252,10 +251,6 @@ def backward(do, q, k, v, out, lse, dlse, pattern, scale, config, documents=None
     user_pattern, pattern = pattern, as_pattern(pattern)
     if q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         return reference_backward(do, q, k, v, out, lse, dlse, pattern, scale, documents)
-    if pattern.is_routed and routed_node(pattern).query == "token":
-        raise PatternError("the backward of topk(query=token) is not built yet: each query row chooses its own "
-                           "key blocks, which the dK/dV kernel's per-key-tile tables can't carry", pattern.span,
-                           "train with query=block (MoBA's block routing), or run query=token under torch.no_grad()")
     B, H, M, D = q.shape
     N = k.shape[2]
     device_tag = _device_tag(q.device)
