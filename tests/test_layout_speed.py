@@ -9,6 +9,7 @@ Each path is checked where it differs from the plain interval classification:
   over d, in token order and on the strided token sets of residue order;
 - `settle` (splitting, element-wise evaluation of small pieces, stopping at the first proof that
   a tile is partial) on compositions the interval rules leave undecided;
+- heads whose rule reads h built in one batch, and runs of key tiles decided by their first tile;
 - the transposed tables, built on first read, against a stable re-sort of the tiles;
 - memory: layouts that used to build an L x L table or an N-wide candidate list stay small.
 
@@ -175,6 +176,23 @@ def test_hard_compositions_match_the_mask(text, M, N, tiles):
         layout = pattern.layout(M, N, heads=2, block_m=tiles[0], block_n=tiles[1], order=order)
         got = check_block_map(layout, mask, f"{text!r} M={M} N={N} tiles {tiles} order={order}")
         check_csr(layout, got, text)
+
+
+@pytest.mark.parametrize("text", [
+    "causal & (window(5 + h) | strided(3))",  # a table over d per head: not shared by the batch
+    "window(3 + h % 2, 2) | columns(5, phase=h % 5, block=4)",
+    "causal & (window(40) | columns(4, phase=h % 4, block=8))",  # runs decided by their first tile
+    "(columns(8, phase=h % 8) | sink(2 + h)) - window(h, 0)",
+    "columns(3 + h, phase=h) & causal",  # a period per head
+])
+@pytest.mark.parametrize("M,N,tiles", [(200, 200, (32, 32)), (256, 256, (16, 64)), (150, 230, (32, 16))])
+def test_heads_in_one_batch_match_the_mask(text, M, N, tiles):
+    """Heads whose rule reads h are built in one batch, runs of key tiles alike by their first tile."""
+    pattern = patternc.compile(text)
+    mask = pattern.mask(M, N, 5).numpy()
+    layout = pattern.layout(M, N, heads=5, block_m=tiles[0], block_n=tiles[1])
+    got = check_block_map(layout, mask, f"{text!r} M={M} N={N} tiles {tiles}")
+    check_csr(layout, got, text)
 
 
 @settings(max_examples=examples(30))

@@ -16,6 +16,7 @@ Cost: O(candidate tiles) plus, per undecided tile, work along its undecided boun
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 
@@ -260,39 +261,47 @@ def heads_tiles(node: Node, heads, M: int, N: int, bm: int, bn: int, grid, data,
         qt = row % n_qt
         return Interval(qt * bm, np.minimum(qt * bm + bm, M) - 1), Interval(lo * bn, np.minimum(hi * bn, N) - 1)
 
-    def truth_of(row, lo, hi):
-        q, k = rectangles(row, lo, hi)
-        return classify(node, at(row), tokens(q), tokens(k), bm, bn)
+    def truths(row, kt):  # (visible, full, refined) of single tiles, exact
+        return _tile_truths(node, at(row), *rectangles(row, kt, kt + 1), bm, bn, tokens)
 
     runs = [candidate_runs(node, dataclasses.replace(one, h=int(h)), M, N, bm, bn, order) for h in heads]
     row, lo, hi = (np.concatenate(x) for x in zip(*((r + i * n_qt, a, b) for i, (r, a, b) in enumerate(runs))))
     if order is not None:  # a run of layout positions must stay inside one residue class
         row, lo, hi = _split(row, lo, hi, order.class_len // bn)
     decided, short = [], []  # runs decided whole: (row, lo, hi, kind); runs to classify tile by tile
+    diagonals = _diagonals(node, one, M, N, bm, bn, row % n_qt * bm - (hi - 1) * bn, row % n_qt * bm - lo * bn) \
+        if order is None and len(row) else None
+    if diagonals is not None:  # a rule of d alone: whole tiles by their diagonal, the rest one by one
+        decided.append(_by_diagonal(row, lo, hi, diagonals, M, N, bm, bn))
+        short.append(_cut_tiles(row, lo, hi, M, N, bm, bn))
+        row = row[:0]
     while len(row):
         long = hi - lo >= RUN
         short.append((row[~long], lo[~long], hi[~long]))
         row, lo, hi = row[long], lo[long], hi[long]
-        truth, undecided = truth_of(row, lo, hi)
+        q, k = rectangles(row, lo, hi)
+        truth, undecided = classify(node, at(row), tokens(q), tokens(k), bm, bn)
         full = ~undecided & ~truth.can_false
         decided.append((row[full], lo[full], hi[full], np.full(int(full.sum()), FULL, np.int8)))
         split = truth.can_true & ~full  # neither all full nor all empty: halves
         row, lo, hi = row[split], lo[split], hi[split]
         if order is None:  # runs whose tiles all classify alike: their first tile decides
             alike = _alike(node, at(row), *rectangles(row, lo, hi), bn) & (hi * bn <= N)  # whole tiles
-            r, a = row[alike], lo[alike]
-            decided.append(_decide(node, at(r), r, a, hi[alike], *rectangles(r, a, a + 1), bm, bn, tokens))
+            r, a, b = row[alike], lo[alike], hi[alike]
+            visible, full, _ = _tile_truths(node, at(r), *rectangles(r, a, a + 1), bm, bn, tokens)
+            decided.append((r[visible], a[visible], b[visible], _kinds(visible, full)))
             row, lo, hi = row[~alike], lo[~alike], hi[~alike]
         mid = (lo + hi) // 2
         row, lo, hi = np.concatenate([row, row]), np.concatenate([lo, mid]), np.concatenate([mid, hi])
-    in_order = len(short) <= 1 and not any(len(r[0]) for r in decided)  # else the runs need sorting
-    qt, kt = _expand(*(np.concatenate(x) for x in zip(*short))) if short else (row, lo)
+    in_order = not short or len(short) == 1 and not any(len(d[0]) for d in decided)  # else the runs need sorting
+    qt, kt = _expand(*(np.concatenate(x) for x in zip(*short))) if short else _expand(row, lo, hi)
     refined = 0
     for start in range(0, len(qt), CHUNK):
         r, k = qt[start:start + CHUNK], kt[start:start + CHUNK]
-        decided.append(_decide(node, at(r), r, k, k + 1, *rectangles(r, k, k + 1), bm, bn, tokens))
-        refined += decided[-1][4]
-    row, lo, hi, kind = (np.concatenate(x) for x in zip(*(d[:4] for d in decided))) if decided else (qt, kt, kt, kt.astype(np.int8))
+        visible, full, n = truths(r, k)
+        decided.append((r[visible], k[visible], k[visible] + 1, _kinds(visible, full)))
+        refined += n
+    row, lo, hi, kind = (np.concatenate(x) for x in zip(*decided)) if decided else (qt, kt, kt, kt.astype(np.int8))
     if not in_order:
         by_row = np.argsort(row * (n_kt + 1) + lo, kind="stable")  # timsort: merges the sorted pieces
         row, lo, hi, kind = row[by_row], lo[by_row], hi[by_row], kind[by_row]
@@ -316,17 +325,84 @@ def _alike(node: Node, ctx: Context, q: Interval, k: Interval, bn: int):
     return _alike(node.a, ctx, q, k, bn) & _alike(node.b, ctx, q, k, bn)
 
 
-def _decide(node: Node, ctx: Context, row, lo, hi, q: Interval, k: Interval, bm: int, bn: int, tokens):
-    """(row, lo, hi, kind, refined) of the visible ones among runs whose tiles all classify like
-    the tile q x k (in layout positions): classified, settled where undecided."""
+def _tile_truths(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: int, tokens):
+    """(visible, full, refined) of tiles q x k (layout positions), exact: classified, settled
+    where undecided (`refined` of them)."""
     truth, undecided = classify(node, ctx, tokens(q), tokens(k), bm, bn)
     visible, full = truth.can_true.copy(), ~truth.can_false
     idx = np.nonzero(undecided)[0]
     if len(idx):
-        at = ctx if np.ndim(ctx.h) == 0 else dataclasses.replace(ctx, h=ctx.h[idx])
-        visible[idx], full[idx] = settle(node, at, Interval(q.lo[idx], q.hi[idx]), Interval(k.lo[idx], k.hi[idx]),
-                                         bm, bn, tokens)
-    return row[visible], lo[visible], hi[visible], np.where(full[visible], FULL, PARTIAL).astype(np.int8), len(idx)
+        visible[idx], full[idx] = settle(node, _heads_of(ctx, idx), Interval(q.lo[idx], q.hi[idx]),
+                                         Interval(k.lo[idx], k.hi[idx]), bm, bn, tokens)
+    return visible, full, len(idx)
+
+
+def _kinds(visible, full):
+    return np.where(full[visible], FULL, PARTIAL).astype(np.int8)
+
+
+def _whole(row, lo, hi, M: int, N: int, bm: int, bn: int):
+    """The runs cut to their whole tiles (not the short last query tile or key tile)."""
+    keep = (row % -(-M // bm)) * bm + bm <= M
+    return row[keep], lo[keep], np.minimum(hi[keep], N // bn)
+
+
+def _cut_tiles(row, lo, hi, M: int, N: int, bm: int, bn: int):
+    """The runs' tiles that `_whole` cuts off, as runs."""
+    short_row = (row % -(-M // bm)) * bm + bm > M
+    last = ~short_row & (hi * bn > N)  # the short last key tile of a whole row
+    row, lo, hi = (np.concatenate([a[short_row], a[last]]) for a in (row, np.where(short_row, lo, hi - 1), hi))
+    in_order = np.lexsort((lo, row))
+    return row[in_order], lo[in_order], hi[in_order]
+
+
+def _by_diagonal(row, lo, hi, diagonals, M: int, N: int, bm: int, bn: int):
+    """(row, lo, hi, kind) of the visible whole tiles of runs, for a rule of d alone: a tile's kind
+    is its diagonal's (`_diagonals`), so a run is cut only where the kind changes from one
+    diagonal to the next, a few times per row for windows (at every tile for strides)."""
+    first, step, seen, every = diagonals
+    kinds = np.where(every, FULL, np.where(seen, PARTIAL, 0)).astype(np.int8)
+    row, lo, hi = _whole(row, lo, hi, M, N, bm, bn)
+    keep = hi > lo
+    row, lo, hi = row[keep], lo[keep], hi[keep]
+    top = (row % -(-M // bm)) * bm - first  # key tile kt of the row lies on diagonal (top - kt * bn) // step
+    if bn == step:  # consecutive key tiles lie on consecutive diagonals, falling
+        changes = np.flatnonzero(kinds[1:] != kinds[:-1]) + 1  # diagonal c's kind differs from c - 1's
+        a = np.searchsorted(changes, (top - (hi - 1) * bn) // step, "right")
+        b = np.searchsorted(changes, (top - lo * bn) // step, "right")
+        count = b - a  # cuts inside the run
+        owner = np.repeat(np.arange(len(row)), count + 1)
+        head = np.cumsum(count + 1) - (count + 1)  # where each run's pieces start
+        inner = np.ones(len(owner), bool)
+        inner[head] = False
+        k = np.arange(len(owner)) - head[owner]  # 1..count: the k-th cut, at the k-th largest change
+        starts = lo[owner].copy()
+        starts[inner] = (top[owner[inner]] - changes[b[owner[inner]] - k[inner]] * step) // bn + 1
+    else:  # consecutive key tiles skip diagonals: tile by tile
+        owner, starts = _expand(np.arange(len(row)), lo, hi)
+    ends = np.append(starts[1:], 0)
+    last = np.append(owner[1:] != owner[:-1], True)[:len(owner)]  # a run's last piece ends with it
+    ends[last] = hi[owner[last]]
+    kind = kinds[(top[owner] - starts * bn) // step]
+    keep = kind > 0
+    return row[owner[keep]], starts[keep], ends[keep], kind[keep]
+
+
+def _diagonals(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, least, most):
+    """For a rule of d = p - k alone (in token order): whole tiles with the same `q0 - k0` (first
+    query row minus first key) see the same d's, so classify alike. (first, step, visible, full)
+    for the differences from min(least) to max(most), entry i for first + i * step; None for
+    other rules."""
+    if not all(leaf.distance_only() and not leaf.depends_on_head() for leaf in node.walk() if isinstance(leaf, Primitive)):
+        return None
+    step = math.gcd(bm, bn)
+    first = int(least.min())  # a multiple of step, as every difference
+    q0 = np.arange(first, int(most.max()) + 1, step, dtype=np.int64)
+    truth, undecided = classify(node, dataclasses.replace(ctx, h=0), Interval(q0, q0 + bm - 1),
+                                Interval(np.zeros_like(q0), np.full_like(q0, bn - 1)), bm, bn)
+    if undecided.any():
+        return None  # rules of d alone are exact; stay safe
+    return first, step, np.asarray(truth.can_true), ~np.asarray(truth.can_false)
 
 
 def _split(row, lo, hi, period):
