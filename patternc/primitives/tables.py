@@ -80,9 +80,11 @@ def _table_sums(table: np.ndarray) -> np.ndarray:
 
 
 def _prefix_sums(table: np.ndarray) -> np.ndarray:
-    sums = np.zeros((table.shape[0] + 1, table.shape[1] + 1), dtype=np.int64)
-    sums[1:, 1:] = table.astype(np.int64).cumsum(0).cumsum(1)
-    return sums
+    dtype = np.int32 if table.size < 2**31 else np.int64  # counts up to the table's size
+    sums = np.zeros((table.shape[0] + 1, table.shape[1] + 1), dtype=dtype)
+    sums[1:, 1:] = table
+    np.cumsum(sums, 0, out=sums)
+    return np.cumsum(sums, 1, out=sums)
 
 
 def table_primitives(exprs) -> list:
