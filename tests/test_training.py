@@ -166,3 +166,21 @@ def test_routed_per_token_backward(interpret, text, H, Hkv, M, N):
     out.backward(dout)
     for got, want, name in zip((q.grad, k.grad, v.grad), reference_grads(q, k, v, text, dout), "qkv"):
         assert_close(got, want, 1e-4, f"{text!r} d{name}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("text, H, Hkv, dtype", [
+    ("causal & topk(4, block=128, query=token)", 4, 4, torch.bfloat16),
+    ("causal & (topk(2, block=64, query=token) | window(64))", 4, 2, torch.float16),  # GQA
+])
+def test_gpu_routed_per_token_backward(text, H, Hkv, dtype):
+    """The per-token dK/dV kernel on the GPU, against the fp64 reference (half precision: 2e-2)."""
+    gen = torch.Generator("cuda").manual_seed(3)
+    q, k, v = (torch.randn(1, h, 2048, 128, device="cuda", dtype=dtype, generator=gen).requires_grad_()
+               for h in (H, Hkv, Hkv))
+    out = patternc.attention(q, k, v, text)
+    dout = torch.randn(out.shape, device="cuda", dtype=dtype, generator=gen)
+    out.backward(dout)
+    for got, want, name in zip((q.grad, k.grad, v.grad), reference_grads(q, k, v, text, dout), "qkv"):
+        assert_close(got, want, 2e-2, f"{text!r} d{name}")

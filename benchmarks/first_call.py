@@ -1,0 +1,82 @@
+"""First-call time of a new (pattern, shape): compile, autotune and layout, as a user meets them.
+
+Each measurement runs in a fresh Python process with an empty patternc cache and an empty
+Triton cache (a new pattern on a warm machine: torch and triton imported, CUDA initialised,
+before the clock starts), then once more in a fresh process over the caches the first one
+left (a later run of the same program). Target (issue 13): <= 3 s for the first. Writes
+`first_call.json` and `first_call.md` into --out.
+
+    python benchmarks/first_call.py --out DIR [--patterns swa dilated] [--seq-len 8192]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from suite import SUITE  # noqa: E402
+from tabulate import tabulate  # noqa: E402
+
+# runs in the child: prints one JSON line of seconds
+CHILD = r"""
+import json, sys, time
+import torch, triton
+import patternc
+text, S, backward = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+torch.cuda.init()
+q, k, v = (torch.randn(1, 16, S, 128, device="cuda", dtype=torch.bfloat16, requires_grad=backward) for _ in range(3))
+torch.cuda.synchronize()
+t0 = time.perf_counter()
+pattern = patternc.compile(text)
+out = patternc.attention(q, k, v, pattern)
+torch.cuda.synchronize()
+t1 = time.perf_counter()
+times = {"forward_s": t1 - t0}
+if backward:
+    out.backward(torch.randn_like(out))
+    torch.cuda.synchronize()
+    times["backward_s"] = time.perf_counter() - t1
+print(json.dumps(times))
+"""
+
+
+def child(text: str, S: int, backward: bool, cache: str) -> dict:
+    env = dict(os.environ, PATTERNC_CACHE_DIR=f"{cache}/patternc", TRITON_CACHE_DIR=f"{cache}/triton")
+    done = subprocess.run([sys.executable, "-c", CHILD, text, str(S), "1" if backward else "0"], env=env,
+                          capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1][:200] if done.stderr.strip() else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--patterns", nargs="+", default=["swa", "dilated"])
+    ap.add_argument("--seq-len", type=int, default=8192)
+    ap.add_argument("--backward", action="store_true", help="time the first backward too")
+    args = ap.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in args.patterns:
+        text = SUITE[name][0]
+        with tempfile.TemporaryDirectory() as cache:
+            for run in ("cold", "warm caches"):
+                row = {"pattern": name, "S": args.seq_len, "run": run,
+                       **child(text, args.seq_len, args.backward, cache)}
+                rows.append(row)
+                print(row, flush=True)
+    (out / "first_call.json").write_text(json.dumps(rows, indent=1))
+    (out / "first_call.md").write_text("# First call (s)\n\n" + tabulate(rows, headers="keys", tablefmt="github")
+                                       + "\n")
+
+
+if __name__ == "__main__":
+    main()
