@@ -25,13 +25,13 @@ from ..ir.expr import Interval, Truth
 from ..ir.nodes import Difference, Intersect, Node, Union
 from ..ir.pattern import Pattern, under_causal
 from ..primitives import Context, Primitive
-from .layout import FULL, PARTIAL, Layout
+from .layout import FULL, PARTIAL, Layout, expand
 from .residue import residue_order
 
 def candidate_tiles(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, order=None):
     """(query tile, key tile) pairs that may hold a visible element, as two sorted int64 arrays
     (tile indices in the layout's token order)."""
-    return _expand(*candidate_runs(node, ctx, M, N, bm, bn, order))
+    return expand(*candidate_runs(node, ctx, M, N, bm, bn, order))
 
 
 def candidate_runs(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, order=None):
@@ -46,17 +46,6 @@ def candidate_runs(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, o
     x, y = _merge(row * (n_kt + 1) + lo // bn, row * (n_kt + 1) - (-hi // bn))
     row = x // (n_kt + 1)
     return row, x - row * (n_kt + 1), y - row * (n_kt + 1)
-
-
-def _expand(row, lo, hi):
-    """Runs [lo, hi) of key tiles per query tile -> (query tile, key tile) per tile, in order."""
-    counts = hi - lo
-    ends = np.cumsum(counts)
-    kt = np.ones(int(ends[-1]) if len(ends) else 0, np.int64)  # +1 per tile, a jump at each run's start
-    nonempty = counts > 0
-    lo, hi, starts = lo[nonempty], hi[nonempty], (ends - counts)[nonempty]
-    kt[starts] = lo - np.append(0, hi[:-1] - 1)
-    return np.repeat(row, counts), np.cumsum(kt, out=kt)
 
 
 # Candidate keys as a set of ranges per query tile, in one flat sorted array: the range [lo, hi)
@@ -239,14 +228,9 @@ def _evaluate(node: Node, ctx: Context, owner, q_lo, q_hi, k_lo, k_hi, tokens, a
 RUN, CHUNK = 8, 1 << 18
 
 
-def head_tiles(node: Node, head: int, M: int, N: int, bm: int, bn: int, grid, data, order=None):
-    """(qt, kt, kind, refined) of one head: visited tiles with kind PARTIAL or FULL."""
-    (tiles,), refined = heads_tiles(node, [head], M, N, bm, bn, grid, data, order)
-    return (*tiles, refined)
-
-
 def heads_tiles(node: Node, heads, M: int, N: int, bm: int, bn: int, grid, data, order=None):
-    """([(qt, kt, kind)] per head, refined) of several heads at once: a row is a (head, query
+    """([(qt, lo, hi, kind)] per head, refined) of several heads at once: runs of key tiles
+    [lo, hi) of one kind, non-empty, sorted by (qt, lo) (`Layout.from_runs`). A row is a (head, query
     tile) pair and the context's head follows the rows, so each step is one batch for all heads
     (rules that look up per-head tables take one head at a time)."""
     n_qt, n_kt = -(-M // bm), -(-N // bn)
@@ -294,7 +278,7 @@ def heads_tiles(node: Node, heads, M: int, N: int, bm: int, bn: int, grid, data,
         mid = (lo + hi) // 2
         row, lo, hi = np.concatenate([row, row]), np.concatenate([lo, mid]), np.concatenate([mid, hi])
     in_order = not short or len(short) == 1 and not any(len(d[0]) for d in decided)  # else the runs need sorting
-    qt, kt = _expand(*(np.concatenate(x) for x in zip(*short))) if short else _expand(row, lo, hi)
+    qt, kt = expand(*(np.concatenate(x) for x in zip(*short))) if short else expand(row, lo, hi)
     refined = 0
     for start in range(0, len(qt), CHUNK):
         r, k = qt[start:start + CHUNK], kt[start:start + CHUNK]
@@ -305,11 +289,8 @@ def heads_tiles(node: Node, heads, M: int, N: int, bm: int, bn: int, grid, data,
     if not in_order:
         by_row = np.argsort(row * (n_kt + 1) + lo, kind="stable")  # timsort: merges the sorted pieces
         row, lo, hi, kind = row[by_row], lo[by_row], hi[by_row], kind[by_row]
-    bounds, out = np.searchsorted(row, np.arange(len(heads) + 1) * n_qt), []
-    for first, last in zip(bounds[:-1], bounds[1:]):
-        r, a, b, c = row[first:last] % n_qt, lo[first:last], hi[first:last], kind[first:last]
-        out.append((r, a, c) if (b - a == 1).all() else (*_expand(r, a, b), np.repeat(c, b - a)))
-    return out, refined
+    bounds = np.searchsorted(row, np.arange(len(heads) + 1) * n_qt)
+    return [(row[a:b] - i * n_qt, lo[a:b], hi[a:b], kind[a:b]) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))], refined
 
 
 def _alike(node: Node, ctx: Context, q: Interval, k: Interval, bn: int):
@@ -379,7 +360,7 @@ def _by_diagonal(row, lo, hi, diagonals, M: int, N: int, bm: int, bn: int):
         starts = lo[owner].copy()
         starts[inner] = (top[owner[inner]] - changes[b[owner[inner]] - k[inner]] * step) // bn + 1
     else:  # consecutive key tiles skip diagonals: tile by tile
-        owner, starts = _expand(np.arange(len(row)), lo, hi)
+        owner, starts = expand(np.arange(len(row)), lo, hi)
     ends = np.append(starts[1:], 0)
     last = np.append(owner[1:] != owner[:-1], True)[:len(owner)]  # a run's last piece ends with it
     ends[last] = hi[owner[last]]
@@ -453,7 +434,7 @@ def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: i
             tiles, r = heads_tiles(node, heads, M, N, block_m, block_n, grid, sdata, residue)
         per_head[s.lo: s.hi + 1] = tiles
         refined += r
-    return Layout.from_tiles(per_head, M, N, block_m, block_n, pattern=pattern, refined_tiles=refined,
+    return Layout.from_runs(per_head, M, N, block_m, block_n, pattern=pattern, refined_tiles=refined,
                              device=device, permutation=residue, data=data)
 
 

@@ -9,12 +9,55 @@ import numpy as np
 EMPTY, PARTIAL, FULL = 0, 1, 2
 
 
-def _csr(rows: np.ndarray, cols: np.ndarray, n_rows: int):
-    """(counts [n_rows], indices [n_rows, width]) of the (row, col) pairs, sorted by row then col."""
-    counts = np.bincount(rows, minlength=n_rows).astype(np.int32)
+def expand(row, lo, hi):
+    """Runs [lo, hi) of columns per row -> (row, column) per entry, in order."""
+    counts = hi - lo
+    ends = np.cumsum(counts)
+    col = np.ones(int(ends[-1]) if len(ends) else 0, np.int64)  # +1 per entry, a jump at each run's start
+    nonempty = counts > 0
+    lo, hi, starts = lo[nonempty], hi[nonempty], (ends - counts)[nonempty]
+    col[starts] = lo - np.append(0, hi[:-1] - 1)
+    return np.repeat(row, counts), np.cumsum(col, out=col)
+
+
+# tables are filled CHUNK entries at a time (passes over a block that stays in the cache)
+CHUNK = 1 << 18
+
+
+def _csr(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, n_rows: int):
+    """(counts [n_rows], indices [n_rows, width]) int32 of the columns of runs [lo, hi) per row,
+    the runs non-empty, sorted by row then column, not overlapping. Straight from the runs: a row's
+    entry j is j + (lo - its position) of the run holding it, so the table is a prefix sum of that
+    offset's changes, put at each run's first position (no per-entry index arrays)."""
+    length = hi - lo
+    ends = np.concatenate([[0], np.cumsum(length)])
+    bounds = np.searchsorted(rows, np.arange(n_rows + 1))
+    counts = (ends[bounds[1:]] - ends[bounds[:-1]]).astype(np.int32)
     width = max(int(counts.max(initial=0)), 1)
     indices = np.zeros((n_rows, width), dtype=np.int32)
-    indices[np.arange(width, dtype=np.int32) < counts[:, None]] = cols  # row by row, in order
+    if not len(rows):
+        return counts, indices
+    start = ends[:-1] - ends[bounds[rows]]  # each run's first position in its row
+    if len(rows) == ends[-1]:  # single tiles: put each one
+        indices[rows, start] = lo
+        return counts, indices
+    offset = (lo - start).astype(np.int32)
+    change = np.diff(offset, prepend=np.int32(0))
+    at = rows * width + start
+    j = np.arange(width, dtype=np.int32)
+    step = max(CHUNK // width, 1)
+    for r0 in range(0, n_rows, step):
+        r1 = min(r0 + step, n_rows)
+        a, b = bounds[r0], bounds[r1]
+        block = indices[r0:r1]
+        if a == b:
+            continue
+        flat = block.reshape(-1)
+        flat[at[a:b] - r0 * width] = change[a:b]
+        flat[at[a] - r0 * width] = offset[a]  # the block's prefix sum starts at 0
+        np.cumsum(flat, dtype=np.int32, out=flat)
+        block += j
+        block *= j < counts[r0:r1, None]  # entries past a row's count are 0
     return counts, indices
 
 
@@ -71,25 +114,42 @@ class Layout:
     pattern: object = field(default=None, repr=False)
     permutation: object = None
     refined_tiles: int = 0
-    _tiles: tuple = field(default=(), repr=False)
+    _runs: tuple = field(default=(), repr=False)
     _runs_cache: dict = field(default_factory=dict, repr=False)
     data: dict = field(default_factory=dict, repr=False)  # run-time inputs of routed patterns (q, k)
 
     @classmethod
-    def from_tiles(cls, per_head, M, N, block_m, block_n, pattern=None, refined_tiles=0, device="cpu",
-                   permutation=None, data=None):
-        """From per-head `(qt, kt, kind)` arrays sorted by (qt, kt); a head may reuse another's tuple."""
+    def from_runs(cls, per_head, M, N, block_m, block_n, pattern=None, refined_tiles=0, device="cpu",
+                  permutation=None, data=None):
+        """From per-head `(qt, lo, hi, kind)` runs: query tile qt visits key tiles [lo, hi), all of
+        kind PARTIAL or FULL; runs non-empty, sorted by (qt, lo), not overlapping; a head may reuse
+        another's tuple."""
         n_qt = -(-M // block_m)
 
         def forward(t):
-            qt, kt, kind = t
+            qt, lo, hi, kind = t
             f, p = kind == FULL, kind == PARTIAL
-            return (*_csr(qt[p], kt[p], n_qt), *_csr(qt[f], kt[f], n_qt))
+            return (*_csr(qt[p], lo[p], hi[p], n_qt), *_csr(qt[f], lo[f], hi[f], n_qt))
 
         kv, kvi, fkv, fkvi = _stack(per_head, forward, device)
         return cls(M, N, len(per_head), block_m, block_n, kv, kvi, fkv, fkvi,
-                   pattern=pattern, permutation=permutation, refined_tiles=refined_tiles, _tiles=tuple(per_head),
+                   pattern=pattern, permutation=permutation, refined_tiles=refined_tiles, _runs=tuple(per_head),
                    data=dict(data or {}))
+
+    @classmethod
+    def from_tiles(cls, per_head, M, N, block_m, block_n, **kw):
+        """From per-head `(qt, kt, kind)` arrays sorted by (qt, kt); a head may reuse another's tuple."""
+        runs = {id(t): (t[0], t[1], t[1] + 1, t[2]) for t in per_head}
+        layout = cls.from_runs([runs[id(t)] for t in per_head], M, N, block_m, block_n, **kw)
+        layout.__dict__["_tiles"] = tuple(per_head)
+        return layout
+
+    @cached_property
+    def _tiles(self) -> tuple:
+        """Per head `(qt, kt, kind)`, one entry per visited tile sorted by (qt, kt) (heads that share
+        runs share them): the runs expanded, on first use."""
+        tiles = {id(t): (*expand(t[0], t[1], t[2]), np.repeat(t[3], t[2] - t[1])) for t in self._runs}
+        return tuple(tiles[id(t)] for t in self._runs)
 
     def _transpose(self):
         """Build the transposed tables (`q_num_blocks`, ...) from the tiles."""
@@ -101,7 +161,7 @@ class Layout:
             order = np.argsort(kt.astype(np.uint16) if n_kt <= 1 << 16 else kt, kind="stable")
             qt, kt, kind = qt[order], kt[order], kind[order]
             f, p = kind == FULL, kind == PARTIAL
-            return (*_csr(kt[p], qt[p], n_kt), *_csr(kt[f], qt[f], n_kt))
+            return (*_csr(kt[p], qt[p], qt[p] + 1, n_kt), *_csr(kt[f], qt[f], qt[f] + 1, n_kt))
 
         tables = _stack(self._tiles, backward, self.kv_num_blocks.device)
         for name, table in zip(_TRANSPOSED, tables):
@@ -194,14 +254,14 @@ class Layout:
             return cached
         _, Mt, _ = self.shape
 
-        def build(tiles, kind):
-            qt, kt, kinds = tiles
+        def build(runs, kind):
+            qt, lo, hi, kinds = runs
             sel = kinds == kind
-            qt, kt = qt[sel], kt[sel]
+            qt, lo, hi = qt[sel], lo[sel], hi[sel]
             if not len(qt):
                 return np.zeros((Mt, 1, 2), np.int32)
             new = np.ones(len(qt), bool)
-            new[1:] = (qt[1:] != qt[:-1]) | (kt[1:] != kt[:-1] + 1)
+            new[1:] = (qt[1:] != qt[:-1]) | (lo[1:] != hi[:-1])  # runs that touch are one
             starts = np.nonzero(new)[0]
             ends = np.append(starts[1:], len(qt))
             rows = qt[starts]
@@ -209,20 +269,20 @@ class Layout:
             width = max(int(counts.max(initial=0)), 1)
             out = np.zeros((Mt, width, 2), np.int32)
             slot = np.arange(len(starts)) - (np.cumsum(counts) - counts)[rows]
-            out[rows, slot, 0] = kt[starts]
-            out[rows, slot, 1] = kt[ends - 1] + 1
+            out[rows, slot, 0] = lo[starts]
+            out[rows, slot, 1] = hi[ends - 1]
             return out
 
         import torch
 
         result = []
         for kind in (FULL, PARTIAL):
-            per = {id(t): build(t, kind) for t in self._tiles}
+            per = {id(t): build(t, kind) for t in self._runs}
             width = max(a.shape[1] for a in per.values())
             if width > max_runs:
                 self._runs_cache[max_runs] = None
                 return None
-            arrays = [np.pad(per[id(t)], ((0, 0), (0, width - per[id(t)].shape[1]), (0, 0))) for t in self._tiles]
+            arrays = [np.pad(per[id(t)], ((0, 0), (0, width - per[id(t)].shape[1]), (0, 0))) for t in self._runs]
             result.append(torch.as_tensor(np.stack(arrays), device=self.kv_num_blocks.device))
         self._runs_cache[max_runs] = tuple(result)
         return self._runs_cache[max_runs]
