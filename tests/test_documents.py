@@ -197,7 +197,7 @@ def test_bad_boundaries_are_clear_errors(documents, message):
 @pytest.mark.parametrize("text, message", [
     ("causal & window(N // 4)", "reads the sequence length"),
     ("grid(4, 5)\nneighborhood((3, 3))", "token grid fixes the sequence's length"),
-    ("causal & topk(2, block=4)", "routed patterns"),
+    ("causal & (window(N // 4) | topk(2, block=4))", "reads the sequence length"),  # routed: its static part
     ("random(2, block=4, seed=1)", "tables drawn for one sequence length"),
 ])
 def test_patterns_that_cant_apply_per_document(text, message):

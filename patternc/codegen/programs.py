@@ -11,9 +11,16 @@ in document-relative tiles; a program owns one (document, tile), read from a tab
 The program moves its tensors' base pointers to the document's first token and sets
 `Q_LEN = KV_LEN =` the document's length, so the rest of the kernel is the one-sequence kernel
 of a sequence that long: masked loads at its end, tiles past its end skipped.
+
+Routed patterns (`topk`) choose per document at run time (`runtime/routing.py`): their index
+tables hold a line per (document, tile), document after document, already clipped at its end.
+The table also gives each program its document's first line (`document_tiles`' fourth column),
+and the program moves the index tables' base there, as it moves q, k and v to the document's
+first token (and the per-token choice words with them).
 """
 from __future__ import annotations
 
+from .iteration import COLUMNS, ROWS
 from .template import Arg
 
 # a forward or dQ program: (batch x head, query tile)
@@ -43,12 +50,13 @@ _DOCUMENT_TILES = {}  # (id(documents), its version, id(layout), side) -> (weakr
 
 
 def document_tiles(documents, layout, side):
-    """int32 [T, 3]: (first token, length, tile) of each program of a sweep over packed
-    documents (`side` "rows": query tiles of BLOCK_M, "columns": key tiles of BLOCK_N), one per
-    (document, tile), the busiest tiles of `layout` first; programs past the last tile get
-    length 0 and stop at once. Built on the device from the boundaries with no host sync, once
-    per boundaries tensor and layout (the layers of a model share one per step), not kept while
-    a CUDA graph is captured."""
+    """int32 [T, 4]: (first token, length, tile, first line) of each program of a sweep over
+    packed documents (`side` "rows": query tiles of BLOCK_M, "columns": key tiles of BLOCK_N), one
+    per (document, tile), the busiest tiles of `layout` first; programs past the last tile get
+    length 0 and stop at once. A document's first line numbers its first tile among all
+    (document, tile) pairs, document after document (routed tables have a line per pair). Built
+    on the device from the boundaries with no host sync, once per boundaries tensor and layout
+    (the layers of a model share one per step), not kept while a CUDA graph is captured."""
     key = (id(documents), documents._version, id(layout), side)
     hit = _DOCUMENT_TILES.get(key)
     if hit is not None and hit[0]() is documents:
@@ -76,7 +84,8 @@ def _document_tiles(documents, block, work):
     real = doc < starts.shape[0]
     doc = doc.clamp(max=starts.shape[0] - 1)
     tile = torch.where(real, program - (ends[doc] - tiles[doc]), 0)
-    table = torch.stack((starts[doc], torch.where(real, lengths[doc], 0), tile), 1).to(torch.int32)
+    table = torch.stack((starts[doc], torch.where(real, lengths[doc], 0), tile, ends[doc] - tiles[doc]),
+                        1).to(torch.int32)
     longest = torch.argsort(torch.where(real, work[tile], -1), descending=True, stable=True)
     return table[longest].contiguous()
 '''
@@ -141,7 +150,13 @@ class Packed(Whole):
     launch_param = ", documents=None"
     helper = DOCUMENT_TILES
     doc = "; packed documents (a program per document tile, positions from each document's first token)"
-    clips = True
+
+    def __init__(self, routed):
+        self.routed = routed  # the routing emitter (codegen/routed.py)
+
+    @property
+    def clips(self) -> bool:
+        return not self.routed.selects  # routed tables are written clipped at each document's end
 
     def params(self, own: str) -> list[Arg]:
         table = "doc_rows" if own == "m" else "doc_cols"
@@ -152,7 +167,7 @@ class Packed(Whole):
         return [*(HEADS if own == "m" else KV_HEADS),
                 f"# packed documents: this program's (document, tile), from {table} (first token, length, tile),",
                 "# the busiest first; programs past the last document's tiles stop here",
-                f"doc = {table} + 3 * tl.program_id(1)",
+                f"doc = {table} + 4 * tl.program_id(1)",
                 "doc_len = tl.load(doc + 1)",
                 "if doc_len == 0:",
                 "    return",
@@ -166,8 +181,22 @@ class Packed(Whole):
                 "K_POS = 0",
                 "RULE_M = doc_len",
                 "RULE_N = doc_len",
-                *(f"{name} += doc_start" + ("" if stride == "1" else f" * {stride}") for name, stride in shifts),
+                *(f"{name} += doc_start" + ("" if stride == "1" else f" * {stride}")
+                  for name, stride in [*shifts, *self.routed.token_pointers]),
+                *self._lines(own),
                 *([KV_HEAD] if own == "m" else [])]
+
+    def _lines(self, own: str) -> list[str]:
+        """Routed: the index tables moved to the document's first line (counts: a line each)."""
+        if not self.routed.selects:
+            return []
+        sweep = ROWS if own == "m" else COLUMNS
+        full_n, full_i, part_n, part_i = sweep.tables
+        s = sweep.strides
+        return ["# routed: the tables of this call hold a line per (document, tile), from the document's first",
+                "doc_line = tl.load(doc + 3)",
+                f"{full_n} += doc_line", f"{full_i} += doc_line * {s[2]}",
+                f"{part_n} += doc_line", f"{part_i} += doc_line * {s[5]}"]
 
     def checks(self) -> list[str]:
         return DOCUMENT_CHECKS
@@ -177,8 +206,10 @@ class Packed(Whole):
                 '    raise ValueError("packed documents place their tokens themselves: positions= must be None")']
 
     def prepare(self, own: str) -> list[str]:
-        return ['doc_rows = document_tiles(documents, layout, "rows")' if own == "m" else
-                'doc_cols = document_tiles(documents, layout, "columns")']
+        # routed: the call's layout is new every call; its static one with every block chosen orders the programs
+        layout = "layout.every" if self.routed.selects else "layout"
+        return [f'doc_rows = document_tiles(documents, {layout}, "rows")' if own == "m" else
+                f'doc_cols = document_tiles(documents, {layout}, "columns")']
 
     def programs(self, own: str) -> str:
         return "doc_rows.shape[0]" if own == "m" else "doc_cols.shape[0]"
@@ -187,8 +218,9 @@ class Packed(Whole):
         return "False"  # documents end anywhere
 
 
-def programs(packed: bool) -> Whole:
-    return Packed() if packed else Whole()
+def programs(packed: bool, routed) -> Whole:
+    """`routed`: the routing emitter (codegen/routed.py)."""
+    return Packed(routed) if packed else Whole()
 
 
 def shifts(tensors, *extra: str) -> list[tuple[str, str]]:

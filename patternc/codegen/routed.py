@@ -16,6 +16,7 @@ class Static:
     selects = False  # do partial tiles carry a run-time choice (`selected`)?
     table_row = "off_h"  # the tables' row: one per head
     predicate_param = ""
+    token_pointers = ()  # (pointer, row stride) indexed by query token (packed documents move them)
 
     def params(self) -> list[list[Arg]]:
         return []
@@ -52,6 +53,8 @@ class ByBlock(Static):
 
 
 class ByToken(ByBlock):
+    token_pointers = (("choice_words", "stride_cwm"),)
+
     def params(self) -> list[list[Arg]]:
         return [[Arg("choice_words", "layout.choice_words"), Arg("stride_cwh", "layout.choice_words.stride(0)"),
                  Arg("stride_cwm", "layout.choice_words.stride(1)"), Arg("route_block", "layout.block")]]

@@ -7,8 +7,15 @@ position 0 (`sink(4)` is each document's first 4 tokens) and no key of another d
 visible. Self-attention only (M == N), so a document's queries and keys are the same tokens.
 
 A pattern applies per document only if its rule reads no length: one document is as long as it
-is, so `window(N // 8)`, a token grid (which fixes the length), per-head tables drawn for a
-length (`random`) and routed selections (`topk`, not built yet) are refused with the reason.
+is, so `window(N // 8)`, a token grid (which fixes the length) and per-head tables drawn for a
+length (`random`) are refused with the reason.
+
+A routed pattern (`topk`) chooses inside each document, as on the document alone: its routing
+blocks start at the document's first token (the last one partial), key and query blocks are
+pooled over their own tokens, and a query chooses among its document's blocks only (own block,
+causal rule and ties as without documents, in document positions). The kernels do so on the
+device (`runtime/routing.py`); the masks here slice q and k per document. Layouts, the
+FlexAttention export and the simulator take static patterns only (`routed=False`).
 """
 from __future__ import annotations
 
@@ -66,26 +73,31 @@ def boundaries(documents, N: int) -> list[int]:
     return documents.tolist()
 
 
-def check_pattern(pattern, heads: int | None = None) -> None:
-    """Refuse, with the reason, a pattern whose rule can't apply per document (see the module)."""
+def check_pattern(pattern, heads: int | None = None, routed: bool = False) -> None:
+    """Refuse, with the reason, a pattern whose rule can't apply per document (see the module);
+    routed ones unless `routed` (the caller selects per document: kernels and masks)."""
     why = None
-    if pattern.is_routed:
-        why = ("routed patterns (topk) choose their blocks over the whole sequence; selection within each "
-               "document is not built yet")
+    if pattern.is_routed and not routed:
+        why = ("routed patterns (topk) choose their blocks from q and k: over packed documents only "
+               "patternc.attention, Pattern.mask(q=, k=) and reference_attention take them (no layout, "
+               "FlexAttention export or simulation yet)")
     elif pattern.grid is not None or pattern.rule_grid(1, 1) is not None:
         why = "its token grid fixes the sequence's length, which each document has its own of"
     else:
         for section in pattern.sections(heads):
             # traced with query rows at their positions (M == N inside a document): any M or N left
-            # in the rule comes from the pattern itself
+            # in the rule comes from the pattern itself; a routed primitive reads none (its blocks
+            # count from the document's first token), the static ones around it are traced alone
             ctx = dataclasses.replace(pattern.context(section, Sym("N"), Sym("N"), Sym("h"), lengths=(1, 1)),
                                       q_offset=0)
+            rules = ([n for n in section.expr.walk() if not n.children() and not n.routed] if pattern.is_routed
+                     else [section.expr])
             try:
-                term = _term(section.expr.visible(ctx, Sym("q"), Sym("k")))
+                term = [_term(rule.visible(ctx, Sym("q"), Sym("k"))) for rule in rules]
             except NotImplementedError:
                 why = "it looks up tables drawn for one sequence length (random)"
                 break
-            if term.free_vars() & {"M", "N"}:
+            if any(t.free_vars() & {"M", "N"} for t in term):
                 why = f"its rule `{section.expr}` reads the sequence length (M or N), which each document has its own of"
                 break
     if why:
@@ -94,16 +106,18 @@ def check_pattern(pattern, heads: int | None = None) -> None:
                            "once per document")
 
 
-def document_mask(pattern, N: int, heads: int | None, documents, device="cpu"):
+def document_mask(pattern, N: int, heads: int | None, documents, device="cpu", q=None, k=None):
     """`Pattern.mask` over packed documents: bool [heads, N, N], each document's own mask on the
-    diagonal, False elsewhere."""
+    diagonal, False elsewhere. `q` [H, N, D], `k` [Hkv, N, D] (checked by `Pattern.mask`): a
+    routed pattern's data, each document's own tokens given to its mask."""
     import torch
 
-    check_pattern(pattern, heads)
+    check_pattern(pattern, heads, routed=True)
     bounds = boundaries(documents, N)
     H = pattern.sections(heads)[-1].hi + 1
     out = torch.zeros(H, N, N, dtype=torch.bool, device=device)
     for start, end in zip(bounds[:-1], bounds[1:]):
         if end > start:
-            out[:, start:end, start:end] = pattern.mask(end - start, heads=heads, device=device)
+            data = {} if q is None else {"q": q[:, start:end], "k": k[:, start:end]}
+            out[:, start:end, start:end] = pattern.mask(end - start, heads=heads, device=device, **data)
     return out

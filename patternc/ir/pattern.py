@@ -196,19 +196,13 @@ class Pattern:
         Brute force over every (query, key) pair; for tests and small lengths. Routed patterns
         (`topk`) need `q` `[heads, M, D]` and `k` `[kv_heads, N, D]` (a leading batch of 1 is
         accepted). `documents`: cumulative boundaries of packed documents (`patternc.ir.documents`):
-        the pattern inside each, with positions from the document's first token (M == N).
+        the pattern inside each, with positions from the document's first token (M == N); a
+        routed pattern chooses its blocks inside each document, from its own tokens of q and k.
         """
         import torch
 
         N = M if N is None else N
         _check_lengths(M, N, self.span)
-        if documents is not None:
-            from .documents import document_mask
-
-            if q is not None or k is not None or M != N:
-                raise PatternError("documents= masks self-attention (M == N) of static patterns (no q=, k=)",
-                                   self.span)
-            return document_mask(self, N, heads, documents, device)
         data = {}
         if q is not None or k is not None:
             if q is None or k is None:
@@ -217,6 +211,12 @@ class Pattern:
             _check_qk(data["q"], data["k"], M, N, self.span)
             if heads is None and not isinstance(self.body, tuple):
                 heads = data["q"].shape[0]  # routed masks: one per query head
+        if documents is not None:
+            from .documents import document_mask
+
+            if M != N:
+                raise PatternError(f"documents= masks self-attention (M == N), got M = {M}, N = {N}", self.span)
+            return document_mask(self, N, heads, documents, device, **data)
         sections = self.sections(heads)
         H = sections[-1].hi + 1
         if data and data["q"].shape[0] != H:

@@ -116,7 +116,7 @@ _checked_documents: dict = {}  # (id, version, N) -> weakref of boundaries alrea
 def _check_document_pattern(pattern: Pattern, heads: int):
     from ..ir.documents import check_pattern
 
-    check_pattern(pattern, heads)
+    check_pattern(pattern, heads, routed=True)
 
 
 def _check_interpreter_dtype(q, interpret: bool):
@@ -274,7 +274,7 @@ def backward(do, q, k, v, out, lse, dlse, pattern, scale, config, documents=None
 
 def _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale, documents=None):
     if isinstance(layout, RoutedPlan):
-        layout = layout.layout(q, k)  # the forward's choice again: the selection is deterministic
+        layout = layout.layout(q, k, documents)  # the forward's choice again: the selection is deterministic
     packed = {} if documents is None else {"documents": documents}
     with _on_device(q):
         return module.launch_backward(q, k, v, out, lse, do, layout, scale=scale, dlse=dlse, **packed)
@@ -297,7 +297,7 @@ def _run(module, layout, q, k, v, scale, return_lse, return_layout, documents=No
 
     routed = isinstance(layout, RoutedPlan)
     if routed:
-        layout = layout.layout(q, k)
+        layout = layout.layout(q, k, documents)
     lse = torch.empty(q.shape[:3], dtype=torch.float32, device=q.device) if return_lse else None
     with _on_device(q):
         if record is not None and not routed and documents is None and not return_layout:
@@ -343,8 +343,8 @@ def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag, backward=False, do
         cfg = fit_tiles(pattern, cfg)
         plan = routed_plan(pattern, M, N, H, cfg["block_m"], cfg["block_n"], device)
         module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],
-                         None, cfg.get("memory", "pointers") == "tma", None, device_tag, routed=plan.topk.query,
-                         backward=backward)
+                         None, cfg.get("memory", "pointers") == "tma" and not documents, None, device_tag,
+                         routed=plan.topk.query, backward=backward, documents=documents)
         return module, plan
     order = "natural" if documents else cfg.get("order", "auto")
     layout = cached_layout(pattern, M, N, H, cfg["block_m"], cfg["block_n"], order, device)

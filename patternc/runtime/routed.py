@@ -9,6 +9,14 @@ from the static part's tiles and the chosen blocks' (no host synchronisation, no
 no N x N buffers). Partial tiles carry the choice to the attention kernel in their index
 entries (bit 30), where the predicate reads it; with `query=token` each query row reads its
 own choice from a bit per key block.
+
+Packed documents (`documents=`): each document routes alone, as the sequence it is (see
+`patternc.ir.documents`). The plan is the one of the packed length (a document is never longer,
+and the rules read no length), in document-relative tiles; the routing kernels pool each
+document's blocks, choose among its own and write one table line per (document, tile row),
+document after document, clipped at its end. The attention kernel's programs (one per document
+tile, `codegen/programs.py`) move the tables' base to their document's first line, as they move
+q, k and v to its first token.
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ import numpy as np
 from ..errors import PatternError
 from ..ir.pattern import Pattern, under_causal
 from ..layout import FULL, PARTIAL
+from ..layout.cache import cached_layout
 from ..layout.routed import routed_node, static_variants
 from ..primitives import Primitive
 from ..primitives.tables import kernel_tables
@@ -50,6 +59,7 @@ class RoutedPlan:
     cand_kt: object  # [Hp, P]
     cand_cls: object
     tables: tuple = ()  # the predicate's tables of bits (static primitives that look one up: random)
+    every: object = None  # the Layout with every key block chosen: orders packed documents' programs
 
     # the topk's options, as the routing kernels take them (`routing.route`)
     block = property(lambda self: int(self.topk.block.value))
@@ -58,15 +68,16 @@ class RoutedPlan:
     shared = property(lambda self: self.topk.shared)
     query = property(lambda self: self.topk.query)
 
-    def layout(self, q, k) -> RoutedLayout:
-        """Select on the device (q `[B, H, M, D]`, k `[B, Hkv, N, D]`) and build the index tables."""
+    def layout(self, q, k, documents=None) -> RoutedLayout:
+        """Select on the device (q `[B, H, M, D]`, k `[B, Hkv, N, D]`) and build the index tables;
+        `documents` (checked int32 boundaries, M == N): within each packed document."""
         from .routing import route
 
         n_k = -(-k.shape[2] // self.block)
         if self.query == "token" and n_k > 1024:
             raise PatternError(f"topk(query=token) routes among at most 1024 key blocks, got {n_k}", self.topk.span,
                                "use a larger block= or query=block")
-        return RoutedLayout(**route(self, q, k), tables=self.tables)
+        return RoutedLayout(**route(self, q, k, documents), tables=self.tables, every=self.every)
 
 
 def fit_tiles(pattern: Pattern, cfg: dict) -> dict:
@@ -87,7 +98,7 @@ def routed_plan(pattern: Pattern, M: int, N: int, heads: int, block_m: int, bloc
     if block % block_m or block % block_n:
         raise PatternError(f"topk(block={block}) needs tiles that divide it, got {block_m}x{block_n}", pattern.span,
                            "pick block_m and block_n dividing the routing block")
-    a = chosen.layout(M, N, heads=heads, block_m=block_m, block_n=block_n, order="natural")
+    a = cached_layout(chosen, M, N, heads, block_m, block_n, "natural", device)
     b = nothing.layout(M, N, heads=heads, block_m=block_m, block_n=block_n, order="natural")
     Mt, Nt, n_k = -(-M // block_m), -(-N // block_n), -(-N // block)
     rows = np.arange(Mt + 1)
@@ -119,9 +130,9 @@ def routed_plan(pattern: Pattern, M: int, N: int, heads: int, block_m: int, bloc
             out[h, :len(part)] = part
         return torch.as_tensor(out, device=device)
 
-    return RoutedPlan(node, under_causal(pattern.expr), block_m, block_n, max(width, 1), a.row_order.to(device),
+    return RoutedPlan(node, under_causal(pattern.expr), block_m, block_n, max(width, 1), a.row_order,
                       stack(0, np.int32), stack(1, np.int32), stack(2, np.int8), stack(3, np.int32),
-                      stack(4, np.int32), stack(5, np.int8), kernel_tables(pattern, M, N, heads, device))
+                      stack(4, np.int32), stack(5, np.int8), kernel_tables(pattern, M, N, heads, device), a)
 
 
 def select(q, k, pattern: Pattern):
@@ -140,7 +151,12 @@ class RoutedLayout:
     """Index tables per (batch x head) in the static Layout's format (`[B*H, Mt]`,
     `[B*H, Mt, W]`), `row_order`, and the choice they came from: `selection`, bool
     `[B, H, nQ, nK]` (per token, `[B, H, M, nK]`, for `query=token`, where the kernel reads the
-    packed `choice_words [B*H, M, ceil(nK/32)]` and `block`, the routing block)."""
+    packed `choice_words [B*H, M, ceil(nK/32)]` and `block`, the routing block).
+
+    Over packed documents (`lines` set) the tables have a line per (document, tile row) and
+    `selection` is per document block, document after document (`[B, H, blocks, nK]`, key blocks
+    relative to the document; rows past the last document's blocks unspecified) or per token
+    (key blocks relative to its document); `every` orders the kernel's programs."""
 
     kv_num_blocks: object
     kv_indices: object
@@ -154,6 +170,8 @@ class RoutedLayout:
     choice_words: object = None  # int32 [B*H, M, words] (query=token)
     key_blocks: int = 0
     tables: tuple = ()  # the predicate's tables of bits, as `Layout.block_tables()`
+    lines: tuple | None = None  # packed documents: per table line its tile row and first column, the columns
+    every: object = None  # the static Layout with every key block chosen (RoutedPlan.every)
 
     def block_tables(self) -> tuple:
         return self.tables
@@ -169,7 +187,7 @@ class RoutedLayout:
         from .routing import transposed
 
         return transposed(self.full_kv_num_blocks, self.full_kv_indices, self.kv_num_blocks, self.kv_indices,
-                          self.key_tiles)
+                          self.key_tiles, self.lines)
 
     @property
     def selection(self):
@@ -185,6 +203,9 @@ class RoutedLayout:
         """int8 `[B*H, Mt, Nt]`: 0 skipped, 1 partial, 2 full (for plots and checks)."""
         import torch
 
+        if self.lines is not None:
+            raise PatternError("a packed-documents call's tables hold a line per (document, tile row), in "
+                               "document-relative tiles: no block map of the packed sequence")
         BH, Mt, _ = self.kv_indices.shape
         out = torch.zeros(BH, Mt, self.key_tiles, dtype=torch.int8)
         for table, counts, kind in ((self.kv_indices, self.kv_num_blocks, PARTIAL),
