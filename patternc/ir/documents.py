@@ -93,11 +93,11 @@ def check_pattern(pattern, heads: int | None = None, routed: bool = False) -> No
             rules = ([n for n in section.expr.walk() if not n.children() and not n.routed] if pattern.is_routed
                      else [section.expr])
             try:
-                term = [_term(rule.visible(ctx, Sym("q"), Sym("k"))) for rule in rules]
+                terms = [_term(rule.visible(ctx, Sym("q"), Sym("k"))) for rule in rules]
             except NotImplementedError:
                 why = "it looks up tables drawn for one sequence length (random)"
                 break
-            if any(t.free_vars() & {"M", "N"} for t in term):
+            if any(t.free_vars() & {"M", "N"} for t in terms):
                 why = f"its rule `{section.expr}` reads the sequence length (M or N), which each document has its own of"
                 break
     if why:

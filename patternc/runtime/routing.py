@@ -447,7 +447,7 @@ def route(plan, q, k, documents=None) -> dict:
         q_first = 0
     packed = None
     if documents is not None:  # every document's blocks pooled, from tables of the documents
-        packed = Documents(documents, b, plan.block_m, plan.block_n, n_k, Mt, key_tiles)
+        packed = Documents(documents, N, b, plan.block_m, plan.block_n)
         n_q = k_pooled = packed.blocks
         q_first = 0
     k_means = B * Hkv * (n_k if packed is None else packed.blocks)
@@ -523,9 +523,10 @@ class Documents:
     (0 past the last); per table line, `line_programs` int32 [lines, 2] (its document and tile
     row; -1 past the last), `line_tile` (its row, -1 past the last) and `line_column` (its
     document's first line of the transposed tables). The counts are bounds from the boundaries'
-    shape: `blocks` = nK + docs, `lines` = Mt + docs, `columns` = Nt + docs."""
+    shape and the length N: `blocks` = ceil(N / block) + docs, `lines` = ceil(N / block_m) +
+    docs, `columns` = ceil(N / block_n) + docs, each at most N (each holds a token)."""
 
-    def __init__(self, documents, block: int, block_m: int, block_n: int, n_k: int, Mt: int, Nt: int):
+    def __init__(self, documents, N: int, block: int, block_m: int, block_n: int):
         import torch
 
         docs = documents.shape[0] - 1
@@ -533,7 +534,7 @@ class Documents:
         lengths = documents[1:].long() - starts
         self.per_document = (lengths + block - 1) // block
         rows, cols = (lengths + block_m - 1) // block_m, (lengths + block_n - 1) // block_n
-        self.blocks, self.lines, self.columns = n_k + docs, Mt + docs, Nt + docs
+        self.blocks, self.lines, self.columns = (min(-(-N // b) + docs, N) for b in (block, block_m, block_n))
         self.info = torch.stack((starts, lengths, _firsts(self.per_document), _firsts(rows)), 1).to(torch.int32)
         owner, j = _enumerate(self.per_document, self.blocks)
         at = owner.clamp(min=0)
