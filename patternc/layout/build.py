@@ -229,8 +229,8 @@ RUN, CHUNK = 8, 1 << 18
 
 
 def heads_tiles(node: Node, heads, M: int, N: int, bm: int, bn: int, grid, data, order=None):
-    """([(qt, lo, hi, kind)] per head, refined) of several heads at once: runs of key tiles
-    [lo, hi) of one kind, non-empty, sorted by (qt, lo) (`Layout.from_runs`). A row is a (head, query
+    """([(partial, full)] per head, refined) of several heads at once, each kind's tiles as runs
+    (qt, lo, hi) of key tiles [lo, hi), non-empty, sorted by (qt, lo) (`Layout.from_runs`). A row is a (head, query
     tile) pair and the context's head follows the rows, so each step is one batch for all heads
     (rules that look up per-head tables take one head at a time)."""
     n_qt, n_kt = -(-M // bm), -(-N // bn)
@@ -252,11 +252,11 @@ def heads_tiles(node: Node, heads, M: int, N: int, bm: int, bn: int, grid, data,
     row, lo, hi = (np.concatenate(x) for x in zip(*((r + i * n_qt, a, b) for i, (r, a, b) in enumerate(runs))))
     if order is not None:  # a run of layout positions must stay inside one residue class
         row, lo, hi = _split(row, lo, hi, order.class_len // bn)
-    decided, short = [], []  # runs decided whole: (row, lo, hi, kind); runs to classify tile by tile
+    decided, short = [], []  # runs decided whole: (row, lo, hi, kind: one or per run); runs to classify tile by tile
     diagonals = _diagonals(node, one, M, N, bm, bn, row % n_qt * bm - (hi - 1) * bn, row % n_qt * bm - lo * bn) \
         if order is None and len(row) else None
     if diagonals is not None:  # a rule of d alone: whole tiles by their diagonal, the rest one by one
-        decided.append(_by_diagonal(row, lo, hi, diagonals, M, N, bm, bn))
+        decided += _by_diagonal(row, lo, hi, diagonals, M, N, bm, bn)
         short.append(_cut_tiles(row, lo, hi, M, N, bm, bn))
         row = row[:0]
     while len(row):
@@ -266,7 +266,7 @@ def heads_tiles(node: Node, heads, M: int, N: int, bm: int, bn: int, grid, data,
         q, k = rectangles(row, lo, hi)
         truth, undecided = classify(node, at(row), tokens(q), tokens(k), bm, bn)
         full = ~undecided & ~truth.can_false
-        decided.append((row[full], lo[full], hi[full], np.full(int(full.sum()), FULL, np.int8)))
+        decided.append((row[full], lo[full], hi[full], FULL))
         split = truth.can_true & ~full  # neither all full nor all empty: halves
         row, lo, hi = row[split], lo[split], hi[split]
         if order is None:  # runs whose tiles all classify alike: their first tile decides
@@ -277,7 +277,6 @@ def heads_tiles(node: Node, heads, M: int, N: int, bm: int, bn: int, grid, data,
             row, lo, hi = row[~alike], lo[~alike], hi[~alike]
         mid = (lo + hi) // 2
         row, lo, hi = np.concatenate([row, row]), np.concatenate([lo, mid]), np.concatenate([mid, hi])
-    in_order = not short or len(short) == 1 and not any(len(d[0]) for d in decided)  # else the runs need sorting
     qt, kt = expand(*(np.concatenate(x) for x in zip(*short))) if short else expand(row, lo, hi)
     refined = 0
     for start in range(0, len(qt), CHUNK):
@@ -285,12 +284,35 @@ def heads_tiles(node: Node, heads, M: int, N: int, bm: int, bn: int, grid, data,
         visible, full, n = truths(r, k)
         decided.append((r[visible], k[visible], k[visible] + 1, _kinds(visible, full)))
         refined += n
-    row, lo, hi, kind = (np.concatenate(x) for x in zip(*decided)) if decided else (qt, kt, kt, kt.astype(np.int8))
-    if not in_order:
-        by_row = np.argsort(row * (n_kt + 1) + lo, kind="stable")  # timsort: merges the sorted pieces
-        row, lo, hi, kind = row[by_row], lo[by_row], hi[by_row], kind[by_row]
-    bounds = np.searchsorted(row, np.arange(len(heads) + 1) * n_qt)
-    return [(row[a:b] - i * n_qt, lo[a:b], hi[a:b], kind[a:b]) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))], refined
+    kinds = []
+    for kind in (PARTIAL, FULL):
+        parts = [(r, a, b) if np.ndim(c) == 0 else (r[c == kind], a[c == kind], b[c == kind])
+                 for r, a, b, c in decided if np.ndim(c) or c == kind]
+        row, lo, hi = _sorted_runs(parts, n_kt)
+        bounds = np.searchsorted(row, np.arange(len(heads) + 1) * n_qt)
+        kinds.append([(row[a:b] - i * n_qt, lo[a:b], hi[a:b]) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))])
+    return list(zip(*kinds)), refined
+
+
+def _sorted_runs(parts, n_kt: int):
+    """Parts of (row, lo, hi) runs as one set sorted by (row, lo): when the largest part is
+    sorted, the others are put into it (no sort of the whole, strides' pieces are many)."""
+    parts = sorted((p for p in parts if len(p[0])), key=lambda p: -len(p[0]))
+    if not parts:
+        return (np.zeros(0, np.int64),) * 3
+    key = parts[0][0] * (n_kt + 1) + parts[0][1]
+    if len(parts) > 1 and (key[1:] > key[:-1]).all():
+        row, lo, hi = (np.concatenate(x) for x in zip(*parts[1:]))
+        rest = row * (n_kt + 1) + lo
+        by_row = np.argsort(rest, kind="stable")
+        at = np.searchsorted(key, rest[by_row])
+        return tuple(np.insert(x, at, y[by_row]) for x, y in zip(parts[0], (row, lo, hi)))
+    row, lo, hi = (np.concatenate(x) for x in zip(*parts)) if len(parts) > 1 else parts[0]
+    key = row * (n_kt + 1) + lo
+    if (key[1:] < key[:-1]).any():
+        by_row = np.argsort(key, kind="stable")  # timsort: merges the sorted pieces
+        row, lo, hi = row[by_row], lo[by_row], hi[by_row]
+    return row, lo, hi
 
 
 def _alike(node: Node, ctx: Context, q: Interval, k: Interval, bn: int):
@@ -338,35 +360,42 @@ def _cut_tiles(row, lo, hi, M: int, N: int, bm: int, bn: int):
 
 
 def _by_diagonal(row, lo, hi, diagonals, M: int, N: int, bm: int, bn: int):
-    """(row, lo, hi, kind) of the visible whole tiles of runs, for a rule of d alone: a tile's kind
-    is its diagonal's (`_diagonals`), so a run is cut only where the kind changes from one
-    diagonal to the next, a few times per row for windows (at every tile for strides)."""
+    """[(row, lo, hi, kind)] of the visible whole tiles of runs, for a rule of d alone: a tile's kind
+    is its diagonal's (`_diagonals`), so a run holds a piece per stretch of diagonals of one kind
+    it crosses, a few per row for windows (one per visible tile for strides); a group per kind, each
+    sorted by (row, lo)."""
     first, step, seen, every = diagonals
     kinds = np.where(every, FULL, np.where(seen, PARTIAL, 0)).astype(np.int8)
     row, lo, hi = _whole(row, lo, hi, M, N, bm, bn)
     keep = hi > lo
     row, lo, hi = row[keep], lo[keep], hi[keep]
     top = (row % -(-M // bm)) * bm - first  # key tile kt of the row lies on diagonal (top - kt * bn) // step
-    if bn == step:  # consecutive key tiles lie on consecutive diagonals, falling
-        changes = np.flatnonzero(kinds[1:] != kinds[:-1]) + 1  # diagonal c's kind differs from c - 1's
-        a = np.searchsorted(changes, (top - (hi - 1) * bn) // step, "right")
-        b = np.searchsorted(changes, (top - lo * bn) // step, "right")
-        count = b - a  # cuts inside the run
-        owner = np.repeat(np.arange(len(row)), count + 1)
-        head = np.cumsum(count + 1) - (count + 1)  # where each run's pieces start
-        inner = np.ones(len(owner), bool)
-        inner[head] = False
-        k = np.arange(len(owner)) - head[owner]  # 1..count: the k-th cut, at the k-th largest change
-        starts = lo[owner].copy()
-        starts[inner] = (top[owner[inner]] - changes[b[owner[inner]] - k[inner]] * step) // bn + 1
-    else:  # consecutive key tiles skip diagonals: tile by tile
-        owner, starts = expand(np.arange(len(row)), lo, hi)
-    ends = np.append(starts[1:], 0)
-    last = np.append(owner[1:] != owner[:-1], True)[:len(owner)]  # a run's last piece ends with it
-    ends[last] = hi[owner[last]]
-    kind = kinds[(top[owner] - starts * bn) // step]
-    keep = kind > 0
-    return row[owner[keep]], starts[keep], ends[keep], kind[keep]
+    if bn != step:  # consecutive key tiles skip diagonals: tile by tile
+        owner, kt = expand(np.arange(len(row)), lo, hi)
+        kind = kinds[(top[owner] - kt * bn) // step]
+        keep = kind > 0
+        return [(row[owner[keep]], kt[keep], kt[keep] + 1, kind[keep])]
+    t = top // step  # consecutive key tiles lie on consecutive diagonals, falling: kt on t - kt
+    out = []
+    for kind in (PARTIAL, FULL):  # each kind's stretches of diagonals [s, e), cut to the runs
+        edges = np.diff((kinds == kind).astype(np.int8), prepend=np.int8(0), append=np.int8(0))
+        s, e = np.flatnonzero(edges == 1).astype(np.int32), np.flatnonzero(edges == -1).astype(np.int32)
+        a = np.searchsorted(e, t - hi + 1, "right")  # the run's diagonals: t - hi + 1 .. t - lo
+        b = np.searchsorted(s, t - lo + 1, "left")
+        n = b - a
+        head = np.cumsum(n) - n
+        # one piece per stretch, by falling diagonal; int32 and in place: strides make many pieces
+        i = np.repeat((b - 1 + head).astype(np.int32), n)
+        i -= np.arange(len(i), dtype=np.int32)
+        at = np.repeat((t + 1).astype(np.int32), n)
+        starts = np.subtract(at, np.take(e, i), dtype=np.int32)
+        ends = np.subtract(at, np.take(s, i, out=i), out=at)
+        some = n > 0
+        first_piece, last_piece = head[some], head[some] + n[some] - 1
+        starts[first_piece] = np.maximum(starts[first_piece], lo[some])
+        ends[last_piece] = np.minimum(ends[last_piece], hi[some])
+        out.append((np.repeat(row.astype(np.int32), n), starts, ends, kind))
+    return out
 
 
 def _diagonals(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, least, most):

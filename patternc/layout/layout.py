@@ -30,20 +30,24 @@ def _csr(rows: np.ndarray, lo: np.ndarray, hi: np.ndarray, n_rows: int):
     entry j is j + (lo - its position) of the run holding it, so the table is a prefix sum of that
     offset's changes, put at each run's first position (no per-entry index arrays)."""
     length = hi - lo
-    ends = np.concatenate([[0], np.cumsum(length)])
+    small = int(length.sum()) + n_rows < 2**31  # positions fit int32 (fresh memory is the cost)
+    ends = np.cumsum(length, dtype=np.int32 if small else np.int64)
     bounds = np.searchsorted(rows, np.arange(n_rows + 1))
-    counts = (ends[bounds[1:]] - ends[bounds[:-1]]).astype(np.int32)
+    before = np.concatenate([np.zeros(1, ends.dtype), ends])[bounds]  # entries before each row
+    counts = np.diff(before).astype(np.int32)
     width = max(int(counts.max(initial=0)), 1)
     indices = np.zeros((n_rows, width), dtype=np.int32)
     if not len(rows):
         return counts, indices
-    start = ends[:-1] - ends[bounds[rows]]  # each run's first position in its row
-    if len(rows) == ends[-1]:  # single tiles: put each one
-        indices[rows, start] = lo
+    start = np.subtract(ends, length, out=ends)
+    start -= before[rows]  # each run's first position in its row
+    at = np.multiply(rows, width, dtype=np.int64 if n_rows * width >= 2**31 else start.dtype)
+    at += start
+    if len(rows) == before[-1]:  # single tiles: put each one
+        indices.reshape(-1)[at] = lo
         return counts, indices
     offset = (lo - start).astype(np.int32)
     change = np.diff(offset, prepend=np.int32(0))
-    at = rows * width + start
     j = np.arange(width, dtype=np.int32)
     step = max(CHUNK // width, 1)
     for r0 in range(0, n_rows, step):
@@ -121,15 +125,13 @@ class Layout:
     @classmethod
     def from_runs(cls, per_head, M, N, block_m, block_n, pattern=None, refined_tiles=0, device="cpu",
                   permutation=None, data=None):
-        """From per-head `(qt, lo, hi, kind)` runs: query tile qt visits key tiles [lo, hi), all of
-        kind PARTIAL or FULL; runs non-empty, sorted by (qt, lo), not overlapping; a head may reuse
+        """From per-head `(partial, full)` runs: `(qt, lo, hi)` arrays, query tile qt visiting key
+        tiles [lo, hi), runs non-empty, sorted by (qt, lo), not overlapping; a head may reuse
         another's tuple."""
         n_qt = -(-M // block_m)
 
         def forward(t):
-            qt, lo, hi, kind = t
-            f, p = kind == FULL, kind == PARTIAL
-            return (*_csr(qt[p], lo[p], hi[p], n_qt), *_csr(qt[f], lo[f], hi[f], n_qt))
+            return (*_csr(*t[0], n_qt), *_csr(*t[1], n_qt))
 
         kv, kvi, fkv, fkvi = _stack(per_head, forward, device)
         return cls(M, N, len(per_head), block_m, block_n, kv, kvi, fkv, fkvi,
@@ -139,7 +141,8 @@ class Layout:
     @classmethod
     def from_tiles(cls, per_head, M, N, block_m, block_n, **kw):
         """From per-head `(qt, kt, kind)` arrays sorted by (qt, kt); a head may reuse another's tuple."""
-        runs = {id(t): (t[0], t[1], t[1] + 1, t[2]) for t in per_head}
+        runs = {id(t): tuple((t[0][t[2] == k], t[1][t[2] == k], t[1][t[2] == k] + 1) for k in (PARTIAL, FULL))
+                for t in per_head}
         layout = cls.from_runs([runs[id(t)] for t in per_head], M, N, block_m, block_n, **kw)
         layout.__dict__["_tiles"] = tuple(per_head)
         return layout
@@ -148,8 +151,15 @@ class Layout:
     def _tiles(self) -> tuple:
         """Per head `(qt, kt, kind)`, one entry per visited tile sorted by (qt, kt) (heads that share
         runs share them): the runs expanded, on first use."""
-        tiles = {id(t): (*expand(t[0], t[1], t[2]), np.repeat(t[3], t[2] - t[1])) for t in self._runs}
-        return tuple(tiles[id(t)] for t in self._runs)
+
+        def tiles(runs):
+            parts = [(*expand(*r), np.full(int((r[2] - r[1]).sum()), kind, np.int8)) for kind, r in zip((PARTIAL, FULL), runs)]
+            qt, kt, kind = (np.concatenate(x) for x in zip(*parts))
+            order = np.lexsort((kt, qt))
+            return qt[order], kt[order], kind[order]
+
+        built = {id(t): tiles(t) for t in self._runs}
+        return tuple(built[id(t)] for t in self._runs)
 
     def _transpose(self):
         """Build the transposed tables (`q_num_blocks`, ...) from the tiles."""
@@ -254,10 +264,8 @@ class Layout:
             return cached
         _, Mt, _ = self.shape
 
-        def build(runs, kind):
-            qt, lo, hi, kinds = runs
-            sel = kinds == kind
-            qt, lo, hi = qt[sel], lo[sel], hi[sel]
+        def build(runs):
+            qt, lo, hi = runs
             if not len(qt):
                 return np.zeros((Mt, 1, 2), np.int32)
             new = np.ones(len(qt), bool)
@@ -277,7 +285,7 @@ class Layout:
 
         result = []
         for kind in (FULL, PARTIAL):
-            per = {id(t): build(t, kind) for t in self._runs}
+            per = {id(t): build(t[1] if kind == FULL else t[0]) for t in self._runs}  # (partial, full)
             width = max(a.shape[1] for a in per.values())
             if width > max_runs:
                 self._runs_cache[max_runs] = None
