@@ -228,3 +228,15 @@ def test_build_memory_stays_small(text, S, tiles, limit_mib):
     tracemalloc.stop()
     assert layout.counts["partial"] + layout.counts["full"] > 0
     assert peak < limit_mib << 20, f"{text!r}: peak traced memory {peak / 2**20:.1f} MiB"
+
+
+def test_too_many_candidate_tiles_is_a_clear_error(monkeypatch):
+    """Layouts whose candidate tiles would be classified by splitting past the limit are refused
+    with the numbers, not built until memory runs out; rules of d alone never split."""
+    from patternc.layout import build
+
+    monkeypatch.setattr(build, "MAX_CANDIDATES", 1000)
+    with pytest.raises(patternc.PatternError, match="classifying 8,192 candidate tiles"):
+        patternc.compile("columns(5, phase=h % 5)").layout(1024, heads=2, block_m=16, block_n=16)
+    check_block_map(patternc.compile("causal & strided(3)").layout(1024, block_m=16, block_n=16),
+                    patternc.compile("causal & strided(3)").mask(1024).numpy(), "d alone")

@@ -226,6 +226,9 @@ def _evaluate(node: Node, ctx: Context, owner, q_lo, q_hi, k_lo, k_hi, tokens, a
 # where they are not all full or all empty: dense regions cost O(log) instead of O(tiles). Tiles
 # are classified CHUNK at a time (smaller temporaries are much faster than fresh large ones).
 RUN, CHUNK = 8, 1 << 18
+# candidate tiles classified by splitting runs, at most (per batch of heads): past it, the work
+# and its index arrays (tens of bytes per tile) outgrow seconds and memory
+MAX_CANDIDATES = 1 << 28
 
 
 def heads_tiles(node: Node, heads, M: int, N: int, bm: int, bn: int, grid, data, order=None):
@@ -259,6 +262,13 @@ def heads_tiles(node: Node, heads, M: int, N: int, bm: int, bn: int, grid, data,
         decided += _by_diagonal(row, lo, hi, diagonals, M, N, bm, bn)
         short.append(_cut_tiles(row, lo, hi, M, N, bm, bn))
         row = row[:0]
+    candidates = int((hi - lo).sum())
+    if candidates > MAX_CANDIDATES:  # each costs classification work and memory: refuse, not swap
+        raise PatternError(
+            f"laying out {len(heads)} head(s) of {M} x {N} tokens in {bm}x{bn} tiles means classifying "
+            f"{candidates:,} candidate tiles (at most {MAX_CANDIDATES:,}): the rule is not one of distance "
+            f"alone and its key bands don't bound the tiles more tightly", None,
+            "use larger tiles, rules on blocks (block=) that tiles can follow, or shorter sequences")
     while len(row):
         long = hi - lo >= RUN
         short.append((row[~long], lo[~long], hi[~long]))
