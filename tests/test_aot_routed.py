@@ -86,7 +86,7 @@ def test_routed_report_and_refusals(tmp_path):
     path = compile_module(pattern, 256, head_dim=16, dtype="fp32", config="128x128/w4/s1", out_dir=tmp_path,
                           name="moba")
     source, report = path.read_text(), path.with_suffix(".md").read_text()
-    assert "BLOCK_M = 64" in source and "def route(plan, q, k)" in source and "\nfrom __future__" not in source
+    assert "BLOCK_M = 64" in source and "def route(plan, q, k" in source and "\nfrom __future__" not in source
     assert "at most (every key block chosen)" in report and "written per call by the routing kernels" in report
     with pytest.raises(patternc.PatternError, match="routes among at most 1024 key blocks"):
         compile_module(patternc.compile("topk(2, block=16, query=token)"), 16 * 1025, head_dim=16, out_dir=tmp_path)

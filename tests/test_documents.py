@@ -216,6 +216,23 @@ def test_documents_need_self_attention():
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def gpu_call_against_the_reference(pattern, bounds, dtype):
+    """(q, k, v, out) of an autotuned call on the GPU, as a user makes it (8 query heads, 4 key
+    heads, D 128), its output and gradients checked against the fp64 reference first."""
+    documents = torch.tensor(bounds, dtype=torch.int32, device="cuda")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q, k, v = (torch.randn(1, h, bounds[-1], 128, device="cuda", dtype=dtype, generator=g).requires_grad_()
+               for h in (8, 4, 4))
+    out = patternc.attention(q, k, v, pattern, documents=documents)
+    dout = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), dout)
+    want = patternc.reference_attention(*(x.detach().double() for x in (q, k, v)), pattern, documents=documents)
+    assert_close(out, want, 2e-2, f"{pattern} out")
+    for got, ref, name in zip(grads, reference_grads(q, k, v, pattern, dout, documents=documents), "qkv"):
+        assert_close(got, ref, 3e-2, f"{pattern} d{name}")
+    return q, k, v, out
+
+
 @pytest.mark.gpu
 @gpu
 @pytest.mark.parametrize("text", ["causal", "causal & (window(300) | sink(4))", "window(200) | blocked(512)"])
@@ -227,17 +244,7 @@ def test_gpu_documents_against_flex_and_the_reference(text, dtype):
 
     pattern = patternc.compile(text)
     bounds = [0, 1000, 1001, 3000, 3000, 4500, 8192]
-    documents = torch.tensor(bounds, dtype=torch.int32, device="cuda")
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(1, h, 8192, 128, device="cuda", dtype=dtype, generator=g).requires_grad_()
-               for h in (8, 4, 4))
-    out = patternc.attention(q, k, v, pattern, documents=documents)
-    dout = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (q, k, v), dout)
-    want = patternc.reference_attention(*(x.detach().double() for x in (q, k, v)), pattern, documents=documents)
-    assert_close(out, want, 2e-2, f"{text} out")
-    for got, ref, name in zip(grads, reference_grads(q, k, v, pattern, dout, documents=documents), "qkv"):
-        assert_close(got, ref, 3e-2, f"{text} d{name}")
+    q, k, v, out = gpu_call_against_the_reference(pattern, bounds, dtype)
     block_mask = pattern.layout(8192, heads=8, documents=bounds).to_flex_block_mask().to("cuda")
     flex = flex_attention(q, k, v, block_mask=block_mask, enable_gqa=True)
     assert_close(out, flex.double(), 2e-2, f"{text} vs FlexAttention")

@@ -233,24 +233,13 @@ def test_gpu_routed_documents_against_flex_and_the_reference(text, dtype):
     """Autotuned, as a user runs it: outputs and gradients against the fp64 reference, and the
     output against FlexAttention fed the reference's document + routed mask (the choice from the
     same q and k: near ties may rank differently, hence the tolerances)."""
+    from test_documents import gpu_call_against_the_reference
     from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-
-    from reference import reference_grads
 
     pattern = patternc.compile(text)
     bounds = [0, 100, 1100, 1100, 2600, 4096]
-    documents = torch.tensor(bounds, dtype=torch.int32, device="cuda")
-    g = torch.Generator(device="cuda").manual_seed(0)
-    q, k, v = (torch.randn(1, h, 4096, 128, device="cuda", dtype=dtype, generator=g).requires_grad_()
-               for h in (8, 4, 4))
-    out = patternc.attention(q, k, v, pattern, documents=documents)
-    dout = torch.randn_like(out)
-    grads = torch.autograd.grad(out, (q, k, v), dout)
-    want = patternc.reference_attention(*(x.detach().double() for x in (q, k, v)), pattern, documents=documents)
-    assert_close(out, want, 2e-2, f"{text} out")
-    for got, ref, name in zip(grads, reference_grads(q, k, v, pattern, dout, documents=documents), "qkv"):
-        assert_close(got, ref, 3e-2, f"{text} d{name}")
-    mask = pattern.mask(4096, q=q[0].detach().float(), k=k[0].detach().float(), documents=documents, device="cuda")
+    q, k, v, out = gpu_call_against_the_reference(pattern, bounds, dtype)
+    mask = pattern.mask(4096, q=q[0].detach().float(), k=k[0].detach().float(), documents=bounds, device="cuda")
     block_mask = create_block_mask(lambda b, h, i, j: mask[h, i, j], 1, 8, 4096, 4096, device="cuda")
     flex = flex_attention(q, k, v, block_mask=block_mask, enable_gqa=True)
     assert_close(out, flex.double(), 2e-2, f"{text} vs FlexAttention")

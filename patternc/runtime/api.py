@@ -33,8 +33,9 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
     `[docs + 1]` on q's device (FlashAttention's `cu_seqlens`: 0, then each document's end, the
     last N), for self-attention (M == N; batch entries share the boundaries, usually batch 1).
     The pattern applies inside each document with positions from its first token (`sink(4)`:
-    each document's first 4 tokens), and no key of another document is visible. Patterns whose
-    rule reads the length (`window(N // 8)`, grids, `random`) or routes (`topk`) are refused. The
+    each document's first 4 tokens), and no key of another document is visible; a routed `topk`
+    chooses among its document's blocks, as on the document alone. Patterns whose rule reads the
+    length (`window(N // 8)`, grids, `random`) are refused. The
     boundaries are checked (0 first, N last, never decreasing: one host sync per call, skipped
     while a CUDA graph is captured); the kernel's programs are laid out from them on the device.
 

@@ -18,6 +18,17 @@ tiles (visible whatever is chosen), each classed by its key block's choice, then
 chosen blocks add, block by block. Work and memory per call are O(tiles visited), never O(N^2);
 no copy of K or V.
 
+Packed documents (`route(..., documents=)`, the kernels' DOCS): each document routes alone, as
+the sequence it is. Blocks are numbered document after document (`Documents`: small tables built
+from the boundaries on the device): `pool_blocks` pools every block of every document over its
+own tokens; a `select_blocks` program takes QB blocks of one document and a `select_tokens`
+program one tile row of one, and reads only that document's key means (its own block and the
+causal rule in document positions, as without documents). The plan is the packed length's, in
+document-relative tiles; the row writer puts a document's tile rows at its own table lines
+(one per (document, tile row), document after document) and drops the tiles past its end.
+Program tables bound the work by the boundaries' shape (a few idle programs per document), so
+nothing waits for the host.
+
 `route(plan, q, k)` launches them and returns the call's layout tables; `transposed(...)` turns
 them into the dK/dV kernel's (on the device, no host synchronisation). This file needs torch and
 triton only: `patternc compile` writes it, as it is, into the standalone modules of routed
@@ -215,14 +226,29 @@ def _means_slice(qbar, kbar, d0, rows, keys, n_q, unit_heads, HEAD_DIM: tl.const
 
 
 @triton.jit
-def _document(PROGRAMS, DOCINFO):
-    """A selection program's share of packed documents: (its entry of `PROGRAMS` (document, part
-    of it), the document's first token, length, first routing block and first table line, from
-    `DOCINFO`); document -1: no share."""
-    doc = tl.load(PROGRAMS + 2 * tl.program_id(0))
-    info = DOCINFO + 4 * tl.maximum(doc, 0)
-    return doc, tl.load(PROGRAMS + 2 * tl.program_id(0) + 1), tl.load(info), tl.load(info + 1), tl.load(info + 2), \
-        tl.load(info + 3)
+def _part(PROGRAMS, DOCINFO, n_k, tiles_m, key_tiles, block, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+          DOCS: tl.constexpr):
+    """A selection program's part (a group of query blocks, or a tile row), then its sequence's
+    first token, length, first routing block, first table line, key blocks, tile rows and key
+    tiles. With DOCS, of its document alone (`PROGRAMS`: each program's document and part;
+    `DOCINFO`: each document's first token, length, first block and first line), else of the
+    whole sequence (the program id, zeros and the counts given)."""
+    if DOCS:
+        info = DOCINFO + 4 * tl.load(PROGRAMS + 2 * tl.program_id(0))
+        length = tl.load(info + 1)
+        return (tl.load(PROGRAMS + 2 * tl.program_id(0) + 1), tl.load(info), length, tl.load(info + 2),
+                tl.load(info + 3), tl.cdiv(length, block), tl.cdiv(length, BLOCK_M), tl.cdiv(length, BLOCK_N))
+    else:
+        return tl.program_id(0), 0, 0, 0, 0, n_k, tiles_m, key_tiles
+
+
+@triton.jit
+def _idle(PROGRAMS, DOCS: tl.constexpr):
+    """Is this a program past the last document's share (DOCS: grids are bounds)?"""
+    if DOCS:
+        return tl.load(PROGRAMS + 2 * tl.program_id(0)) < 0
+    else:
+        return False
 
 
 @triton.jit
@@ -246,19 +272,14 @@ def select_blocks(
     units = H // unit_heads
     b = unit // units
     h0 = (unit % units) * unit_heads
-    if DOCS:  # the document alone, as a sequence of its own: its blocks from first_block, its tile rows from line0
-        doc, part, _, length, first_block, line0 = _document(PROGRAMS, DOCINFO)
-        if doc < 0:
-            return
-        n_k = tl.cdiv(length, block)
+    if _idle(PROGRAMS, DOCS):
+        return
+    # with DOCS, a document alone, as a sequence of its own: its blocks from first_block, tile rows from line0
+    part, _, _, first_block, line0, n_k, tiles_m, key_tiles = _part(PROGRAMS, DOCINFO, n_k, tiles_m, key_tiles,
+                                                                      block, BLOCK_M, BLOCK_N, DOCS)
+    if DOCS:
         n_q = n_k
         k_pooled = n_k
-        tiles_m = tl.cdiv(length, BLOCK_M)
-        key_tiles = tl.cdiv(length, BLOCK_N)
-    else:
-        part = tl.program_id(0)
-        first_block = 0
-        line0 = 0
     qb = part * QB + tl.arange(0, QB)  # this program's query blocks
     valid_qb = qb < n_q
     pooled_qb = valid_qb & (qb >= q_first)
@@ -341,22 +362,17 @@ def select_tokens(
     units = H // unit_heads
     b = tl.program_id(1) // units
     h0 = (tl.program_id(1) % units) * unit_heads
-    if DOCS:  # the document alone, as a sequence of its own (q and the words moved to its first token)
-        doc, row, start, length, first_block, line0 = _document(PROGRAMS, DOCINFO)
-        if doc < 0:
-            return
+    if _idle(PROGRAMS, DOCS):
+        return
+    # with DOCS, a document alone, as a sequence of its own: q and the words moved to its first token
+    row, start, length, first_block, line0, n_k, tiles_m, key_tiles = _part(PROGRAMS, DOCINFO, n_k, tiles_m,
+                                                                             key_tiles, block, BLOCK_M, BLOCK_N, DOCS)
+    if DOCS:
         Q += start.to(tl.int64) * stride_qm
         WORDS += start.to(tl.int64) * WORDS_PER_ROW
         M = length
         N = length
-        n_k = tl.cdiv(length, block)
         k_pooled = n_k
-        tiles_m = tl.cdiv(length, BLOCK_M)
-        key_tiles = tl.cdiv(length, BLOCK_N)
-    else:
-        row = tl.program_id(0)
-        first_block = 0
-        line0 = 0
     offs_k = tl.arange(0, NKP)
     kbar = KBAR + ((b * (H // group) + h0 // group).to(tl.int64) * k_rows + first_block) * HEAD_DIM
     any_row = tl.zeros([NKP], dtype=tl.int32)
