@@ -261,7 +261,7 @@ def heads_tiles(node: Node, heads, M: int, N: int, bm: int, bn: int, grid, data,
     if diagonals is not None:  # a rule of d alone: whole tiles by their diagonal, the rest one by one
         decided += _by_diagonal(row, lo, hi, diagonals, M, N, bm, bn)
         short.append(_cut_tiles(row, lo, hi, M, N, bm, bn))
-        row = row[:0]
+        row, lo, hi = row[:0], lo[:0], hi[:0]
     candidates = int((hi - lo).sum())
     if candidates > MAX_CANDIDATES:  # each costs classification work and memory: refuse, not swap
         raise PatternError(
