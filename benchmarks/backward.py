@@ -36,12 +36,14 @@ STATIC = [name for name, (text, _) in SUITE.items() if "topk" not in text]
 def run(name, text, S, args, flex, cudnn):
     H, D, dtype = args.heads, args.head_dim, getattr(torch, args.dtype)
     pattern = patternc.compile(text)
-    q, k, v = (torch.randn(1, H, S, D, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(1, h, S, D, device="cuda", dtype=dtype, requires_grad=True)
+               for h in (H, args.kv_heads or H, args.kv_heads or H))
     do = torch.randn(1, H, S, D, device="cuda", dtype=dtype)
     layout128 = pattern.layout(S, heads=H, block_m=128, block_n=128, order="natural")
     block_mask = layout128.to_flex_block_mask().to("cuda")
     row = {"pattern": name, "S": S, "text": text, "density": layout128.density}
-    flex_attend = lambda q, k, v: flex(q, k, v, block_mask=block_mask)  # noqa: E731
+    gqa = {"enable_gqa": True} if args.kv_heads else {}
+    flex_attend = lambda q, k, v: flex(q, k, v, block_mask=block_mask, **gqa)  # noqa: E731
     ref = fwd_bwd(flex_attend, q, k, v, do)
     row["flex_ms"] = bench(lambda: fwd_bwd(flex_attend, q, k, v, do))
     row["cudnn_ms"] = cudnn
@@ -108,6 +110,7 @@ def main(argv=None):
     ap.add_argument("--patterns", nargs="*", default=STATIC)
     ap.add_argument("--lengths", nargs="*", type=int, default=None, help="override the suite's lengths")
     ap.add_argument("--heads", type=int, default=16)
+    ap.add_argument("--kv-heads", type=int, default=None, help="fewer key/value heads than --heads: GQA")
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--configs", nargs="*", default=list(CONFIGS), help="patternc tile configs to try")

@@ -39,10 +39,10 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
     boundaries are checked (0 first, N last, never decreasing: one host sync per call, skipped
     while a CUDA graph is captured); the kernel's programs are laid out from them on the device.
 
-    Training: when q, k or v require grad (or under `torch.compile`) the call goes through the
-    `patternc::attention` custom op, whose backward runs generated backward kernels (see
-    `runtime/autograd.py`); the LSE output is differentiable too. Under autocast, q, k and v are
-    cast to the autocast dtype. `return_layout=True` is for inspection and takes no gradients.
+    Training: when q, k or v require grad the call takes autograd's path (under `torch.compile`
+    the `patternc::attention` custom op, in eager mode an `autograd.Function`: see
+    `runtime/autograd.py`), whose backward runs generated backward kernels; the LSE output is
+    differentiable too. Under autocast, q, k and v are cast to the autocast dtype. `return_layout=True` is for inspection and takes no gradients.
     """
     import torch
 
@@ -58,8 +58,11 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
             raise PatternError("return_layout=True takes no gradients (and can't be compiled)", None,
                                "call it under torch.no_grad() to inspect the layout")
         # imported on first use: it brings in torch.compile's machinery (seconds, and triton)
-        from .autograd import attention_op, problem_key
+        from .autograd import Attention, attention_op, problem_key
 
-        out, lse = attention_op(q, k, v, documents, problem_key(pattern, config_key(config)), scale)
+        if torch.compiler.is_compiling():
+            out, lse = attention_op(q, k, v, documents, problem_key(pattern, config_key(config)), scale)
+        else:  # eager: the same passes through an autograd.Function, a fraction of the op's host time
+            out, lse = Attention.apply(q, k, v, documents, pattern, config, scale)
         return (out, lse) if return_lse else out
     return _attention(q, k, v, pattern, scale, return_lse, config, return_layout, documents)

@@ -32,7 +32,10 @@ def candidates(head_dim: int, dtype, capability: tuple[int, int]) -> list[dict]:
 def backward_candidates(head_dim: int, dtype, capability: tuple[int, int]) -> list[dict]:
     """Configs worth timing for the backward kernels, tuned apart from the forward (they only read
     its output and LSE): five matmuls per tile hold more registers, so smaller tiles and shallower
-    pipelines than the forward's (the backward kernels run one stage less than `num_stages`)."""
+    pipelines than the forward's (the backward kernels run one stage less than `num_stages`). At
+    head_dim 128 in half precision, 64x64 tiles with 4 warps beat every larger or narrower shape
+    tried, in both gradient kernels, by 1.5x or more (H200: benchmarks/results/
+    2026-12-02-h200-session2/backward_kernels.md): only their pipeline depth and memory path are searched."""
     import torch
 
     memories = ["tma", "pointers"] if capability >= (9, 0) else ["pointers"]
@@ -41,7 +44,7 @@ def backward_candidates(head_dim: int, dtype, capability: tuple[int, int]) -> li
     elif head_dim <= 64:
         shapes = [(64, 64, 4, 3), (128, 64, 8, 3), (64, 128, 8, 3)]
     else:
-        shapes = [(64, 64, 4, 3), (64, 64, 4, 4), (128, 64, 8, 3), (64, 128, 8, 3), (32, 64, 4, 3)]
+        shapes = [(64, 64, 4, 3), (64, 64, 4, 4)]
     return [{"block_m": m, "block_n": n, "num_warps": w, "num_stages": s, "memory": mem}
             for m, n, w, s in shapes for mem in memories[:1 if (m, n) != (64, 64) else 2]]
 
