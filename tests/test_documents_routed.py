@@ -186,6 +186,20 @@ def test_compiled_training_step(interpret):
         assert_close(got, want, 1e-4, f"compiled d{name}")
 
 
+def test_boundaries_changed_in_place_are_routed_again(interpret):
+    """The routing's tables of the documents are kept per boundaries tensor (the layers of a step
+    share them); an in-place change is a new version, routed anew."""
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, 64, 16, generator=g) for _ in range(3))
+    documents = torch.tensor([0, 40, 64], dtype=torch.int32)
+    for bounds in ([0, 40, 64], [0, 16, 64], [0, 16, 64]):
+        documents.copy_(torch.tensor(bounds, dtype=torch.int32))
+        got = patternc.attention(q, k, v, "causal & topk(2, block=16)", documents=documents)
+        for s, e in zip(bounds[:-1], bounds[1:]):
+            want = patternc.reference_attention(*(x[:, :, s:e].double() for x in (q, k, v)), "causal & topk(2, block=16)")
+            assert_close(got[:, :, s:e], want, 1e-5, f"documents {bounds}: {s}..{e}")
+
+
 @pytest.mark.parametrize("query", ["block", "token"])
 def test_routing_over_documents_syncs_nothing(interpret, query):
     """The documents' tables are built on the device: no host synchronisation in a call's routing."""

@@ -463,7 +463,7 @@ def route(plan, q, k, documents=None) -> dict:
         q_first = 0
     packed = None
     if documents is not None:  # every document's blocks pooled, from tables of the documents
-        packed = Documents(documents, N, b, plan.block_m, plan.block_n)
+        packed = documents_of(documents, N, b, plan.block_m, plan.block_n)
         n_q = k_pooled = packed.blocks
         q_first = 0
     k_means = B * Hkv * (n_k if packed is None else packed.blocks)
@@ -560,14 +560,39 @@ class Documents:
         self.line_programs = torch.stack((owner, row), 1).to(torch.int32)
         self.line_tile = torch.where(owner >= 0, row, -1)
         self.line_column = _firsts(cols)[owner.clamp(min=0)]
+        self._groups = {}
 
     def groups(self, qb: int):
         """int32 [groups, 2]: (document, group) of every group of `qb` routing blocks of each
         document, (-1, 0) past the last."""
         import torch
 
-        n = (self.per_document + qb - 1) // qb
-        return torch.stack(_enumerate(n, -(-self.blocks // qb) + n.shape[0]), 1).to(torch.int32)
+        if qb not in self._groups:  # (kept with the rest: documents_of)
+            n = (self.per_document + qb - 1) // qb
+            self._groups[qb] = torch.stack(_enumerate(n, -(-self.blocks // qb) + n.shape[0]), 1).to(torch.int32)
+        return self._groups[qb]
+
+
+_DOCUMENTS = {}  # (id(documents), its version, N, block, block_m, block_n) -> (weakref, Documents)
+
+
+def documents_of(documents, N: int, block: int, block_m: int, block_n: int) -> Documents:
+    """`Documents`, once per boundaries tensor and shape (the layers of a model share them per
+    step); not kept while a CUDA graph is captured."""
+    import weakref
+
+    import torch
+
+    key = (id(documents), documents._version, N, block, block_m, block_n)
+    hit = _DOCUMENTS.get(key)
+    if hit is not None and hit[0]() is documents:
+        return hit[1]
+    found = Documents(documents, N, block, block_m, block_n)
+    if not (documents.is_cuda and torch.cuda.is_current_stream_capturing()):
+        if len(_DOCUMENTS) > 64:
+            _DOCUMENTS.clear()
+        _DOCUMENTS[key] = (weakref.ref(documents), found)
+    return found
 
 
 def _firsts(counts):
