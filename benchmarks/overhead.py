@@ -112,24 +112,26 @@ def seen_launch(module, layout, q, k, v):
         def __getitem__(self, grid):
             return lambda **kwargs: seen.append((grid, kwargs))
 
-    launch_with(module, See())(q, k, v, layout)
+    launch_with(module, {"attention_fwd": See()})(q, k, v, layout)
     grid, kwargs = seen[0]
     return module.attention_fwd, grid, kwargs
 
 
 def bare_launch(fast, q, k, v, torch):
     """The recorded kernel launched with every argument fixed: CompiledKernel.run and nothing else."""
+    kernel = fast.kernels[0]
     out = torch.empty_like(q)
-    args = fast.args.copy()
-    for slot, which in fast.slots:
+    args = kernel.args.copy()
+    for slot, which in kernel.slots:
         args[slot] = (q, k, v, out)[which]
-    for slot, which, cls, fields, view in fast.descriptors:
+    for slot, which, cls, fields, view in kernel.descriptors:
         desc = object.__new__(cls)
         desc.__dict__.update(fields)
         desc.base = (q, k, v, out)[which] if view is None else (q, k, v, out)[which].view(view)
         args[slot] = desc
-    args[fast.scale_slot] = fast.default_scale
-    run, grid, function, metadata = fast.run, fast.grid, fast.function, fast.metadata
+    for slot, which in kernel.scales:
+        args[slot] = fast.default_scale[which]
+    run, grid, function, metadata = kernel.run, kernel.grid, kernel.function, kernel.metadata
     stream, device = fast.current_stream, fast.device
     return lambda: run(grid[0], grid[1], grid[2], stream(device), function, metadata, None, None, None, *args)
 

@@ -17,6 +17,8 @@ import sys
 import pytest
 import torch
 
+from reference import assert_close, reference_grads
+
 import patternc
 from patternc.errors import PatternError
 from patternc.runtime import launcher
@@ -50,6 +52,7 @@ def replay(interpret, monkeypatch):
     monkeypatch.setattr(launcher, "_compiled", compiled)
     monkeypatch.setattr(launcher, "_target", lambda q: (0, lambda: state["device"], lambda device: 0))
     monkeypatch.setattr(rt, "_fast", {})
+    monkeypatch.setattr(rt, "_fast_backward", {})
     return state
 
 
@@ -260,3 +263,65 @@ def test_the_gpu_benchmark_runs_its_checks_on_replays(replay, memory):
     assert row["replayed"] and row["bare_us"]["best"] > 0 and row["kernel_us"] is None
     assert (row["check"]["misaligned_view_equal"] is None) == (memory == "tma")
     assert bench.summary_line(row).startswith("window/" + memory)
+
+
+def grads_of(pattern, q, k, v, dout, config, dlse=None):
+    """(dq, dk, dv) through patternc.attention's autograd path (the backward replayed where recorded)."""
+    q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+    out, lse = patternc.attention(q, k, v, pattern, config=config, return_lse=True)
+    loss = (out * dout).sum() + (0 if dlse is None else (torch.where(torch.isinf(lse), 0, lse) * dlse).sum())
+    return torch.autograd.grad(loss, (q, k, v))
+
+
+@pytest.mark.parametrize("memory", ["pointers", "tma"])
+def test_backward_replays_equal_launch_backward(replay, memory):
+    """The three backward kernels replayed with a call's tensors, dQ/dK/dV and the row
+    statistics allocated anew: the same gradients as the first (recorded) call, on new data too."""
+    pattern = patternc.compile("causal & (window(9) | sink(2))")
+    config = dict(SMALL, memory=memory)
+    q, k, v = inputs(H=4, Hkv=2, M=40, N=56)
+    dout = fresh_like(q, seed=5)[0]
+    first = grads_of(pattern, q, k, v, dout, config)
+    recorded = replay["recorded"]
+    assert recorded == 4  # the forward and the three backward kernels
+    again = grads_of(pattern, q, k, v, dout, config)
+    assert replay["replayed"] == 4 and replay["recorded"] == recorded  # forward and backward: 1 + 3
+    assert all(torch.equal(a, b) for a, b in zip(again, first))
+    q2, k2, v2, dout2 = fresh_like(q, k, v, dout, seed=7)
+    got = grads_of(pattern, q2, k2, v2, dout2, config)
+    assert replay["replayed"] == 8
+    for g, want, name in zip(got, reference_grads(q2, k2, v2, pattern, dout2), "qkv"):
+        assert_close(g, want, 1e-4, f"d{name}")
+
+
+def test_backward_replay_follows_the_lse_gradient_and_scale(replay):
+    """A call with the LSE's gradient is its own recording (another kernel specialization); the
+    scale is put in per call."""
+    pattern = patternc.compile("causal & window(12)")
+    q, k, v = inputs()
+    dout, dlse = fresh_like(q, q[..., 0], seed=3)
+    for _ in range(2):
+        got = grads_of(pattern, q, k, v, dout, SMALL, dlse=dlse)
+    for g, want, name in zip(got, reference_grads(q, k, v, pattern, dout, dlse=dlse), "qkv"):
+        assert_close(g, want, 1e-4, f"d{name} with dlse")
+    for scale in (None, 0.3):
+        qg, kg, vg = (x.detach().requires_grad_() for x in (q, k, v))
+        for _ in range(2):
+            grads = torch.autograd.grad(patternc.attention(qg, kg, vg, pattern, config=SMALL, scale=scale), (qg, kg, vg),
+                                        dout)
+        for g, want, name in zip(grads, reference_grads(q, k, v, pattern, dout, scale=scale), "qkv"):
+            assert_close(g, want, 1e-4, f"d{name} scale {scale}")
+
+
+def test_backward_of_an_expanded_gradient_is_not_replayed(replay):
+    """`out.sum().backward()` hands the backward a stride-0 gradient: launch_backward copies it,
+    so that recording is never replayed, and every call is right."""
+    pattern = patternc.compile("causal & window(5)")
+    q, k, v = (x.requires_grad_() for x in inputs(H=2, Hkv=2, M=24, N=24))
+    for _ in range(2):
+        q.grad = k.grad = v.grad = None
+        patternc.attention(q, k, v, pattern, config=SMALL).sum().backward()
+    assert any(isinstance(fast, launcher.Never) for fast in rt._fast_backward.values())
+    ones = torch.ones(q.shape, dtype=q.dtype)
+    for g, want, name in zip((q.grad, k.grad, v.grad), reference_grads(q, k, v, pattern, ones), "qkv"):
+        assert_close(g, want, 1e-4, f"d{name}")

@@ -40,8 +40,8 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
     while a CUDA graph is captured); the kernel's programs are laid out from them on the device.
 
     Training: when q, k or v require grad the call takes autograd's path (under `torch.compile`
-    the `patternc::attention` custom op, in eager mode an `autograd.Function`: see
-    `runtime/autograd.py`), whose backward runs generated backward kernels; the LSE output is
+    the `patternc::attention` custom op, `runtime/autograd.py`; in eager mode an
+    `autograd.Function`, `runtime/eager.py`), whose backward runs generated backward kernels; the LSE output is
     differentiable too. Under autocast, q, k and v are cast to the autocast dtype. `return_layout=True` is for inspection and takes no gradients.
     """
     import torch
@@ -57,12 +57,14 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
         if return_layout:
             raise PatternError("return_layout=True takes no gradients (and can't be compiled)", None,
                                "call it under torch.no_grad() to inspect the layout")
-        # imported on first use: it brings in torch.compile's machinery (seconds, and triton)
-        from .autograd import Attention, attention_op, problem_key
-
         if torch.compiler.is_compiling():
+            # imported on first use: it brings in torch.compile's machinery (seconds)
+            from .autograd import attention_op, problem_key
+
             out, lse = attention_op(q, k, v, documents, problem_key(pattern, config_key(config)), scale)
         else:  # eager: the same passes through an autograd.Function, a fraction of the op's host time
+            from .eager import Attention
+
             out, lse = Attention.apply(q, k, v, documents, pattern, config, scale)
         return (out, lse) if return_lse else out
     return _attention(q, k, v, pattern, scale, return_lse, config, return_layout, documents)

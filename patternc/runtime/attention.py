@@ -19,6 +19,9 @@ _ready: dict = {}  # (id(pattern), shapes, dtypes, devices, config) -> (pattern,
 _ready_backward: dict = {}  # the same for the backward kernels
 # (id(pattern), shapes, strides, dtypes, devices, config, return_lse) -> launcher.FastLaunch (or Never)
 _fast: dict = {}
+# the same for the backward: (id(pattern), shapes, strides of q, k, v, out, do, lse, dlse, dtypes, device,
+# config) -> launcher.FastBackward (or Never)
+_fast_backward: dict = {}
 _READY_LIMIT = 4096
 
 
@@ -244,10 +247,21 @@ def backward(do, q, k, v, out, lse, dlse, pattern, scale, config, documents=None
     """(dq, dk, dv): the custom op's backward, through the generated backward kernels, with the
     caller's config or one autotuned for the backward (on a CPU without the interpreter: the
     dense formula)."""
+    record = None  # the fast key under which this call's launches are recorded, if they are
+    if documents is None:  # the fastest path, as the forward's: launches recorded for these shapes and strides
+        record = (id(pattern), q.shape, k.shape, q.stride(), k.stride(), v.stride(), out.stride(), do.stride(),
+                  lse.stride(), None if dlse is None else dlse.stride(), q.dtype, do.dtype, q.device,
+                  config_key(config))
+        fast = _fast_backward.get(record)
+        if fast is not None and fast.pattern is pattern:
+            grads = fast(q, k, v, out, lse, do, dlse, scale)
+            if grads is not None:
+                return grads
+            record = None
     key = (id(pattern), q.shape, k.shape, q.dtype, q.device, config_key(config), documents is None)
     hit = _ready_backward.get(key)
     if hit is not None and hit[0] is pattern:  # the cached path, as the forward's
-        return _run_backward(hit[1], hit[2], do, q, k, v, out, lse, dlse, scale, documents)
+        return _run_backward(hit[1], hit[2], do, q, k, v, out, lse, dlse, scale, documents, record, pattern)
     user_pattern, pattern = pattern, as_pattern(pattern)
     if q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
         return reference_backward(do, q, k, v, out, lse, dlse, pattern, scale, documents)
@@ -269,14 +283,24 @@ def backward(do, q, k, v, out, lse, dlse, pattern, scale, config, documents=None
     module, layout = _prepare(pattern, B, H, M, N, D, cfg, str(q.device), device_tag, backward=True,
                               documents=documents is not None)
     _remember(_ready_backward, key, user_pattern, module, layout)
-    return _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale, documents)
+    return _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale, documents, record, user_pattern)
 
 
-def _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale, documents=None):
+def _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale, documents=None, record=None, pattern=None):
+    """The generated backward's launches; `record`: the fast key under which to keep them for
+    replays (`pattern` the caller's object), as `_run`'s."""
     if isinstance(layout, RoutedPlan):
         layout = layout.layout(q, k, documents)  # the forward's choice again: the selection is deterministic
+        record = None
     packed = {} if documents is None else {"documents": documents}
     with _on_device(q):
+        if record is not None:
+            from .launcher import record_backward
+
+            grads, fast = record_backward(module, layout, q, k, v, out, lse, do, dlse, scale, pattern)
+            if fast is not None:
+                _remember_fast(record, fast, _fast_backward)
+            return grads
         return module.launch_backward(q, k, v, out, lse, do, layout, scale=scale, dlse=dlse, **packed)
 
 
@@ -325,10 +349,11 @@ def _on_device(q):
     return contextlib.nullcontext()
 
 
-def _remember_fast(key, fast):
-    if len(_fast) > _READY_LIMIT:
-        _fast.clear()
-    _fast[key] = fast
+def _remember_fast(key, fast, cache=None):
+    cache = _fast if cache is None else cache
+    if len(cache) > _READY_LIMIT:
+        cache.clear()
+    cache[key] = fast
 
 
 def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag, backward=False, documents=False):

@@ -10,10 +10,8 @@ all reach the generated backward kernels. A pattern is not a tensor: ops receive
 a string naming the (pattern, config) registered once per pair by `problem_key` (a constant to
 `torch.compile`).
 
-In eager mode the same forward and backward run through `Attention`, an `autograd.Function`:
-the custom op's dispatch (schema defaults, the autograd wrapper, redispatch) costs about three
-times the host time of a Function per training step, which shows on problems that take less GPU
-time than that (a 1024-token window at 8k tokens: ~0.6 ms of kernels per step).
+In eager mode the same forward and backward run through `runtime/eager.py`'s `autograd.Function`
+instead (the op's dispatch costs about three times its host time per step).
 
 Gradients: dq, dk, dv (dk, dv summed over a GQA group); the LSE output is differentiable too
 (its gradient enters as `delta - dlse`). Rows that see no key have zero gradients. Routed
@@ -68,29 +66,6 @@ def attention_backward_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
 @attention_backward_op.register_fake
 def _(do, q, k, v, out, lse, dlse, documents, problem, scale):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-
-
-class Attention(torch.autograd.Function):
-    """The eager path: `Attention.apply(q, k, v, documents, pattern, config, scale) -> (out, lse)`."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, documents, pattern, config, scale):
-        from .attention import forward
-
-        out, lse = forward(q, k, v, pattern, scale, config, documents)
-        ctx.save_for_backward(q, k, v, out, lse, documents)
-        ctx.pattern, ctx.config, ctx.scale = pattern, config, scale
-        ctx.set_materialize_grads(False)  # an unused LSE's gradient stays None: no dlse pass
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, dout, dlse):
-        from .attention import backward
-
-        q, k, v, out, lse, documents = ctx.saved_tensors
-        dout = torch.zeros_like(out) if dout is None else dout
-        dq, dk, dv = backward(dout, q, k, v, out, lse, dlse, ctx.pattern, ctx.scale, ctx.config, documents)
-        return dq, dk, dv, None, None, None, None
 
 
 def _setup_context(ctx, inputs, output):
