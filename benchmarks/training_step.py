@@ -10,7 +10,9 @@ For each pattern and length (bf16, B 1, H 16, D 128 by default, inputs requiring
 - `flex`: compiled FlexAttention with the same tiles (`to_flex_block_mask`).
 
 `wall`: a loop of --steps steps, the GPU synchronized at both ends, per step; `gpu`: the sum of
-the kernel times of one step (torch.profiler); `host-bound by`: wall - gpu where positive. Writes
+the kernel times of one step (torch.profiler); `host-bound by`: wall - gpu where positive; and
+whether a later step's gradients equal the first step's bit for bit (patternc's kernels are
+deterministic; its later steps replay the first one's recorded launches). Writes
 training_step.json and training_step.md into --out.
 
     python benchmarks/training_step.py --out DIR [--patterns swa causal] [--lengths 1024 8192]
@@ -75,11 +77,14 @@ def main(argv=None):
             }
             for path, attend in paths.items():
                 step = lambda: torch.autograd.grad(attend(), (q, k, v), do)  # noqa: E731
+                first = step()  # the recorded launches (patternc), then replays: the same gradients
                 wall = wall_ms(step, args.steps)
+                same = all(torch.equal(a, b) for a, b in zip(step(), first))
                 gpu = sum(us for key_, us in kernel_times(step, 20).items()
                           if not key_.startswith(("aten::", "cuda", "Memcpy", "Memset", "ProfilerStep"))) / 1e3
                 rows.append({"pattern": name, "S": S, "path": path, "wall_ms": round(wall, 4),
-                             "gpu_ms": round(gpu, 4), "host-bound by ms": round(max(wall - gpu, 0.0), 4)})
+                             "gpu_ms": round(gpu, 4), "host-bound by ms": round(max(wall - gpu, 0.0), 4),
+                             "later steps' gradients == first's": same})
                 print(rows[-1], flush=True)
     env = environment()
     out = Path(args.out)
