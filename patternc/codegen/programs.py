@@ -165,8 +165,8 @@ class Packed(Whole):
     def program(self, own: str, shifts: list[tuple[str, str]]) -> list[str]:
         table, tile = ("doc_rows", "start_m") if own == "m" else ("doc_cols", "start_n")
         return [*(HEADS if own == "m" else KV_HEADS),
-                f"# packed documents: this program's (document, tile), from {table} (first token, length, tile),",
-                "# the busiest first; programs past the last document's tiles stop here",
+                f"# packed documents: this program's (document, tile), from {table} (first token, length, tile,",
+                "# first line), the busiest first; programs past the last document's tiles stop here",
                 f"doc = {table} + 4 * tl.program_id(1)",
                 "doc_len = tl.load(doc + 1)",
                 "if doc_len == 0:",
@@ -193,7 +193,7 @@ class Packed(Whole):
         sweep = ROWS if own == "m" else COLUMNS
         full_n, full_i, part_n, part_i = sweep.tables
         s = sweep.strides
-        return ["# routed: the tables of this call hold a line per (document, tile), from the document's first",
+        return ["# routed: this call's tables hold a line per (document, tile), this document's from its first line",
                 "doc_line = tl.load(doc + 3)",
                 f"{full_n} += doc_line", f"{full_i} += doc_line * {s[2]}",
                 f"{part_n} += doc_line", f"{part_i} += doc_line * {s[5]}"]

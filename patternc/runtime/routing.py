@@ -434,8 +434,8 @@ def route(plan, q, k, documents=None) -> dict:
     `plan`: a `RoutedPlan`, or an object with its tensors and its topk's options (`block`,
     `count`, `threshold`, `shared`, `query`). Two kernel launches and five allocations.
 
-    `documents` (int32 cumulative boundaries, M == N): each document routes alone (see
-    `documents`); the tables' lines are then (document, tile row) pairs, document after document
+    `documents` (int32 cumulative boundaries, M == N): each document routes alone (the module's
+    docstring; `Documents`); the tables' lines are then (document, tile row) pairs, document after document
     (line `first line + row`, the first line as `programs.document_tiles` numbers it), holding
     document-relative key tiles; the choice is per document block (`block_choice [B, H, blocks,
     nK]`, a document's blocks from its first, key blocks relative to it; per token, words of
@@ -475,7 +475,7 @@ def route(plan, q, k, documents=None) -> dict:
     programs = k_programs + (B * H * (n_q - q_first) if by_block else 0)
     if programs:  # none: a single key block under causal, every query block taking all
         pool_blocks[(programs,)](q, q.stride(0), q.stride(1), q.stride(2), k, k.stride(0), k.stride(1), k.stride(2),
-                                 means, means if packed is None else packed.spans, H, Hkv, M, N, n_q,
+                                 means, means if packed is None else packed.spans, H, Hkv, M, N, n_q,  # (unused)
                                  n_k if packed is None else packed.blocks, b, k_means, k_pooled, k_programs, q_first,
                                  HEAD_DIM=D, ROWS=rows, FOLD=fold, DOCS=packed is not None, num_warps=POOL_WARPS)
     lines = Mt if packed is None else packed.lines
