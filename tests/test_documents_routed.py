@@ -224,6 +224,19 @@ def test_routing_over_documents_syncs_nothing(interpret, query):
     assert not ops.ops & {"_local_scalar_dense", "item", "nonzero", "tolist"}, ops.ops
 
 
+def test_the_document_kernels_compile_for_hopper(tmp_path, monkeypatch):
+    """The routing kernels' documents branches through Triton's sm_90 compiler (the interpreter
+    takes more than the compiler does): test_routing_selection's offline compile of a MoBA call
+    at 8k tokens, over three documents."""
+    import test_routing_selection
+
+    call = "routing.route(plan, q, q)"
+    assert call in test_routing_selection.COMPILE
+    monkeypatch.setattr(test_routing_selection, "COMPILE", test_routing_selection.COMPILE.replace(
+        call, "routing.route(plan, q, q, torch.tensor([0, 100, 5000, 8192], dtype=torch.int32))"))
+    test_routing_selection.test_the_kernels_compile_for_hopper(tmp_path)
+
+
 @pytest.mark.parametrize("call, message", [
     (lambda p, d: p.layout(64, documents=d), "routed patterns"),
     (lambda p, d: p.mask_mod(64, documents=d), "routed patterns"),
