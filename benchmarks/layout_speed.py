@@ -171,7 +171,7 @@ def in_child(text, S, bm, bn, args) -> dict:
         print(proc.stderr[-12000:], file=sys.stderr)
     if proc.returncode != 0:
         tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
-        if "PatternError" in tail:  # refused with a clear error (too many candidate tiles)
+        if "PatternError" in proc.stderr:  # refused with a clear error (too many candidate tiles)
             return {"status": "refused (PatternError)", "detail": tail[:300]}
         if proc.returncode in (-9, 137) or "MemoryError" in tail or "allocate" in tail:
             return {"status": f"out of memory (cap {args.mem_gib:g} GiB)", "detail": tail[:300]}
