@@ -64,7 +64,7 @@ def main(argv=None):
     for name in args.patterns:
         text = SUITE[name][0] if name in SUITE else name
         pattern = patternc.compile(text)
-        key = problem_key(pattern, None)
+        key = problem_key(pattern.text, None)
         for S in args.lengths:
             q, k, v = (torch.randn(1, args.heads, S, args.head_dim, device="cuda", dtype=torch.bfloat16,
                                    requires_grad=True) for _ in range(3))

@@ -184,3 +184,49 @@ def test_gpu_routed_per_token_backward(text, H, Hkv, dtype):
     out.backward(dout)
     for got, want, name in zip((q.grad, k.grad, v.grad), reference_grads(q, k, v, text, dout), "qkv"):
         assert_close(got, want, 2e-2, f"{text!r} d{name}")
+
+
+def test_compiled_where_dynamo_takes_constants_only(monkeypatch):
+    """Before torch 2.12, Dynamo hands `assume_constant_result` functions Python constants only,
+    and a Pattern (a frozen dataclass) is not one: the op's key is taken from `Pattern.text`.
+    Emulated here by Dynamo's older argument conversion, for a Pattern held by a module, pattern
+    text and a @patternc.jit predicate (whose text does not parse: found again as a live pattern)."""
+    import sys
+
+    import torch._dynamo.variables.functions as functions
+    from torch._dynamo.source import ConstantSource
+
+    if not hasattr(functions, "invoke_and_store_as_constant"):
+        pytest.skip("this torch calls assume_constant_result functions another way")
+
+    def constants_only(tx, fn, name, args, kwargs):
+        def convert(x):
+            return x.get_real_value() if x.is_tensor() else x.as_python_constant()
+        result = fn(*[convert(x) for x in args], **{k: convert(v) for k, v in kwargs.items()})
+        return tx.output.register_attr_or_module(result, name, source=ConstantSource(name))
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "invoke_and_store_as_constant", None) is functions.invoke_and_store_as_constant:
+            monkeypatch.setattr(module, "invoke_and_store_as_constant", constants_only)
+
+    @patternc.jit
+    def scattered(q, k, h):
+        return ((q * 3 + k) % 7 == 2) | (k <= 1)
+
+    class Attend(torch.nn.Module):
+        def __init__(self, pattern):
+            super().__init__()
+            self.pattern = pattern
+
+        def forward(self, q, k, v):
+            return patternc.attention(q, k, v, self.pattern)
+
+    torch._dynamo.reset()
+    for pattern in (patternc.compile("causal & window(5)"), "causal & window(3)", scattered):
+        q, k, v = inputs(1, 2, 2, 20, 20, 16, seed=0)
+        out = torch.compile(Attend(pattern), fullgraph=True, backend="aot_eager")(q, k, v)
+        out.square().sum().backward()
+        for got, want, name in zip((q.grad, k.grad, v.grad), reference_grads(q, k, v, pattern, 2 * out.detach()),
+                                   "qkv"):
+            assert_close(got, want, 1e-4, f"{pattern} d{name}")
+    torch._dynamo.reset()

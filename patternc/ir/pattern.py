@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -60,6 +61,9 @@ def under_causal(node: Node) -> bool:
     return not node.children() and node.bounds_causally()
 
 
+_LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # canonical text -> a Pattern with it
+
+
 @dataclass(frozen=True)
 class Pattern:
     """Which keys each query may see, for any lengths and heads.
@@ -74,6 +78,19 @@ class Pattern:
     grid: tuple[Term, ...] | None = None
     source: Source | None = field(default=None, compare=False, repr=False)
     span: Span | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self):
+        # `text`, the canonical text, kept as a plain attribute: torch.compile reads it as a
+        # constant where it can't take the Pattern itself (runtime/autograd.py), and `with_text`
+        # finds a live pattern by it (predicates of @patternc.jit have no text that parses)
+        text = str(self)
+        object.__setattr__(self, "text", text)
+        _LIVE.setdefault(text, self)
+
+    @staticmethod
+    def with_text(text: str) -> Pattern | None:
+        """A live pattern whose canonical text is `text`, if there is one."""
+        return _LIVE.get(text)
 
     # ------------------------------------------------------------------ parameters
 

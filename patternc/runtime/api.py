@@ -3,7 +3,7 @@ training (inputs that need grad) and `torch.compile` go through the custom op wi
 from __future__ import annotations
 
 from ..errors import PatternError
-from .attention import _attention, config_key
+from .attention import _attention, as_pattern, config_key
 
 
 def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = False, config: dict | None = None,
@@ -61,7 +61,8 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
             # imported on first use: it brings in torch.compile's machinery (seconds)
             from .autograd import attention_op, problem_key
 
-            out, lse = attention_op(q, k, v, documents, problem_key(pattern, config_key(config)), scale)
+            text = pattern if isinstance(pattern, str) else as_pattern(pattern).text
+            out, lse = attention_op(q, k, v, documents, problem_key(text, config_key(config)), scale)
         else:  # eager: the same passes through an autograd.Function, a fraction of the op's host time
             from .eager import Attention
 

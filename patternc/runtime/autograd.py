@@ -7,8 +7,8 @@ opaque to `torch.compile` (a fake implementation gives their shapes), so a compi
 through them with no graph break and no recompilation per call; the backward is registered with
 `register_autograd`, so `loss.backward()`, `torch.utils.checkpoint` and compiled training steps
 all reach the generated backward kernels. A pattern is not a tensor: ops receive a `problem` key,
-a string naming the (pattern, config) registered once per pair by `problem_key` (a constant to
-`torch.compile`).
+a string naming the (pattern, config) registered once per pair by `problem_key` from the
+pattern's text (a constant to `torch.compile`).
 
 In eager mode the same forward and backward run through `runtime/eager.py`'s `autograd.Function`
 instead (the op's dispatch costs about three times its host time per step).
@@ -22,16 +22,23 @@ from __future__ import annotations
 
 import torch
 
+from ..ir.pattern import Pattern
+
 _PROBLEMS: dict[str, tuple] = {}  # key -> (Pattern, config dict or None)
 _KEYS: dict[tuple, str] = {}
 
 
 @torch.compiler.assume_constant_result
-def problem_key(pattern, config_items: tuple | None) -> str:
-    """The op's name for (pattern, config); registered on first use."""
-    key = _KEYS.get((pattern, config_items))
+def problem_key(pattern_text: str, config_items: tuple | None) -> str:
+    """The op's name for (pattern, config), from the pattern's canonical text (`Pattern.text`:
+    torch.compile hands such functions constants only, and before torch 2.12 a Pattern object is
+    not one); registered on first use."""
+    key = _KEYS.get((pattern_text, config_items))
     if key is None:
-        key = _KEYS[(pattern, config_items)] = f"p{len(_KEYS)}"
+        from .attention import as_pattern
+
+        pattern = Pattern.with_text(pattern_text) or as_pattern(pattern_text)
+        key = _KEYS[(pattern_text, config_items)] = f"p{len(_KEYS)}"
         _PROBLEMS[key] = (pattern, None if config_items is None else dict(config_items))
     return key
 
