@@ -7,8 +7,10 @@
 # Each part can be switched off to split a session over several calls: TESTS=0 (the GPU tests),
 # CALIBRATE=0 (`patternc calibrate`), FORWARD=0 (benchmarks/attention.py), BACKWARD=0
 # (benchmarks/backward.py), DOCS=0 (benchmarks/documents.py), OVERHEAD=0 (benchmarks/overhead.py),
-# SELECTION=0 (benchmarks/routed_selection.py), BENCH=0 (benchmarks/bench_cli_gpu.sh), TRAIN=0
-# (examples/train_tiny.py, patternc eager, compiled and compiled with CUDA graphs vs dense).
+# SELECTION=0 (benchmarks/routed_selection.py), BENCH=0 (benchmarks/bench_cli_gpu.sh), STEP=0
+# (benchmarks/training_step.py), KERNELS=0 (benchmarks/backward_kernels.py), FIRST=0
+# (benchmarks/first_call.py), TRAIN=0 (examples/train_tiny.py, patternc eager, compiled and
+# compiled with CUDA graphs vs dense).
 #
 # OUT gets card.txt (card, driver, torch, triton), gpu_tests.txt, profile.json and calibrate.txt,
 # log.txt and bench/ (forward), bwd_log.txt and bwd/ (forward+backward), train_*.json and
@@ -53,6 +55,17 @@ fi
 if [ "${BENCH:-1}" != 0 ]; then
     benchmarks/bench_cli_gpu.sh "$out/bench_cli" >"$out/bench_cli_log.txt" 2>&1
     tail -20 "$out/bench_cli_log.txt"
+fi
+if [ "${STEP:-1}" != 0 ]; then
+    python3 benchmarks/training_step.py --out "$out/step" >"$out/step_log.txt" 2>&1
+    tail -12 "$out/step_log.txt"
+fi
+if [ "${KERNELS:-1}" != 0 ]; then
+    python3 benchmarks/backward_kernels.py --out "$out/backward_kernels" >"$out/backward_kernels_log.txt" 2>&1
+    grep -A2 "^## " "$out/backward_kernels/backward_kernels.md"
+fi
+if [ "${FIRST:-1}" != 0 ]; then
+    python3 benchmarks/first_call.py --out "$out/first_call" --backward 2>&1 | tail -4
 fi
 if [ "${TRAIN:-1}" != 0 ]; then
     for mode in patternc compiled graphs dense; do
