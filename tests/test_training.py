@@ -230,3 +230,19 @@ def test_compiled_where_dynamo_takes_constants_only(monkeypatch):
                                    "qkv"):
             assert_close(got, want, 1e-4, f"{pattern} d{name}")
     torch._dynamo.reset()
+
+
+def test_compile_key_refuses_patterns_that_print_alike(monkeypatch):
+    """Under torch.compile a pattern is known by its text: two unequal patterns with one text
+    are an error, never one of them silently run for the other."""
+    import weakref
+
+    from patternc.ir import pattern as ir_pattern
+
+    monkeypatch.setattr(ir_pattern, "_LIVE", weakref.WeakValueDictionary())
+    monkeypatch.setattr(ir_pattern, "_AMBIGUOUS", set())
+    monkeypatch.setattr(ir_pattern.Pattern, "__str__", lambda self: "alike")
+    first, second = patternc.compile("causal & window(3)"), patternc.compile("causal & window(4)")
+    assert first != second and first.text == second.text == "alike"
+    with pytest.raises(PatternError, match="two different patterns print as 'alike'"):
+        ir_pattern.Pattern.with_text("alike")

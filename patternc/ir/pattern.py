@@ -62,6 +62,7 @@ def under_causal(node: Node) -> bool:
 
 
 _LIVE: weakref.WeakValueDictionary = weakref.WeakValueDictionary()  # canonical text -> a Pattern with it
+_AMBIGUOUS: set[str] = set()  # texts that unequal live patterns share
 
 
 @dataclass(frozen=True)
@@ -85,11 +86,17 @@ class Pattern:
         # finds a live pattern by it (predicates of @patternc.jit have no text that parses)
         text = str(self)
         object.__setattr__(self, "text", text)
-        _LIVE.setdefault(text, self)
+        if _LIVE.setdefault(text, self) != self:
+            _AMBIGUOUS.add(text)
 
     @staticmethod
     def with_text(text: str) -> Pattern | None:
-        """A live pattern whose canonical text is `text`, if there is one."""
+        """The live pattern whose canonical text is `text`, if there is one; an error where two
+        unequal patterns print the same (the text can't stand for either)."""
+        if text in _AMBIGUOUS:
+            raise PatternError(f"two different patterns print as {text!r}, so torch.compile can't tell them apart",
+                               None, "give one of them a name (`pattern name: ...`) or call patternc.attention "
+                               "outside torch.compile")
         return _LIVE.get(text)
 
     # ------------------------------------------------------------------ parameters
