@@ -11,7 +11,9 @@ def cached_layout(pattern, M: int, N: int, heads: int, block_m: int, block_n: in
     """`pattern.layout(...)`, cached. A routed pattern's tiles depend on q and k: it is laid out
     over seeded random ones with `routed_dim` features (the simulator's stand-in; the runtime
     builds routed plans instead)."""
-    from ..analysis import routed_data
+    data = {}
+    if pattern.is_routed:  # (analysis imports sympy: seconds a first call of any other pattern needn't spend)
+        from ..analysis import routed_data
 
-    data = routed_data(pattern, M, N, heads, dim=routed_dim) or {}
+        data = routed_data(pattern, M, N, heads, dim=routed_dim)
     return pattern.layout(M, N, heads=heads, block_m=block_m, block_n=block_n, order=order, device=device, **data)
