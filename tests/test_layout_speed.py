@@ -205,6 +205,17 @@ def test_neighborhood_layouts_on_tiles_that_are_not_boxes(text, bm, bn):
     check_block_map(layout, pattern.mask(N).numpy(), f"{text!r} tiles {bm}x{bn}")
 
 
+def test_token_ranges_that_are_boxes_are_found_from_their_ends():
+    """`_is_box` against its definition: the range's tokens fill the box of their coordinates."""
+    from patternc.primitives.neighborhood import _digits, _is_box
+
+    grid = (3, 4, 5)
+    lo, hi = (x.ravel() for x in np.meshgrid(np.arange(60), np.arange(60), indexing="ij"))
+    coords = np.stack(np.unravel_index(np.arange(60), grid), 1)
+    want = [a <= b and b - a + 1 == np.prod(np.ptp(coords[a:b + 1], 0) + 1) for a, b in zip(lo, hi)]
+    np.testing.assert_array_equal(_is_box(lo, hi, _digits(grid, lo), _digits(grid, hi)), want)
+
+
 def test_transposed_tables_are_built_on_first_read():
     layout = patternc.compile("causal & (window(100) | sink(4))").layout(1000, heads=2, block_m=64, block_n=32)
     assert layout.__dict__.get("q_indices") is None, "not built with the forward tables"

@@ -285,23 +285,38 @@ def heads_tiles(node: Node, heads, M: int, N: int, bm: int, bn: int, grid, data,
             visible, full, _ = _tile_truths(node, at(r), *rectangles(r, a, a + 1), bm, bn, tokens)
             decided.append((r[visible], a[visible], b[visible], _kinds(visible, full)))
             row, lo, hi = row[~alike], lo[~alike], hi[~alike]
-        mid = (lo + hi) // 2
-        row, lo, hi = np.concatenate([row, row]), np.concatenate([lo, mid]), np.concatenate([mid, hi])
-    qt, kt = expand(*(np.concatenate(x) for x in zip(*short))) if short else expand(row, lo, hi)
-    refined = 0
+        mid = (lo + hi) // 2  # halves side by side: each level's runs stay sorted
+        row, lo, hi = np.repeat(row, 2), np.stack([lo, mid], 1).ravel(), np.stack([mid, hi], 1).ravel()
+    if short:
+        row, lo, hi = (np.concatenate(x) for x in zip(*short))
+        key = row * (n_kt + 1) + lo
+        if (key[1:] < key[:-1]).any():  # the levels' runs interleave: sort the runs, not their tiles
+            by_row = np.argsort(key, kind="stable")
+            row, lo, hi = row[by_row], lo[by_row], hi[by_row]
+    qt, kt = expand(row, lo, hi)
+    refined, pieces = 0, []
     for start in range(0, len(qt), CHUNK):
         r, k = qt[start:start + CHUNK], kt[start:start + CHUNK]
         visible, full, n = truths(r, k)
-        decided.append((r[visible], k[visible], k[visible] + 1, _kinds(visible, full)))
+        pieces.append((r[visible], k[visible], _kinds(visible, full)))
         refined += n
+    if pieces:  # one sorted part: `_sorted_runs` puts the few runs decided whole into it
+        r, k, c = (np.concatenate(x) for x in zip(*pieces))
+        decided.append((r, k, k + 1, c))
     kinds = []
     for kind in (PARTIAL, FULL):
-        parts = [(r, a, b) if np.ndim(c) == 0 else (r[c == kind], a[c == kind], b[c == kind])
-                 for r, a, b, c in decided if np.ndim(c) or c == kind]
+        parts = [_of_kind(part, kind) for part in decided if np.ndim(part[3]) or part[3] == kind]
         row, lo, hi = _sorted_runs(parts, n_kt)
         bounds = np.searchsorted(row, np.arange(len(heads) + 1) * n_qt)
         kinds.append([(row[a:b] - i * n_qt, lo[a:b], hi[a:b]) for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))])
     return list(zip(*kinds)), refined
+
+
+def _of_kind(part, kind):
+    """A decided part's runs of one kind (its kinds one, or one per run)."""
+    r, a, b, c = part
+    keep = c == kind
+    return (r, a, b) if np.all(keep) else (r[keep], a[keep], b[keep])
 
 
 def _sorted_runs(parts, n_kt: int):

@@ -142,11 +142,12 @@ class Neighborhood(Primitive):
                             note="exactly the window per query, NATTEN semantics")
 
     def _dimension_windows(self, p, ctx, i, L):
-        """Dimension i's windows in O(L): (r, start, stop, offsets), where the query at position
-        `pos` of dilation group g (coordinate g + r*pos) sees group g's key positions
-        start[offsets[g] + pos] <= j < stop[offsets[g] + pos]. Within a group both ends are
-        nondecreasing in pos; group g's values are shifted by g * (L + 2), so each array is sorted
-        as a whole and one binary search serves every group. Cached per parameters."""
+        """Dimension i's windows in O(L): (r, start, stop, offsets, shift, last_of, first_of),
+        where the query at position `pos` of dilation group g (coordinate g + r*pos) sees group
+        g's key positions start[offsets[g] + pos] <= j < stop[offsets[g] + pos]. Within a group
+        both ends are nondecreasing in pos; group g's values are shifted by g * (L + 2), so each
+        array is sorted as a whole and one search serves every group, tabled for every value v
+        at v + 1 (-1: a group without the key). Cached per parameters."""
         key = (i, L, *(_per_dim(getattr(p, n), len(self.grid(ctx)))[i] for n in PER_DIM))
         cache = self.__dict__.setdefault("_windows_cache", {})
         if key not in cache:
@@ -155,33 +156,35 @@ class Neighborhood(Primitive):
             r = int(key[4])
             shift = np.arange(r, dtype=np.int64) * (L + 2)
             offsets = np.cumsum([0] + [len(range(g, L, r)) for g in range(r)])
-            cache[key] = (r, np.concatenate([start[g::r] + shift[g] for g in range(r)]),
-                          np.concatenate([stop[g::r] + shift[g] for g in range(r)]), offsets, shift)
+            start = np.concatenate([start[g::r] + shift[g] for g in range(r)])
+            stop = np.concatenate([stop[g::r] + shift[g] for g in range(r)])
+            values = np.arange(-1, r * (L + 2))
+            last_of = np.searchsorted(start, values, "right") - 1  # the last query whose window starts <= v
+            first_of = np.searchsorted(stop, values, "right")  # the first whose window ends past v
+            cache[key] = (r, start, stop, offsets, shift, last_of, first_of)
         return cache[key]
 
     def _dimension_truth(self, p, ctx, i, L, qa, qb, ka, kb):
         """(some, every): is some / every (query, key) coordinate pair of [qa, qb] x [ka, kb]
         (non-empty, inside 0..L-1) inside dimension i's window? Some pair is, iff for a dilation
         group held by both ranges some query position has a window reaching the group's key
-        positions: by monotonicity those queries are a range, found by binary search."""
-        r, start, stop, offsets, shift = self._dimension_windows(p, ctx, i, L)
+        positions: by monotonicity those queries are a range, looked up."""
+        r, start, stop, offsets, shift, last_of, first_of = self._dimension_windows(p, ctx, i, L)
         if r == 1:
-            last = np.searchsorted(start, kb, "right") - 1  # the last query whose window starts <= kb
-            first = np.searchsorted(stop, ka, "right")  # the first whose window ends past ka
+            last, first = last_of[kb + 1], first_of[ka + 1]
             some = np.maximum(qa, first) <= np.minimum(qb, last)
             # every window holds every key: the last query's window starts, the first's ends
             return some, (start[qb] <= ka) & (stop[qa] > kb)
-        # one row per (range pair, query group g = (qa + t) % r, t < min(r, query extent))
-        groups = np.minimum(qb - qa + 1, r)
-        row = np.repeat(np.arange(len(qa)), groups)
-        g = (qa[row] + np.arange(len(row)) - (np.cumsum(groups) - groups)[row]) % r
-        pa, pb = -(-(qa[row] - g) // r), (qb[row] - g) // r  # the query positions in group g
-        ja, jb = -(-(ka[row] - g) // r), (kb[row] - g) // r  # ... and the key positions
-        last = np.searchsorted(start, jb + shift[g], "right") - 1 - offsets[g]
-        first = np.searchsorted(stop, ja + shift[g], "right") - offsets[g]
-        hit = (ja <= jb) & (np.maximum(pa, first) <= np.minimum(pb, last))
-        some = np.zeros(len(qa), bool)
-        some[row[hit]] = True
+        # the query groups g = (qa + t) % r each range pair holds, t <= qb - qa, t < r: a pass per t
+        some, extent = np.zeros(len(qa), bool), qb - qa
+        for t in range(min(r, int(extent.max(initial=0)) + 1)):
+            x = qa + t
+            g = x - x // r * r  # (`%` is slower than a division by a constant)
+            pa, pb = -(-(qa - g) // r), (qb - g) // r  # the query positions in group g
+            ja, jb = -(-(ka - g) // r), (kb - g) // r  # ... and the key positions
+            last = last_of[jb + shift[g] + 1] - offsets[g]
+            first = first_of[ja + shift[g] + 1] - offsets[g]
+            some |= (t <= extent) & (ja <= jb) & (np.maximum(pa, first) <= np.minimum(pb, last))
         return some, (qa == qb) & (ka == kb) & some  # two groups of keys or of queries: never all
 
     def _tile_truth(self, p, ctx, q: Interval, k: Interval) -> Truth:
@@ -198,26 +201,30 @@ class Neighborhood(Primitive):
         inside = (q_lo >= 0) & (q_hi < N) & (k_lo >= 0) & (k_hi < N)
         q_lo, k_lo, q_hi, k_hi = np.maximum(q_lo, 0), np.maximum(k_lo, 0), np.minimum(q_hi, N - 1), np.minimum(k_hi, N - 1)
         some, every = np.zeros(len(q_lo), bool), np.zeros(len(q_lo), bool)
-        boxes = _is_box(grid, q_lo, q_hi) & _is_box(grid, k_lo, k_hi) & (q_lo <= q_hi) & (k_lo <= k_hi)
-        some[boxes], every[boxes] = self._box_truth(p, ctx, q_lo[boxes], q_hi[boxes], k_lo[boxes], k_hi[boxes])
+        digits = [_digits(grid, x) for x in (q_lo, q_hi, k_lo, k_hi)]
+        boxes = _is_box(q_lo, q_hi, *digits[:2]) & _is_box(k_lo, k_hi, *digits[2:])
+        if boxes.all():  # tiles inside rows of the grid, say: no copies
+            some[:], every[:] = self._box_truth(p, ctx, *digits)
+        else:
+            some[boxes], every[boxes] = self._box_truth(p, ctx, *([d[boxes] for d in x] for x in digits))
         rest = np.flatnonzero(~boxes)
         if len(rest):  # every pair of non-empty pieces, flattened: (range pair, query piece, key piece)
             (ql, qh), (kl, kh) = (np.stack(_boxes(grid, lo[rest], hi[rest]), -1) for lo, hi in ((q_lo, q_hi), (k_lo, k_hi)))
             pair, i, j = np.nonzero((ql <= qh)[:, :, None] & (kl <= kh)[:, None, :])
-            s, e = self._box_truth(p, ctx, ql[pair, i], qh[pair, i], kl[pair, j], kh[pair, j])
+            s, e = self._box_truth(p, ctx, *(_digits(grid, x) for x in (ql[pair, i], qh[pair, i], kl[pair, j], kh[pair, j])))
             some[rest] = np.bincount(pair[s], minlength=len(rest)) > 0
             every[rest] = np.bincount(pair[~e], minlength=len(rest)) == 0
         return Truth(some.reshape(shape), (nonempty & ~(every & inside)).reshape(shape))
 
     def _box_truth(self, p, ctx, q_lo, q_hi, k_lo, k_hi):
-        """(some, every) visible over boxes of tokens [q_lo, q_hi] x [k_lo, k_hi]: in every dimension."""
+        """(some, every) visible over boxes of tokens, given as the `_digits` of their corners
+        [q_lo, q_hi] x [k_lo, k_hi] (a box's coordinate ranges): in every dimension."""
         grid = self.grid(ctx)
-        some, every, inner = True, True, 1
-        for d in reversed(range(len(grid))):
-            L = grid[d]
-            s, e = self._dimension_truth(p, ctx, d, L, *_coordinate(q_lo, q_hi, inner, L), *_coordinate(k_lo, k_hi, inner, L))
-            some, every, inner = some & s, every & e, inner * L
-        return np.broadcast_to(some, q_lo.shape), np.broadcast_to(every, q_lo.shape)
+        some, every = True, True
+        for d, qa, qb, ka, kb in zip(reversed(range(len(grid))), q_lo, q_hi, k_lo, k_hi):
+            s, e = self._dimension_truth(p, ctx, d, grid[d], qa, qb, ka, kb)
+            some, every = some & s, every & e
+        return np.broadcast_to(some, q_lo[0].shape), np.broadcast_to(every, q_lo[0].shape)
 
     @classmethod
     def strategy(cls, grid=None):
@@ -320,17 +327,26 @@ def _coordinate(lo, hi, inner, length):
     return np.where(wrap, 0, a % length), np.where(wrap, length - 1, b % length)
 
 
-def _is_box(grid, lo, hi):
-    """Is each token range [lo, hi] a box of the row-major grid? It is when, at the first level
-    whose slices hold it whole, it is whole slices of the level below."""
-    end, below, size, box, placed = hi + 1, 1, 1, np.zeros(np.shape(lo), bool), np.zeros(np.shape(lo), bool)
-    for length in reversed(grid):
-        size *= length
-        here = ~placed & ((lo // size == hi // size) | (size == math.prod(grid)))
-        box |= here & (lo % below == 0) & (end % below == 0)
-        placed |= here
-        below = size
-    return box
+def _digits(grid, x) -> list:
+    """The row-major coordinates of tokens x, innermost dimension first (a floor division by a
+    constant and a product per dimension: cheaper than `%`)."""
+    out = []
+    for length in reversed(grid[1:]):
+        upper = x // length
+        out.append(x - upper * length)
+        x = upper
+    return out + [x]
+
+
+def _is_box(lo, hi, lo_digits, hi_digits):
+    """Is each token range [lo, hi] a box of the row-major grid? The box spanned by its ends'
+    coordinates holds lo and hi and no token outside [lo, hi]: it is the range when it holds as
+    many tokens."""
+    box, tokens = lo <= hi, 1
+    for a, b in zip(lo_digits, hi_digits):
+        box &= a <= b
+        tokens = tokens * (b - a + 1)
+    return box & (tokens == hi - lo + 1)
 
 
 def _boxes(grid, lo, hi) -> list:
