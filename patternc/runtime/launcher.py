@@ -211,12 +211,14 @@ def record_backward(module, layout, q, k, v, out, lse, do, dlse, scale, pattern)
     grads = launch_with(module, _seen(module, kernels, seen), "launch_backward")(q, k, v, out, lse, do, layout,
                                                                                   scale=scale, dlse=dlse)
     rows = seen[0][3] if seen else {}
-    tensors = (q, k, v, out, do, lse, lse if dlse is None else dlse, *grads, rows.get("Delta"), rows.get("Lse2"))
+    delta, lse2 = rows.get("Delta"), rows.get("Lse2")  # the row statistics, [B x H, M] each, made per call
+    rows_shape = (q.shape[0] * q.shape[1], q.shape[2])
+    if getattr(delta, "shape", None) != rows_shape or getattr(lse2, "shape", None) != rows_shape:
+        return grads, Never(pattern)
+    tensors = (q, k, v, out, do, lse, lse if dlse is None else dlse, *grads, delta, lse2)
     fast = _replay(FastBackward(), seen, kernels, _BACKWARD, tensors, target, pattern)
     if fast is not None:
-        fast.dlse, fast.rows_shape = dlse is not None, (2, *tensors[10].shape)
-        if tensors[10].shape != (q.shape[0] * q.shape[1], q.shape[2]) or tensors[11].shape != tensors[10].shape:
-            fast = None
+        fast.dlse, fast.rows_shape = dlse is not None, (2, *rows_shape)
     return grads, fast or Never(pattern)
 
 
