@@ -23,9 +23,10 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
     `selection [B, H, nQ, nK]` holds the chosen blocks).
 
     The first call for a problem shape autotunes the kernel config on this device (cached on
-    disk; `PATTERNC_AUTOTUNE=0` takes the default config instead); `config` overrides it: `{"block_m", "block_n", "num_warps", "num_stages"}`, and
-    `"iteration"`: "runs" loops over ranges of key tiles where every row has few runs (the
-    default, "auto"), "table" always reads index tables; `"memory"`: "pointers" (default) or
+    disk; `PATTERNC_AUTOTUNE=0` takes the default config instead); `config` overrides it:
+    `{"block_m", "block_n", "num_warps", "num_stages"}`, and `"iteration"`: "runs" loops over
+    ranges of key tiles where every row has few runs (the default, "auto"), "table" always reads
+    index tables; `"memory"`: "pointers" (default) or
     "tma" (Hopper tensor descriptors); `"order"`: "auto" (residue order for dilated/strided
     patterns) or "natural".
 
@@ -35,14 +36,15 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
     The pattern applies inside each document with positions from its first token (`sink(4)`:
     each document's first 4 tokens), and no key of another document is visible; a routed `topk`
     chooses among its document's blocks, as on the document alone. Patterns whose rule reads the
-    length (`window(N // 8)`, grids, `random`) are refused. The
-    boundaries are checked (0 first, N last, never decreasing: one host sync per call, skipped
-    while a CUDA graph is captured); the kernel's programs are laid out from them on the device.
+    length (`window(N // 8)`, grids, `random`) are refused. The boundaries are checked (0 first,
+    N last, never decreasing: one host sync per boundaries tensor and version, skipped while a
+    CUDA graph is captured); the kernel's programs are laid out from them on the device.
 
     Training: when q, k or v require grad the call takes autograd's path (under `torch.compile`
     the `patternc::attention` custom op, `runtime/autograd.py`; in eager mode an
-    `autograd.Function`, `runtime/eager.py`), whose backward runs generated backward kernels; the LSE output is
-    differentiable too. Under autocast, q, k and v are cast to the autocast dtype. `return_layout=True` is for inspection and takes no gradients.
+    `autograd.Function`, `runtime/eager.py`), whose backward runs generated backward kernels;
+    the LSE output is differentiable too. Under autocast, q, k and v are cast to the autocast
+    dtype. `return_layout=True` is for inspection and takes no gradients.
     """
     import torch
 
