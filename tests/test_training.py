@@ -186,6 +186,48 @@ def test_gpu_routed_per_token_backward(text, H, Hkv, dtype):
         assert_close(got, want, 2e-2, f"{text!r} d{name}")
 
 
+def test_tables_are_built_before_the_kernels_launch(interpret):
+    """Every table the launches read of the layout exists once the problem is prepared, so that
+    no launch builds one: under CUDA graph trees that build would land in the graph's private
+    pool and outlive it (the GPU test below trains through one)."""
+    from patternc.layout.cache import cached_layout
+    from patternc.runtime.attention import _device_tag, _prepare, default_config
+
+    pattern = patternc.compile("causal & (window(5) | sink(2))")
+    q, k, v = (x.detach() for x in inputs(1, 2, 2, 40, 40, 16, seed=5))
+    cached_layout.cache_clear()
+    cfg = default_config(16, q.dtype, True)
+    module, layout = _prepare(pattern, 1, 2, 40, 40, 16, cfg, "cpu", _device_tag(q.device), backward=True)
+    prepared = set(layout.__dict__), set(layout._runs_cache)
+    lse = torch.empty(1, 2, 40)
+    out, lse = module.launch(q, k, v, layout, lse=lse)
+    module.launch_backward(q, k, v, out, lse, torch.randn_like(out), layout)
+    assert (set(layout.__dict__), set(layout._runs_cache)) == prepared
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_gpu_compiled_with_cuda_graphs_trains():
+    """torch.compile(mode="reduce-overhead"): CUDA graph trees record the steps (the layout's
+    tables built outside the graph's pool), and the gradients equal eager patternc's."""
+    gen = torch.Generator("cuda").manual_seed(4)
+    q, k, v = (torch.randn(1, 4, 1024, 64, device="cuda", dtype=torch.bfloat16, generator=gen) for _ in range(3))
+    pattern = patternc.compile("causal & (window(200) | sink(16))")
+
+    def step(q, k, v):
+        return patternc.attention(q, k, v, pattern).float().square().sum()
+
+    compiled = torch.compile(step, mode="reduce-overhead")
+    leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+    want = torch.autograd.grad(step(*leaves), leaves)
+    for _ in range(4):  # warm-up, recording, then replays
+        leaves = [x.detach().requires_grad_() for x in (q, k, v)]
+        got = torch.autograd.grad(compiled(*leaves), leaves)
+        got = [g.clone() for g in got]  # a replay overwrites its outputs
+    for g, w, name in zip(got, want, "qkv"):  # the same kernels; only the loss's own backward is compiled
+        assert_close(g, w, 1e-3, f"d{name}")
+
+
 def test_compiled_where_dynamo_takes_constants_only(monkeypatch):
     """Before torch 2.12, Dynamo hands `assume_constant_result` functions Python constants only,
     and a Pattern (a frozen dataclass) is not one: the op's key is taken from `Pattern.text`.

@@ -366,20 +366,50 @@ def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag, backward=False, do
         from .routed import fit_tiles, routed_plan
 
         cfg = fit_tiles(pattern, cfg)
-        plan = routed_plan(pattern, M, N, H, cfg["block_m"], cfg["block_n"], device)
+        plan = _outside_graph_pools(device, routed_plan, pattern, M, N, H, cfg["block_m"], cfg["block_n"], device)
         module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],
                          None, cfg.get("memory", "pointers") == "tma" and not documents, None, device_tag,
                          routed=plan.topk.query, backward=backward, documents=documents)
         return module, plan
     order = "natural" if documents else cfg.get("order", "auto")
-    layout = cached_layout(pattern, M, N, H, cfg["block_m"], cfg["block_n"], order, device)
-    runs = layout.runs() if cfg.get("iteration", "auto") != "table" else None
+
+    def build():  # the layout and every table the kernels will read of it, built now (see _outside_graph_pools)
+        layout = cached_layout(pattern, M, N, H, cfg["block_m"], cfg["block_n"], order, device)
+        layout.row_order, layout.block_tables()
+        if backward:
+            layout.q_num_blocks
+        return layout, layout.runs() if cfg.get("iteration", "auto") != "table" else None
+
+    layout, runs = _outside_graph_pools(device, build)
     runs_shape = None if runs is None else (runs[0].shape[2], runs[1].shape[2])
     module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],
                      runs_shape, cfg.get("memory", "pointers") == "tma" and not documents,
                      layout.permutation.modulus if layout.permutation is not None else None, device_tag,
                      backward=backward, documents=documents)
     return module, layout
+
+
+def _outside_graph_pools(device: str, build, *args):
+    """`build(*args)` with its CUDA tensors taken from the ordinary caching allocator. Layouts
+    and their tables outlive the call that builds them; when that call is the first of a model
+    under `torch.compile(mode="reduce-overhead")`, CUDA graph trees route the calling thread's
+    allocations (in torch < 2.6: its stream's) into the graph's private pool, and refuse a pool
+    tensor that outlives the graph without being one of its outputs. A worker thread, on the
+    device's default stream, allocates outside the pool either way."""
+    if not device.startswith("cuda"):
+        return build(*args)
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    def run():
+        with torch.cuda.device(torch.device(device)):
+            built = build(*args)
+            torch.cuda.current_stream().synchronize()  # copies from pageable memory may still be in flight
+            return built
+
+    with ThreadPoolExecutor(1) as worker:
+        return worker.submit(run).result()
 
 
 def _autotunes(interpret: bool) -> bool:
