@@ -345,7 +345,7 @@ def _dkdv_kernel(memory, order: Order, routed, tables, program) -> tuple[str, li
                   program=program.program("n", shifts([Q_T, K_ROWS, V_ROWS, DO, DK, DV], "Delta", "Lse2")),
                   key_tokens=order.tokens(OWN_KEYS),
                   load_kv=(memory.dims() + [line for t in own for line in memory.tile_pointers(t, OWN_KEYS)]
-                           + memory.rows(own) + memory.load(own, OWN_KEYS, order)),
+                           + memory.load(own, OWN_KEYS, order)),
                   bases=memory.bases([Q_T, DO], LOOP_QUERIES, order),
                   loops=columns.loops(COLUMNS, routed, lambda masked: _call(
                       "dk, dv", "dkdv_step", [f"dk, dv, k, v, {source}, start_m, kv_idx, offs_m, off_h",
@@ -372,7 +372,7 @@ def _dq_kernel(memory, iteration, order: Order, routed, tables, program) -> tupl
                   program=program.program("m", shifts([Q, K_T, V_T, DO, DQ], "Delta", "Lse2")),
                   query_tokens=order.tokens(OWN_QUERIES),
                   load_q=(memory.dims() + [line for t in own for line in memory.tile_pointers(t, OWN_QUERIES)]
-                          + memory.bases([K_T, V_T], LOOP_KEYS, order) + memory.rows(own + [K_T, V_T])
+                          + memory.bases([K_T, V_T], LOOP_KEYS, order)
                           + memory.load(own, OWN_QUERIES, order)),
                   stats=stats(OWN_QUERIES),
                   loops=iteration.loops(ROWS, routed, lambda masked: _call(

@@ -27,7 +27,7 @@ from .routed import MODES
 from .tables import Tables
 from .template import Arg, fill, keywords, signature
 
-GENERATOR_VERSION = 12  # bump when the generated code changes: it is part of every cache key
+GENERATOR_VERSION = 13  # bump when the generated code changes: it is part of every cache key
 
 
 @dataclass(frozen=True)
@@ -281,7 +281,7 @@ def forward_source(spec: KernelSpec, summary: str = "", backward_doc: str = "") 
                   program=program.program("m", shifts([Q, K, V, OUT], "Lse")),
                   query_tokens=order.tokens(QUERY_TILE),
                   load_q=(memory.dims() + memory.tile_pointers(Q, QUERY_TILE) + memory.bases([K, V], KEY_TILE, order)
-                          + memory.rows([Q, K, V]) + memory.load([Q], QUERY_TILE, order)),
+                          + memory.load([Q], QUERY_TILE, order)),
                   loops=iteration.loops(ROWS, routed, step, program.clips),
                   store_out=memory.tile_pointers(OUT, QUERY_TILE) + memory.store(OUT, QUERY_TILE, order, "out"))
     launch = fill("LAUNCH", LAUNCH, documents_param=program.launch_param, place=PLACE + program.place_checks(),
@@ -290,5 +290,5 @@ def forward_source(spec: KernelSpec, summary: str = "", backward_doc: str = "") 
                   descriptors=memory.descriptors([Q, K, V, OUT], order), layout_tables=iteration.prepare(ROWS),
                   predicate_tables=tables.prepare(), programs=program.prepare("m"), row_programs=program.programs("m"),
                   args=keywords(params, 8))
-    helpers = (FLOOR_HELPERS if spec.predicate.uses_floor else "") + tables.helper + program.helper
+    helpers = (FLOOR_HELPERS if spec.predicate.uses_floor else "") + memory.helper + tables.helper + program.helper
     return header + helpers + predicate + step_fn + kernel + launch

@@ -6,8 +6,8 @@ past the end zero-filled on load and dropped on store by the hardware.
 
 Each step is a separate call, for any `Tensor` on any `Tile`: pointers to a program's own tile
 (`tile_pointers`), base pointers of the tiles a loop visits (`bases`, then `shift` per tile),
-the per-program descriptor rows (`rows`), loads with their masks (`load`) and stores
-(`store`); a kernel family strings them together in the order it needs.
+loads with their masks (`load`) and stores (`store`); a kernel family strings them together in
+the order it needs.
 """
 from __future__ import annotations
 
@@ -55,6 +55,7 @@ def _mask(t: Tensor, tile: Tile) -> str:
 class Pointers:
     doc = "pointers"
     imports = ()
+    helper = ""
 
     def params(self, tensors: list[Tensor]) -> list[list[Arg]]:
         """The kernel parameters: the pointers on one line, then three tensors' strides a line."""
@@ -86,9 +87,6 @@ class Pointers:
         return [line for t in tensors
                 for line in self._address(t, f"{t.short}_base", tile.offsets, order.row_stride(t.row_stride))]
 
-    def rows(self, tensors: list[Tensor]) -> list[str]:
-        return []
-
     def shift(self, tensors: list[Tensor], tile: Tile, order) -> list[str]:
         """Pointers to the tile a loop is at, from the bases."""
         row0, lines = order.row0(tile), []
@@ -112,17 +110,27 @@ class Pointers:
 
 
 class Tma:
-    doc = "TMA tensor descriptors (3-D: [batch x heads, length, head_dim])"
+    doc = "TMA tensor descriptors (4-D: [batch, heads, length, head_dim], the tensors' own strides)"
     imports = ("from triton.tools.tensor_descriptor import TensorDescriptor",)
-    # a descriptor's first coordinate, the (batch, head) row, per head index
-    ROW = MappingProxyType({"off_h": "off_hz", "off_kh": "kv_row"})
+    helper = '''
+
+
+def tma_ready(x):
+    """Whether a TMA descriptor addresses x as it is, strides and all (q, k, v sliced from one
+    projection, for instance): a unit stride along head_dim, every other stride and the base
+    16-byte aligned. Others are copied to contiguous ones first."""
+    size = x.element_size()
+    return x.stride(-1) == 1 and x.data_ptr() % 16 == 0 and all(s * size % 16 == 0 for s in x.stride()[:-1])
+'''
+    # a descriptor's first coordinates, (batch, head), per head index
+    ROW = MappingProxyType({"off_h": "off_z, off_h", "off_kh": "off_z, off_kh"})
 
     def params(self, tensors: list[Tensor]) -> list[list[Arg]]:
         return [[Arg(f"desc_{t.short}", f"desc_{t.short}") for t in tensors]]
 
     def contiguous(self, tensors: list[Tensor]) -> list[str]:
         names = ", ".join(t.var for t in tensors)
-        return [f"{names} = (x.contiguous() for x in ({names}))"]
+        return [f"{names} = (x if tma_ready(x) else x.contiguous() for x in ({names}))"]
 
     def descriptors(self, tensors: list[Tensor], order) -> list[str]:
         """One descriptor per tensor, made together for the tensors of one side and head count."""
@@ -133,14 +141,13 @@ class Tma:
         for (side, head), group in groups.items():
             if len(group) == 1:  # a tensor alone: no generator to unpack
                 t = group[0]
-                rows = "B * H" if head == "off_h" else f"B * {t.var}.shape[1]"
-                lines.append(f"desc_{t.short} = TensorDescriptor.from_tensor({t.var}.view("
-                             f"{order.view(rows, side.size)}), [{order.box(side.block, 'D')}])")
+                heads = "H" if head == "off_h" else f"{t.var}.shape[1]"
+                lines.append(f"desc_{t.short} = TensorDescriptor.from_tensor({order.view(t.var, heads, side.size)}, "
+                             f"[{order.box(side.block, 'D')}])")
                 continue
-            rows = "B * H" if head == "off_h" else "B * x.shape[1]"
+            heads = "H" if head == "off_h" else "x.shape[1]"
             lead = f"{', '.join(f'desc_{t.short}' for t in group)} = ("
-            make = (f"{lead}TensorDescriptor.from_tensor(x.view({order.view(rows, side.size)}), "
-                    f"[{order.box(side.block, 'D')}])")
+            make = f"{lead}TensorDescriptor.from_tensor({order.view('x', heads, side.size)}, [{order.box(side.block, 'D')}])"
             loop = f"for x in ({', '.join(t.var for t in group)}))"
             if 4 + len(make) + 1 + len(loop) <= WIDTH:
                 lines.append(f"{make} {loop}")
@@ -157,14 +164,14 @@ class Tma:
     def bases(self, tensors: list[Tensor], tile: Tile, order) -> list[str]:
         return []
 
-    def rows(self, tensors: list[Tensor]) -> list[str]:
-        return ["kv_row = off_z * (H // GROUP) + off_kh"] if any(t.head == "off_kh" for t in tensors) else []
-
     def shift(self, tensors: list[Tensor], tile: Tile, order) -> list[str]:
         return []
 
     def step_params(self, tensors: list[Tensor]) -> list[str]:
-        return [f"desc_{t.short}" for t in tensors] + list(dict.fromkeys(self.ROW[t.head] for t in tensors))
+        """The descriptors, the batch index and, for key/value tensors, their head (every step
+        helper takes off_h already)."""
+        return [f"desc_{t.short}" for t in tensors] + ["off_z"] + (["off_kh"] if any(t.head == "off_kh" for t in tensors)
+                                                                     else [])
 
     def load(self, tensors: list[Tensor], tile: Tile, order) -> list[str]:
         note = [] if tile.own else [f"# the descriptor zero-fills rows past {tile.side.length}"]

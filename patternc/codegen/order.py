@@ -91,15 +91,15 @@ class Order:
         p = tile.side.prefix
         return f"{tile.first}, 0" if self.modulus is None else f"{p}_first, {p}_cls, 0"
 
-    def view(self, rows: str, length: str) -> str:
-        """The shape of a tensor's descriptor view."""
-        return f"{rows}, {length}, D" if self.modulus is None else f"{rows}, {length} // R, R, D"
+    def view(self, tensor: str, heads: str, length: str) -> str:
+        """The tensor a descriptor addresses: `tensor` [B, heads, length, D] itself, or a view."""
+        return tensor if self.modulus is None else f"{tensor}.view(B, {heads}, {length} // R, R, D)"
 
     def box(self, block: str, dim: str) -> str:
         """The shape of a descriptor's block (and of the tile it copies)."""
-        return f"1, {block}, {dim}" if self.modulus is None else f"1, {block}, 1, {dim}"
+        return f"1, 1, {block}, {dim}" if self.modulus is None else f"1, 1, {block}, 1, {dim}"
 
     def view_note(self) -> list[str]:
         if self.modulus is None:
             return []
-        return ["# 4-D views [batch x heads, N / R, R, D]: a class is a column of R-strided rows"]
+        return ["# 5-D views [batch, heads, N / R, R, D]: a class is a column of R-strided rows"]

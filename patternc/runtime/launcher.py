@@ -301,8 +301,7 @@ def _kernel(kernel, grid, kwargs, compiled, names, tensors, torch):
             source = tensors[descriptors[name]]
             base = getattr(value, "base", None)
             if (type(value).__name__ != "TensorDescriptor" or not hasattr(value, "__dict__")
-                    or not isinstance(base, torch.Tensor) or base.data_ptr() != source.data_ptr()
-                    or not source.is_contiguous()):
+                    or not isinstance(base, torch.Tensor) or base.data_ptr() != source.data_ptr()):
                 return None
             recorded.descriptors.append((slot, descriptors[name], type(value), dict(vars(value), base=None),
                                          None if base_only else tuple(base.shape)))
