@@ -15,7 +15,7 @@ whether a later step's gradients equal the first step's bit for bit (patternc's 
 deterministic; its later steps replay the first one's recorded launches). Writes
 training_step.json and training_step.md into --out.
 
-    python benchmarks/training_step.py --out DIR [--patterns swa causal] [--lengths 1024 8192]
+    python benchmarks/training_step.py --out DIR [--patterns swa causal] [--lengths 1024 8192] [--projection]
 """
 from __future__ import annotations
 
@@ -56,6 +56,8 @@ def main(argv=None):
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--projection", action="store_true",
+                    help="q, k, v as views of one [B, S, 3, H, D] tensor (a fused projection's output), not three tensors")
     args = ap.parse_args(argv)
     from torch.nn.attention.flex_attention import flex_attention
 
@@ -66,8 +68,14 @@ def main(argv=None):
         pattern = patternc.compile(text)
         key = problem_key(pattern.text, None)
         for S in args.lengths:
-            q, k, v = (torch.randn(1, args.heads, S, args.head_dim, device="cuda", dtype=torch.bfloat16,
-                                   requires_grad=True) for _ in range(3))
+            if args.projection:  # views of one [B, S, 3, H, D] tensor, as a fused qkv projection makes them
+                qkv = torch.randn(1, S, 3, args.heads, args.head_dim, device="cuda", dtype=torch.bfloat16,
+                                  requires_grad=True)
+                leaves = (qkv,)
+                q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            else:
+                leaves = q, k, v = (torch.randn(1, args.heads, S, args.head_dim, device="cuda", dtype=torch.bfloat16,
+                                                requires_grad=True) for _ in range(3))
             do = torch.randn_like(q)
             block_mask = pattern.layout(S, heads=args.heads, order="natural").to_flex_block_mask().to("cuda")
             paths = {
@@ -76,7 +84,7 @@ def main(argv=None):
                 "flex": lambda: flex(q, k, v, block_mask=block_mask),
             }
             for path, attend in paths.items():
-                step = lambda: torch.autograd.grad(attend(), (q, k, v), do)  # noqa: E731
+                step = lambda: torch.autograd.grad(attend(), leaves, do)  # noqa: E731
                 first = step()  # the recorded launches (patternc), then replays: the same gradients
                 wall = wall_ms(step, args.steps)
                 same = all(torch.equal(a, b) for a, b in zip(step(), first))
