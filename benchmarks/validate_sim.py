@@ -317,7 +317,7 @@ def markdown(result, args, profile, env, problems=None) -> str:
         "# Simulator validation (offline, against a recorded run)", "",
         f"Measured: {', '.join(f'`{r}`' for r in runs)} ({env.get('card', '?')}, torch {env.get('torch', '?')}, "
         f"triton {env.get('triton', '?')}, {env.get('date', '?')}); bf16, B=1, H={args.heads}, D={args.head_dim}.",
-        *([f"Rows measured in several runs are kept from the first: skipped "
+        *(["Rows measured in several runs are kept from the first: skipped "
            + ", ".join(f"{d['pattern']} {d['S']} of `{d['run']}`" for d in skipped) + "."] if skipped else []),
         f"Profile: `{shown(profile.path) if profile.path else profile.name}`; its costs were fitted on {fitted}.",
         "Routed rows compare the attention kernel alone (see `measured_is` in validation.json); their selection "

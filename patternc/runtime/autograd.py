@@ -49,7 +49,8 @@ def attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, documents: t
     from .attention import forward
 
     pattern, config = _PROBLEMS[problem]
-    return forward(q, k, v, pattern, scale, config, documents)
+    out, lse = forward(q, k, v, pattern, scale, config, documents)
+    return _as_faked(out, q), lse
 
 
 @attention_op.register_fake
@@ -67,12 +68,23 @@ def attention_backward_op(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v:
     from .attention import backward
 
     pattern, config = _PROBLEMS[problem]
-    return backward(do, q, k, v, out, lse, dlse, pattern, scale, config, documents)
+    dq, dk, dv = backward(do, q, k, v, out, lse, dlse, pattern, scale, config, documents)
+    return _as_faked(dq, q), _as_faked(dk, k), _as_faked(dv, v)
 
 
 @attention_backward_op.register_fake
 def _(do, q, k, v, out, lse, dlse, documents, problem, scale):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _as_faked(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """`x` with the strides the fake implementations give it (`torch.empty_like(like)`'s), which
+    torch.compile checks: the kernels' outputs have them already; the CPU's dense reference may
+    not (q a view of a fused projection, say), and is copied."""
+    if x.stride() == like.stride():
+        return x
+    strides = torch.empty_like(like, device="meta").stride()
+    return x if x.stride() == strides else torch.empty_like(like).copy_(x)
 
 
 def _setup_context(ctx, inputs, output):
