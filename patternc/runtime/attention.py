@@ -270,15 +270,7 @@ def backward(do, q, k, v, out, lse, dlse, pattern, scale, config, documents=None
     device_tag = _device_tag(q.device)
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if config is None and _autotunes(interpret):
-        from . import autotune
-
-        def run(cfg):
-            module, layout = _prepare(pattern, B, H, M, N, D, dict(cfg), str(q.device), device_tag, backward=True,
-                                      documents=documents is not None)
-            _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale, documents)
-
-        config = _tuned(_problem(q, k, pattern, device_tag, documents, "backward|"), run,
-                        autotune.backward_candidates(D, q.dtype, _capability(q.device)))
+        config = _tuned_backward_config(do, q, k, v, out, lse, dlse, pattern, scale, device_tag, documents)
     cfg = dict(default_config(D, q.dtype, interpret), **(config or {}))
     module, layout = _prepare(pattern, B, H, M, N, D, cfg, str(q.device), device_tag, backward=True,
                               documents=documents is not None)
@@ -425,13 +417,30 @@ def _tuned_config(q, k, v, pattern, scale, device_tag, documents=None) -> dict:
 
     B, H, M, D = q.shape
 
-    def run(cfg):
+    def run(cfg, warm=False):
         module, layout = _prepare(pattern, B, H, M, k.shape[2], D, dict(cfg), str(q.device), device_tag,
                                   documents=documents is not None)
-        _run(module, layout, q, k, v, scale, False, False, documents)
+        _run(autotune.warming(module) if warm else module, layout, q, k, v, scale, False, False, documents)
 
     return _tuned(_problem(q, k, pattern, device_tag, documents), run,
                   autotune.candidates(D, q.dtype, _capability(q.device)))
+
+
+def _tuned_backward_config(do, q, k, v, out, lse, dlse, pattern, scale, device_tag, documents=None) -> dict:
+    """The autotuned backward config for this problem, as `_tuned_config` (the backward kernels
+    are tuned apart from the forward's)."""
+    from . import autotune
+
+    B, H, M, D = q.shape
+
+    def run(cfg, warm=False):
+        module, layout = _prepare(pattern, B, H, M, k.shape[2], D, dict(cfg), str(q.device), device_tag,
+                                  backward=True, documents=documents is not None)
+        _run_backward(autotune.warming(module) if warm else module, layout, do, q, k, v, out, lse, dlse, scale,
+                      documents)
+
+    return _tuned(_problem(q, k, pattern, device_tag, documents, "backward|"), run,
+                  autotune.backward_candidates(D, q.dtype, _capability(q.device)))
 
 
 def _problem(q, k, pattern, device_tag, documents, kind: str = "") -> str:
@@ -442,12 +451,14 @@ def _problem(q, k, pattern, device_tag, documents, kind: str = "") -> str:
 
 
 def _tuned(key: str, run, candidates: list[dict]) -> dict:
-    """The config remembered for `key`, or the fastest candidate under `run(config)`, remembered."""
+    """The config remembered for `key`, or the fastest candidate under `run(config)`, remembered
+    (`run(config, warm=True)` compiles the config's kernels without running them: all candidates
+    are compiled at once before they are timed)."""
     from . import autotune
 
     found = autotune.lookup(key)
     if found is None:
-        found = autotune.tune(run, candidates)
+        found = autotune.tune(run, candidates, lambda cfg: run(cfg, warm=True))
         autotune.remember(key, found)
     return found
 

@@ -2,7 +2,9 @@
 
 The first call for a (pattern, shapes, dtype, device) times a few candidate kernels on the
 caller's inputs and keeps the fastest; the choice is cached in memory and in `autotune.json`
-beside the kernel cache, so later processes skip the search.
+beside the kernel cache, so later processes skip the search. The candidates' kernels are
+compiled at once, in threads, before the first is timed (`compile_all`), on machines of
+MIN_CORES cores or more.
 """
 from __future__ import annotations
 
@@ -87,10 +89,14 @@ def remember(key: str, config: dict) -> None:
     atomic_write(_path(), json.dumps(on_disk, indent=1, sort_keys=True))
 
 
-def tune(run, configs: list[dict]) -> dict:
-    """The fastest config: `run(config)` launches once; configs that fail to compile are skipped."""
+def tune(run, configs: list[dict], warm=None) -> dict:
+    """The fastest config: `run(config)` launches once; configs that fail to compile are skipped.
+    `warm(config)`, where given, compiles a config's kernels without running them: every
+    candidate is then compiled at once (`compile_all`) before any is timed."""
     import triton
 
+    if warm is not None:
+        compile_all(warm, configs)
     best, best_ms = None, float("inf")
     for cfg in configs:
         try:
@@ -103,3 +109,89 @@ def tune(run, configs: list[dict]) -> dict:
     if best is None:
         raise RuntimeError("no kernel configuration compiled for this problem")
     return best
+
+
+MIN_CORES = 4  # below this, candidates compile one after another as they are timed (see compile_workers)
+
+
+def compile_workers(count: int) -> int:
+    """Threads to compile `count` candidates in: one per core this process may run on, at most
+    one per candidate; 1 (no concurrent compile) on fewer than MIN_CORES cores, where four
+    kernels compiled in threads took longer than one after another (2 cores)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return 1 if cores < MIN_CORES else max(1, min(cores, count))
+
+
+def compile_all(warm, configs: list[dict]) -> None:
+    """Compile every config's kernels at once, so that timing them finds them compiled: `warm(config)`
+    runs the config's launch with each kernel's `JITFunction.warmup` in place of its launch (the
+    same arguments, so the same specialisation, as the timed launch), under Triton's
+    `AsyncCompileMode`, which hands each compile to a thread of a pool and fills Triton's kernel
+    cache when all are done (its passes, LLVM and ptxas run outside the GIL for much of the time).
+    A config whose compile fails is left to the timing loop, which skips it as before. A no-op
+    with one worker (`compile_workers`), under TRITON_INTERPRET=1 (nothing compiles), with a
+    Triton without `AsyncCompileMode` (3.6 and 3.9 have it), or inside another one."""
+    import os
+
+    workers = compile_workers(len(configs))
+    if workers < 2 or os.environ.get("TRITON_INTERPRET") == "1":
+        return
+    import triton
+
+    mode = getattr(triton, "AsyncCompileMode", None)
+    if mode is None or _compiling_async():
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="patternc-compile") as pool, mode(pool, ignore_errors=True):
+        for cfg in configs:
+            try:
+                warm(cfg)
+            except Exception:  # noqa: BLE001 - the timing loop meets it again, and skips the config
+                continue
+
+
+def _compiling_async() -> bool:
+    """Whether the caller is inside an `AsyncCompileMode` already (a second one can't be entered)."""
+    try:
+        from triton.runtime._async_compile import active_mode
+    except ImportError:
+        return True
+    return active_mode.get() is not None
+
+
+def warming(module):
+    """`module` as `_run`/`_run_backward` see it, whose `launch` and `launch_backward` compile
+    their kernels (`JITFunction.warmup` with the launch's own grid and arguments) instead of
+    launching them."""
+    from triton.runtime.jit import KernelInterface
+
+    from .launcher import launch_with
+
+    kernels = {name: _Warm(value) for name, value in vars(module).items() if isinstance(value, KernelInterface)}
+    functions = {name: launch_with(module, kernels, name) for name in ("launch", "launch_backward")
+                 if callable(getattr(module, name, None))}
+    return _Warming(module, functions)
+
+
+class _Warm:
+    """A kernel whose `kernel[grid](**kwargs)` compiles it for those arguments without running it."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.kernel.warmup(*args, grid=grid, **kwargs)
+
+
+class _Warming:
+    """A generated module with its launch functions replaced (see `warming`)."""
+
+    def __init__(self, module, functions: dict):
+        self._module = module
+        self.__dict__.update(functions)
+
+    def __getattr__(self, name):
+        return getattr(self._module, name)
