@@ -14,11 +14,13 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parent.parent  # this checkout's patternc in the child, not an installed one
 SCRIPT = r"""
-import json, sys, threading, time, types
+import json, os, sys, threading, time, types
 import torch, triton, triton.compiler
 import triton.testing
 from triton.backends.compiler import GPUTarget
@@ -95,17 +97,22 @@ if fail == "128x128":
 elif fail == "all":
     state["fail"] = lambda module: True
 
+# patternc's kernel path on CPU tensors, autotuned as on a GPU (Triton itself is not interpreting)
+rt.os = types.SimpleNamespace(environ=dict(os.environ, TRITON_INTERPRET="1"))
+rt._autotunes = lambda interpret: True
 q, k, v = (torch.randn(1, 2, 256, 128, dtype=torch.float16) for _ in range(3))
 result = {}
 for direction in ("forward", "backward"):
     pattern = patternc.compile(f"causal & window({64 if direction == 'forward' else 96})")
     events.clear()
     try:
-        if direction == "forward":
-            cfg = rt._tuned_config(q, k, v, pattern, None, "cuda-sm90")
+        if direction == "forward":  # as training's forward calls it: the LSE written too
+            rt._attention(q, k, v, pattern, None, True, None, False)
         else:
             out, lse = torch.randn_like(q), torch.randn(1, 2, 256)
-            cfg = rt._tuned_backward_config(torch.randn_like(q), q, k, v, out, lse, None, pattern, None, "cuda-sm90")
+            rt.backward(torch.randn_like(q), q, k, v, out, lse, None, pattern, None, None)
+        cfg = autotune.lookup(rt._problem(q, k, pattern, rt._device_tag(q.device), None,
+                                          "" if direction == "forward" else "backward|"))
         chosen = f"{cfg['block_m']}x{cfg['block_n']}s{cfg['num_stages']}/{cfg.get('memory', 'pointers')}"
     except RuntimeError as e:
         chosen = "error: " + str(e)
@@ -117,7 +124,8 @@ print(json.dumps(result))
 
 def _run(tmp_path, workers: int, fail: str = "") -> dict:
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    env.update(PATTERNC_CACHE_DIR=str(tmp_path / "patternc"), TRITON_CACHE_DIR=str(tmp_path / "triton"))
+    env.update(PATTERNC_CACHE_DIR=str(tmp_path / "patternc"), TRITON_CACHE_DIR=str(tmp_path / "triton"),
+               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
     done = subprocess.run([sys.executable, "-c", SCRIPT, str(workers), fail], capture_output=True, text=True, env=env,
                           timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -148,13 +156,15 @@ def _check_each_compiled_once_then_reused(run, candidates, kernels, shared=()):
     assert run["most"] >= 2  # compiles overlapped
     assert launches and {e[3] for e in launches} <= {e[3] for e in compiles}  # launches ran what was compiled
     assert {e[1] for e in launches} == candidates  # and every candidate was timed
+    assert launches[-1][1] == run["chosen"]  # the call's own launch, after the search: the winner, not compiled again
 
 
 def test_candidates_compile_at_once_before_they_are_timed(tmp_path):
-    """Forward: the 4 candidates' kernels (D 128, half precision, Hopper) compiled once each in
-    the pool before the first timed launch, and reused by every timed launch; backward: the 3
-    kernels of each of its 4 candidates likewise (the row statistics' kernel is the same at both
-    pipeline depths). The choice is the fastest, as before."""
+    """A first call: forward (as training calls it, writing the LSE), the 4 candidates' kernels
+    (D 128, half precision, Hopper) compiled once each in the pool before the first timed
+    launch, reused by every timed launch and by the call's own launch of the winner; backward:
+    the 3 kernels of each of its 4 candidates likewise (the row statistics' kernel is the same
+    at both pipeline depths). The choice is the fastest, as before."""
     runs = _run(tmp_path, 4)
     _check_each_compiled_once_then_reused(runs["forward"], FORWARD, ["attention_fwd"])
     _check_each_compiled_once_then_reused(runs["backward"], BACKWARD, ["attention_bwd_dkdv", "attention_bwd_dq"],

@@ -236,7 +236,7 @@ def _attention(q, k, v, pattern, scale, return_lse, config, return_layout, docum
     _check_interpreter_dtype(q, interpret)
     pattern, user_pattern = pattern_obj, pattern
     device_tag = _device_tag(q.device)
-    cfg = _config(q, k, v, pattern, scale, config, device_tag, documents)
+    cfg = _config(q, k, v, pattern, scale, config, device_tag, documents, return_lse)
     module, layout = _prepare(pattern, B, H, M, N, D, cfg, str(q.device), device_tag, documents=documents is not None)
     if not return_layout:
         _remember(_ready, key, user_pattern, module, layout)
@@ -296,11 +296,11 @@ def _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale, documents=
         return module.launch_backward(q, k, v, out, lse, do, layout, scale=scale, dlse=dlse, **packed)
 
 
-def _config(q, k, v, pattern, scale, config, device_tag, documents=None) -> dict:
+def _config(q, k, v, pattern, scale, config, device_tag, documents=None, return_lse=False) -> dict:
     """The kernel config: defaults, the autotuned choice (GPU) and the caller's overrides."""
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if config is None and _autotunes(interpret):
-        config = _tuned_config(q, k, v, pattern, scale, device_tag, documents)
+        config = _tuned_config(q, k, v, pattern, scale, device_tag, documents, return_lse)
     return dict(default_config(q.shape[3], q.dtype, interpret), **(config or {}))
 
 
@@ -411,8 +411,11 @@ def _autotunes(interpret: bool) -> bool:
     return not interpret and os.environ.get("PATTERNC_AUTOTUNE", "1") != "0"
 
 
-def _tuned_config(q, k, v, pattern, scale, device_tag, documents=None) -> dict:
-    """The autotuned forward config for this problem (searched once per device, then cached on disk)."""
+def _tuned_config(q, k, v, pattern, scale, device_tag, documents=None, return_lse=False) -> dict:
+    """The autotuned forward config for this problem (searched once per device, then cached on
+    disk). The candidates run as the call will, writing the LSE where it does (training's
+    forward): a kernel that writes it is another specialisation, and the chosen one would
+    otherwise be compiled once more after the search."""
     from . import autotune
 
     B, H, M, D = q.shape
@@ -420,7 +423,7 @@ def _tuned_config(q, k, v, pattern, scale, device_tag, documents=None) -> dict:
     def run(cfg, warm=False):
         module, layout = _prepare(pattern, B, H, M, k.shape[2], D, dict(cfg), str(q.device), device_tag,
                                   documents=documents is not None)
-        _run(autotune.warming(module) if warm else module, layout, q, k, v, scale, False, False, documents)
+        _run(autotune.warming(module) if warm else module, layout, q, k, v, scale, return_lse, False, documents)
 
     return _tuned(_problem(q, k, pattern, device_tag, documents), run,
                   autotune.candidates(D, q.dtype, _capability(q.device)))
