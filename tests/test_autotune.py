@@ -32,10 +32,17 @@ from patternc.runtime import autotune
 rt = sys.modules["patternc.runtime.attention"]
 
 
+events, state = [], {"in_flight": 0, "most": 0, "fail": lambda module: False}
+
+
+def launcher(src, metadata):  # the host-side launcher Triton builds for a compiled kernel
+    events.append(("launcher", tiles(sys.modules[src.fn.module]), src.fn.__name__, None,
+                   threading.current_thread().name))
+
+
 driver.set_active(types.SimpleNamespace(  # what Triton's JIT dispatch asks of a driver
     get_current_device=lambda: 0, get_current_stream=lambda device: 0,
-    get_current_target=lambda: GPUTarget("cuda", 90, 32)))
-events, state = [], {"in_flight": 0, "most": 0, "fail": lambda module: False}
+    get_current_target=lambda: GPUTarget("cuda", 90, 32), launcher_cls=launcher))
 lock = threading.Lock()
 
 
@@ -66,6 +73,7 @@ def compile(src, target=None, options=None, _env_vars=None):
     with lock:
         state["in_flight"] -= 1
     compiled = Compiled(module, src.fn.__name__)
+    compiled.src, compiled.metadata = src, None
     failed = state["fail"](module)
     events.append(("compile", tiles(module), src.fn.__name__, None if failed else id(compiled),
                    threading.current_thread().name))
@@ -141,8 +149,8 @@ def _compiles(events):
 
 
 def _check_each_compiled_once_then_reused(run, candidates, kernels, shared=()):
-    """Each of `kernels` of each candidate compiled once, in the pool, before the first timed
-    launch, and every timed launch ran one of those compiles; `shared`: kernels whose source
+    """Each of `kernels` of each candidate compiled once, and its launcher built, in the pool,
+    before the first timed launch, and every timed launch ran one of those compiles; `shared`: kernels whose source
     and options candidates share, compiled once for all of them (Triton's AsyncCompileMode keeps
     one compile per cache key)."""
     events = run["events"]
@@ -152,7 +160,9 @@ def _check_each_compiled_once_then_reused(run, candidates, kernels, shared=()):
         assert {e[1] for e in compiles if e[2] == name} == candidates, name
     assert {e[2] for e in compiles} == set(kernels) | set(shared)
     assert all(e[4].startswith("patternc-compile") for e in compiles), compiles  # in the pool's threads
-    assert events[:len(compiles)] == compiles  # all of them before the first timed launch
+    launchers = [e for e in events if e[0] == "launcher"]  # each compiled kernel's, after it on its thread
+    assert sorted((e[1], e[2], e[4]) for e in launchers) == sorted((e[1], e[2], e[4]) for e in compiles)
+    assert len(compiles) + len(launchers) == events.index(launches[0])  # all of them before the first timed launch
     assert run["most"] >= 2  # compiles overlapped
     assert launches and {e[3] for e in launches} <= {e[3] for e in compiles}  # launches ran what was compiled
     assert {e[1] for e in launches} == candidates  # and every candidate was timed

@@ -145,12 +145,37 @@ def compile_all(warm, configs: list[dict]) -> None:
         return
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(workers, thread_name_prefix="patternc-compile") as pool, mode(pool, ignore_errors=True):
+    with ThreadPoolExecutor(workers, thread_name_prefix="patternc-compile") as pool, \
+            mode(_CompileThenLoad(pool), ignore_errors=True):
         for cfg in configs:
             try:
                 warm(cfg)
             except Exception:  # noqa: BLE001 - the timing loop meets it again, and skips the config
                 continue
+
+
+class _CompileThenLoad:
+    """The executor `AsyncCompileMode` hands compiles to: each compile on a thread of `pool`, then,
+    on the same thread, its kernel's launcher (the host code that launches it: Triton 3.6 builds
+    one per kernel signature with the C compiler, cached on disk, at the kernel's first launch
+    otherwise, one after another)."""
+
+    def __init__(self, pool):
+        self.pool = pool
+
+    def submit(self, compile):
+        return self.pool.submit(_compile_then_load, compile)
+
+
+def _compile_then_load(compile):
+    kernel = compile()
+    try:
+        from triton.runtime import driver
+
+        driver.active.launcher_cls(kernel.src, kernel.metadata)  # the launch builds it again if this failed
+    except Exception:  # noqa: BLE001 - only a head start: the first launch builds or loads it as before
+        pass
+    return kernel
 
 
 def _compiling_async() -> bool:
