@@ -443,7 +443,7 @@ def _tuned_backward_config(do, q, k, v, out, lse, dlse, pattern, scale, device_t
                       documents)
 
     return _tuned(_problem(q, k, pattern, device_tag, documents, "backward|"), run,
-                  autotune.backward_candidates(D, q.dtype, _capability(q.device)))
+                  autotune.backward_candidates(D, q.dtype, _capability(q.device)), kernels=3)
 
 
 def _problem(q, k, pattern, device_tag, documents, kind: str = "") -> str:
@@ -453,15 +453,15 @@ def _problem(q, k, pattern, device_tag, documents, kind: str = "") -> str:
             + ("|documents" if documents is not None else ""))
 
 
-def _tuned(key: str, run, candidates: list[dict]) -> dict:
+def _tuned(key: str, run, candidates: list[dict], kernels: int = 1) -> dict:
     """The config remembered for `key`, or the fastest candidate under `run(config)`, remembered
-    (`run(config, warm=True)` compiles the config's kernels without running them: all candidates
-    are compiled at once before they are timed)."""
+    (`run(config, warm=True)` compiles the config's `kernels` kernels without running them: all
+    candidates are compiled at once before they are timed)."""
     from . import autotune
 
     found = autotune.lookup(key)
     if found is None:
-        found = autotune.tune(run, candidates, lambda cfg: run(cfg, warm=True))
+        found = autotune.tune(run, candidates, lambda cfg: run(cfg, warm=True), kernels)
         autotune.remember(key, found)
     return found
 

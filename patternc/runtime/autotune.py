@@ -89,14 +89,14 @@ def remember(key: str, config: dict) -> None:
     atomic_write(_path(), json.dumps(on_disk, indent=1, sort_keys=True))
 
 
-def tune(run, configs: list[dict], warm=None) -> dict:
+def tune(run, configs: list[dict], warm=None, kernels: int = 1) -> dict:
     """The fastest config: `run(config)` launches once; configs that fail to compile are skipped.
-    `warm(config)`, where given, compiles a config's kernels without running them: every
-    candidate is then compiled at once (`compile_all`) before any is timed."""
+    `warm(config)`, where given, compiles a config's `kernels` kernels without running them:
+    every candidate is then compiled at once (`compile_all`) before any is timed."""
     import triton
 
     if warm is not None:
-        compile_all(warm, configs)
+        compile_all(warm, configs, kernels)
     best, best_ms = None, float("inf")
     for cfg in configs:
         try:
@@ -115,16 +115,16 @@ MIN_CORES = 4  # below this, candidates compile one after another as they are ti
 
 
 def compile_workers(count: int) -> int:
-    """Threads to compile `count` candidates in: one per core this process may run on, at most
-    one per candidate; 1 (no concurrent compile) on fewer than MIN_CORES cores, where four
-    kernels compiled in threads took longer than one after another (2 cores)."""
+    """Threads to compile `count` kernels in: one per core this process may run on, at most one
+    per kernel; 1 (no concurrent compile) on fewer than MIN_CORES cores, where four kernels
+    compiled in threads took longer than one after another (2 cores)."""
     import os
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return 1 if cores < MIN_CORES else max(1, min(cores, count))
 
 
-def compile_all(warm, configs: list[dict]) -> None:
+def compile_all(warm, configs: list[dict], kernels: int = 1) -> None:
     """Compile every config's kernels at once, so that timing them finds them compiled: `warm(config)`
     runs the config's launch with each kernel's `JITFunction.warmup` in place of its launch (the
     same arguments, so the same specialisation, as the timed launch), under Triton's
@@ -132,10 +132,11 @@ def compile_all(warm, configs: list[dict]) -> None:
     cache when all are done (its passes, LLVM and ptxas run outside the GIL for much of the time).
     A config whose compile fails is left to the timing loop, which skips it as before. A no-op
     with one worker (`compile_workers`), under TRITON_INTERPRET=1 (nothing compiles), with a
-    Triton without `AsyncCompileMode` (3.6 and 3.9 have it), or inside another one."""
+    Triton without `AsyncCompileMode` (3.6 and 3.9 have it), or inside another one. `kernels`:
+    how many each config compiles."""
     import os
 
-    workers = compile_workers(len(configs))
+    workers = compile_workers(len(configs) * kernels)
     if workers < 2 or os.environ.get("TRITON_INTERPRET") == "1":
         return
     import triton
