@@ -420,12 +420,13 @@ def _tuned_config(q, k, v, pattern, scale, device_tag, documents=None, return_ls
 
     B, H, M, D = q.shape
 
-    def run(cfg, warm=False):
+    def prepare(cfg, warm=False):
         module, layout = _prepare(pattern, B, H, M, k.shape[2], D, dict(cfg), str(q.device), device_tag,
                                   documents=documents is not None)
-        _run(autotune.warming(module) if warm else module, layout, q, k, v, scale, return_lse, False, documents)
+        module = autotune.warming(module) if warm else module
+        return lambda: _run(module, layout, q, k, v, scale, return_lse, False, documents)
 
-    return _tuned(_problem(q, k, pattern, device_tag, documents), run,
+    return _tuned(_problem(q, k, pattern, device_tag, documents), prepare,
                   autotune.candidates(D, q.dtype, _capability(q.device)))
 
 
@@ -436,13 +437,13 @@ def _tuned_backward_config(do, q, k, v, out, lse, dlse, pattern, scale, device_t
 
     B, H, M, D = q.shape
 
-    def run(cfg, warm=False):
+    def prepare(cfg, warm=False):
         module, layout = _prepare(pattern, B, H, M, k.shape[2], D, dict(cfg), str(q.device), device_tag,
                                   backward=True, documents=documents is not None)
-        _run_backward(autotune.warming(module) if warm else module, layout, do, q, k, v, out, lse, dlse, scale,
-                      documents)
+        module = autotune.warming(module) if warm else module
+        return lambda: _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale, documents)
 
-    return _tuned(_problem(q, k, pattern, device_tag, documents, "backward|"), run,
+    return _tuned(_problem(q, k, pattern, device_tag, documents, "backward|"), prepare,
                   autotune.backward_candidates(D, q.dtype, _capability(q.device)), kernels=3)
 
 
@@ -453,15 +454,15 @@ def _problem(q, k, pattern, device_tag, documents, kind: str = "") -> str:
             + ("|documents" if documents is not None else ""))
 
 
-def _tuned(key: str, run, candidates: list[dict], kernels: int = 1) -> dict:
-    """The config remembered for `key`, or the fastest candidate under `run(config)`, remembered
-    (`run(config, warm=True)` compiles the config's `kernels` kernels without running them: all
-    candidates are compiled at once before they are timed)."""
+def _tuned(key: str, prepare, candidates: list[dict], kernels: int = 1) -> dict:
+    """The config remembered for `key`, or the fastest candidate, remembered (`autotune.tune`:
+    `prepare(config)` gives the launch it times, once the layout and module are ready, so that
+    building or looking them up is not timed with it)."""
     from . import autotune
 
     found = autotune.lookup(key)
     if found is None:
-        found = autotune.tune(run, candidates, lambda cfg: run(cfg, warm=True), kernels)
+        found = autotune.tune(prepare, candidates, kernels)
         autotune.remember(key, found)
     return found
 

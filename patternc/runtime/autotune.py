@@ -89,19 +89,20 @@ def remember(key: str, config: dict) -> None:
     atomic_write(_path(), json.dumps(on_disk, indent=1, sort_keys=True))
 
 
-def tune(run, configs: list[dict], warm=None, kernels: int = 1) -> dict:
-    """The fastest config: `run(config)` launches once; configs that fail to compile are skipped.
-    `warm(config)`, where given, compiles a config's `kernels` kernels without running them:
-    every candidate is then compiled at once (`compile_all`) before any is timed."""
+def tune(prepare, configs: list[dict], kernels: int = 1) -> dict:
+    """The fastest config: `prepare(config)` readies a config (its layout and module) and returns
+    a function that launches its kernels once, the one timed; `prepare(config, warm=True)`, one
+    that compiles its `kernels` kernels instead of running them. Every candidate is compiled at
+    once (`compile_all`) before any is timed; configs that fail to compile are skipped."""
     import triton
 
-    if warm is not None:
-        compile_all(warm, configs, kernels)
+    compile_all(lambda cfg: prepare(cfg, warm=True)(), configs, kernels)
     best, best_ms = None, float("inf")
     for cfg in configs:
         try:
-            run(cfg)
-            ms = triton.testing.do_bench(lambda: run(cfg), warmup=5, rep=20, return_mode="median")
+            launch = prepare(cfg)
+            launch()
+            ms = triton.testing.do_bench(launch, warmup=5, rep=20, return_mode="median")
         except Exception:  # noqa: BLE001 - e.g. out of shared memory for this shape: try the next
             continue
         if ms < best_ms:
