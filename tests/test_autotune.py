@@ -64,24 +64,32 @@ class Compiled:  # a CompiledKernel whose launcher records the launch
         events.append(("launch", tiles(self.module), self.name, id(self), threading.current_thread().name))
 
 
+# Triton's compile entry: a kernel of the same source, specialisation and options as one
+# compiled before is found in Triton's disk cache ("cached", milliseconds), else compiled
 def compile(src, target=None, options=None, _env_vars=None):
     module = sys.modules[src.fn.module]
+    compiled = Compiled(module, src.fn.__name__)
+    compiled.src, compiled.metadata = src, None
+    key = (src.hash(), repr(sorted(options.items())))
+    if key in disk:
+        events.append(("cached", tiles(module), src.fn.__name__, id(compiled), threading.current_thread().name))
+        return compiled
     with lock:
         state["in_flight"] += 1
         state["most"] = max(state["most"], state["in_flight"])
     time.sleep(0.05)  # long enough for compiles submitted together to overlap
     with lock:
         state["in_flight"] -= 1
-    compiled = Compiled(module, src.fn.__name__)
-    compiled.src, compiled.metadata = src, None
     failed = state["fail"](module)
     events.append(("compile", tiles(module), src.fn.__name__, None if failed else id(compiled),
                    threading.current_thread().name))
     if failed:
         raise RuntimeError("out of shared memory (stand-in)")
+    disk.add(key)
     return compiled
 
 
+disk = set()
 triton.compiler.compile = compile  # JITFunctions take it from here when they first bind
 
 
@@ -177,7 +185,11 @@ def _check_each_compiled_once_then_reused(run, candidates, kernels, shared=()):
     assert sorted((e[1], e[2], e[4]) for e in launchers) == sorted((e[1], e[2], e[4]) for e in compiles)
     assert len(compiles) + len(launchers) == events.index(launches[0])  # all of them before the first timed launch
     assert run["most"] >= 2  # compiles overlapped
-    assert launches and {e[3] for e in launches} <= {e[3] for e in compiles}  # launches ran what was compiled
+    # launches ran what was compiled, or found in Triton's disk cache: Triton 3.6 fills the kernel
+    # cache of only the first of two kernels that share a compile (a shared kernel's second copy)
+    cached = [e for e in events if e[0] == "cached"]
+    assert {e[2] for e in cached} <= set(shared), cached
+    assert launches and {e[3] for e in launches} <= {e[3] for e in compiles + cached}
     assert {e[1] for e in launches} == candidates  # and every candidate was timed
     assert launches[-1][1] == run["chosen"]  # the call's own launch, after the search: the winner, not compiled again
 
