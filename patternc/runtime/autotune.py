@@ -9,6 +9,7 @@ MIN_CORES cores or more.
 from __future__ import annotations
 
 import json
+import os
 
 from .cache import atomic_write, cache_dir
 
@@ -119,8 +120,6 @@ def compile_workers(count: int) -> int:
     """Threads to compile `count` kernels in: one per core this process may run on, at most one
     per kernel; 1 (no concurrent compile) on fewer than MIN_CORES cores, where four kernels
     compiled in threads took longer than one after another (2 cores)."""
-    import os
-
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return 1 if cores < MIN_CORES else max(1, min(cores, count))
 
@@ -135,8 +134,6 @@ def compile_all(warm, configs: list[dict], kernels: int = 1) -> None:
     with one worker (`compile_workers`), under TRITON_INTERPRET=1 (nothing compiles), with a
     Triton without `AsyncCompileMode` (3.6 and 3.9 have it), or inside another one. `kernels`:
     how many each config compiles."""
-    import os
-
     workers = compile_workers(len(configs) * kernels)
     if workers < 2 or os.environ.get("TRITON_INTERPRET") == "1":
         return
@@ -174,7 +171,7 @@ def _compile_then_load(compile):
     try:
         from triton.runtime import driver
 
-        driver.active.launcher_cls(kernel.src, kernel.metadata)  # the launch builds it again if this failed
+        driver.active.launcher_cls(kernel.src, kernel.metadata)
     except Exception:  # noqa: BLE001 - only a head start: the first launch builds or loads it as before
         pass
     return kernel
