@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,31 @@ def test_compile_workers(monkeypatch, cores, count, workers):
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)), raising=False)
     assert autotune.compile_workers(count) == workers
+
+
+def test_triton_hashes_its_key_while_the_first_call_prepares(monkeypatch):
+    """The first GPU call starts Triton's own cache key (a hash of its 400-500 MB library) in a
+    thread, once per process; preparing a kernel waits for it, before anything reaches Triton's JIT."""
+    import time
+
+    import torch
+    import triton.runtime.cache
+
+    import patternc
+
+    rt = sys.modules["patternc.runtime.attention"]
+    hashed = []
+
+    def triton_key():
+        time.sleep(0.3)
+        hashed.append(threading.current_thread().name)
+
+    monkeypatch.setattr(triton.runtime.cache, "triton_key", triton_key)
+    monkeypatch.setattr(rt, "_triton_hash", None)
+    start = time.perf_counter()
+    rt._hash_triton()
+    rt._hash_triton()
+    assert time.perf_counter() - start < 0.2 and hashed == []  # started, not waited for
+    cfg = {"block_m": 16, "block_n": 16, "num_warps": 4, "num_stages": 1}
+    rt._prepare(patternc.compile("causal"), 1, 2, 32, 32, 16, cfg, "cpu", rt._device_tag(torch.device("cpu")))
+    assert hashed == ["patternc-triton-key"]  # once, in its thread, done when the kernel was prepared

@@ -234,6 +234,8 @@ def _attention(q, k, v, pattern, scale, return_lse, config, return_layout, docum
         _warn_cpu_once()
         return reference_attention(q, k, v, pattern_obj, scale, return_lse, documents)
     _check_interpreter_dtype(q, interpret)
+    if q.device.type == "cuda" and not interpret:
+        _hash_triton()
     pattern, user_pattern = pattern_obj, pattern
     device_tag = _device_tag(q.device)
     cfg = _config(q, k, v, pattern, scale, config, device_tag, documents, return_lse)
@@ -362,6 +364,7 @@ def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag, backward=False, do
         module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],
                          None, cfg.get("memory", "pointers") == "tma" and not documents, None, device_tag,
                          routed=plan.topk.query, backward=backward, documents=documents)
+        _hashed_triton()
         return module, plan
     order = "natural" if documents else cfg.get("order", "auto")
 
@@ -378,7 +381,34 @@ def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag, backward=False, do
                      runs_shape, cfg.get("memory", "pointers") == "tma" and not documents,
                      layout.permutation.modulus if layout.permutation is not None else None, device_tag,
                      backward=backward, documents=documents)
+    _hashed_triton()
     return module, layout
+
+
+_triton_hash = None  # the thread hashing Triton's cache key, started by a process's first call on the GPU
+
+
+def _hash_triton():
+    """Start hashing Triton's own cache key in a thread (its compiler's sources and its 400-500 MB
+    library, read by its first compile or disk-cache lookup in a process: 0.35-0.5 s on a CPU
+    here), so that it runs while the first call looks up its config, builds its layout and
+    generates its module; `_hashed_triton` waits for it before anything reaches Triton's JIT
+    (a second caller would hash it again, not wait)."""
+    global _triton_hash
+    if _triton_hash is None:
+        try:
+            from triton.runtime.cache import triton_key
+        except ImportError:  # another Triton: it hashes when it first needs the key, as before
+            return
+        import threading
+
+        _triton_hash = threading.Thread(target=triton_key, name="patternc-triton-key", daemon=True)
+        _triton_hash.start()
+
+
+def _hashed_triton():
+    if _triton_hash is not None:
+        _triton_hash.join()
 
 
 def _outside_graph_pools(device: str, build, *args):
