@@ -6,7 +6,18 @@ before the clock starts), then once more in a fresh process over the caches the 
 left (a later run of the same program). Target (issue 13): <= 3 s for the first. Writes
 `first_call.json` and `first_call.md` into --out.
 
+The autotuner compiles its candidates at once, in threads, before it times them (runtime/
+autotune.py `compile_all`; `workers` in the table: threads, 1 where the machine has fewer
+than MIN_CORES cores). `--sequential` adds a cold run with that off (each candidate compiled
+when it is first timed, as before), in fresh caches of its own, so one invocation compares
+both on the same machine. `--triton-ready` starts the clock after Triton's driver is set up
+too (its C utilities built and loaded, as on a machine that has run a Triton kernel before).
+Columns: cores the process may run on, seconds to the first forward (and backward), of which
+in the autotuner's search (`*_tune_s`) and in its concurrent compile (`*_compile_s`, part of
+the search), compile threads of each search (`workers`, forward/backward).
+
     python benchmarks/first_call.py --out DIR [--patterns swa dilated] [--seq-len 8192] [--backward] [--profile]
+        [--sequential] [--triton-ready]
 """
 from __future__ import annotations
 
@@ -28,8 +39,29 @@ CHILD = r"""
 import cProfile, io, json, os, pstats, sys, time
 import torch, triton
 import patternc
+from patternc.runtime import autotune
 text, S, backward, profile = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", sys.argv[4]
+sequential, triton_ready = sys.argv[5] == "1", sys.argv[6] == "1"
+workers, used = (lambda count: 1) if sequential else autotune.compile_workers, []  # sequential: as before
+autotune.compile_workers = lambda count: used.append(workers(count)) or used[-1]  # threads per search
+spent = {"tune": 0.0, "compile": 0.0}  # in the search, and in its concurrent compile
+
+
+def timed(name, function):
+    def call(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            spent[name] += time.perf_counter() - start
+    return call
+
+
+autotune.tune, autotune.compile_all = timed("tune", autotune.tune), timed("compile", autotune.compile_all)
 torch.cuda.init()
+if triton_ready:
+    from triton.runtime import driver
+    driver.active.get_current_device()
 q, k, v = (torch.randn(1, 16, S, 128, device="cuda", dtype=torch.bfloat16, requires_grad=backward) for _ in range(3))
 torch.cuda.synchronize()
 profiler = cProfile.Profile() if profile else None
@@ -40,11 +72,15 @@ pattern = patternc.compile(text)
 out = patternc.attention(q, k, v, pattern)
 torch.cuda.synchronize()
 t1 = time.perf_counter()
-times = {"forward_s": t1 - t0}
+times = {"cores": len(os.sched_getaffinity(0)), "forward_s": t1 - t0, "fwd_tune_s": spent["tune"],
+         "fwd_compile_s": spent["compile"]}
 if backward:
+    spent.update(tune=0.0, compile=0.0)
+    t2 = time.perf_counter()
     out.backward(torch.randn_like(out))
     torch.cuda.synchronize()
-    times["backward_s"] = time.perf_counter() - t1
+    times.update(backward_s=time.perf_counter() - t2, bwd_tune_s=spent["tune"], bwd_compile_s=spent["compile"])
+times["workers"] = "/".join(map(str, used))
 if profiler:
     profiler.disable()
     text = io.StringIO()
@@ -54,9 +90,11 @@ print(json.dumps(times))
 """
 
 
-def child(text: str, S: int, backward: bool, cache: str, profile: str = "") -> dict:
+def child(text: str, S: int, backward: bool, cache: str, profile: str = "", sequential: bool = False,
+          triton_ready: bool = False) -> dict:
     env = dict(os.environ, PATTERNC_CACHE_DIR=f"{cache}/patternc", TRITON_CACHE_DIR=f"{cache}/triton")
-    done = subprocess.run([sys.executable, "-c", CHILD, text, str(S), "1" if backward else "0", profile], env=env,
+    flags = ["1" if flag else "0" for flag in (backward, sequential, triton_ready)]
+    done = subprocess.run([sys.executable, "-c", CHILD, text, str(S), flags[0], profile, *flags[1:]], env=env,
                           capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1][:200] if done.stderr.strip() else "failed"}
@@ -70,19 +108,25 @@ def main(argv=None):
     ap.add_argument("--seq-len", type=int, default=8192)
     ap.add_argument("--backward", action="store_true", help="time the first backward too")
     ap.add_argument("--profile", action="store_true", help="cProfile each run into PATTERN_RUN.prof.txt")
+    ap.add_argument("--sequential", action="store_true",
+                    help="also a cold run with the candidates compiled one after another (as before)")
+    ap.add_argument("--triton-ready", action="store_true", help="Triton's driver set up before the clock starts")
     args = ap.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in args.patterns:
         text = SUITE[name][0]
-        with tempfile.TemporaryDirectory() as cache:
-            for run in ("cold", "warm caches"):
-                profile = str(out / f"{name}_{run.split()[0]}.prof.txt") if args.profile else ""
-                row = {"pattern": name, "S": args.seq_len, "run": run,
-                       **child(text, args.seq_len, args.backward, cache, profile)}
-                rows.append(row)
-                print(row, flush=True)
+        runs = [("cold", "warm caches")] + ([("cold, sequential",)] if args.sequential else [])
+        for fresh in runs:  # each in caches of its own
+            with tempfile.TemporaryDirectory() as cache:
+                for run in fresh:
+                    profile = str(out / f"{name}_{run.replace(', ', '_').split()[0]}.prof.txt") if args.profile else ""
+                    row = {"pattern": name, "S": args.seq_len, "run": run,
+                           **child(text, args.seq_len, args.backward, cache, profile, run.endswith("sequential"),
+                                   args.triton_ready)}
+                    rows.append(row)
+                    print(row, flush=True)
     (out / "first_call.json").write_text(json.dumps(rows, indent=1))
     (out / "first_call.md").write_text("# First call (s)\n\n" + tabulate(rows, headers="keys", tablefmt="github")
                                        + "\n")

@@ -234,9 +234,11 @@ def _attention(q, k, v, pattern, scale, return_lse, config, return_layout, docum
         _warn_cpu_once()
         return reference_attention(q, k, v, pattern_obj, scale, return_lse, documents)
     _check_interpreter_dtype(q, interpret)
+    if q.device.type == "cuda" and not interpret:
+        _hash_triton()
     pattern, user_pattern = pattern_obj, pattern
     device_tag = _device_tag(q.device)
-    cfg = _config(q, k, v, pattern, scale, config, device_tag, documents)
+    cfg = _config(q, k, v, pattern, scale, config, device_tag, documents, return_lse)
     module, layout = _prepare(pattern, B, H, M, N, D, cfg, str(q.device), device_tag, documents=documents is not None)
     if not return_layout:
         _remember(_ready, key, user_pattern, module, layout)
@@ -270,15 +272,7 @@ def backward(do, q, k, v, out, lse, dlse, pattern, scale, config, documents=None
     device_tag = _device_tag(q.device)
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if config is None and _autotunes(interpret):
-        from . import autotune
-
-        def run(cfg):
-            module, layout = _prepare(pattern, B, H, M, N, D, dict(cfg), str(q.device), device_tag, backward=True,
-                                      documents=documents is not None)
-            _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale, documents)
-
-        config = _tuned(_problem(q, k, pattern, device_tag, documents, "backward|"), run,
-                        autotune.backward_candidates(D, q.dtype, _capability(q.device)))
+        config = _tuned_backward_config(do, q, k, v, out, lse, dlse, pattern, scale, device_tag, documents)
     cfg = dict(default_config(D, q.dtype, interpret), **(config or {}))
     module, layout = _prepare(pattern, B, H, M, N, D, cfg, str(q.device), device_tag, backward=True,
                               documents=documents is not None)
@@ -304,11 +298,11 @@ def _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale, documents=
         return module.launch_backward(q, k, v, out, lse, do, layout, scale=scale, dlse=dlse, **packed)
 
 
-def _config(q, k, v, pattern, scale, config, device_tag, documents=None) -> dict:
+def _config(q, k, v, pattern, scale, config, device_tag, documents=None, return_lse=False) -> dict:
     """The kernel config: defaults, the autotuned choice (GPU) and the caller's overrides."""
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if config is None and _autotunes(interpret):
-        config = _tuned_config(q, k, v, pattern, scale, device_tag, documents)
+        config = _tuned_config(q, k, v, pattern, scale, device_tag, documents, return_lse)
     return dict(default_config(q.shape[3], q.dtype, interpret), **(config or {}))
 
 
@@ -370,6 +364,7 @@ def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag, backward=False, do
         module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],
                          None, cfg.get("memory", "pointers") == "tma" and not documents, None, device_tag,
                          routed=plan.topk.query, backward=backward, documents=documents)
+        _hashed_triton()
         return module, plan
     order = "natural" if documents else cfg.get("order", "auto")
 
@@ -386,7 +381,34 @@ def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag, backward=False, do
                      runs_shape, cfg.get("memory", "pointers") == "tma" and not documents,
                      layout.permutation.modulus if layout.permutation is not None else None, device_tag,
                      backward=backward, documents=documents)
+    _hashed_triton()
     return module, layout
+
+
+_triton_hash = None  # the thread hashing Triton's cache key, started by a process's first call on the GPU
+
+
+def _hash_triton():
+    """Start hashing Triton's own cache key in a thread (its compiler's sources and its 400-500 MB
+    library, read by its first compile or disk-cache lookup in a process: 0.35-0.5 s on a CPU
+    here), so that it runs while the first call looks up its config, builds its layout and
+    generates its module; `_hashed_triton` waits for it before anything reaches Triton's JIT
+    (a second caller would hash it again, not wait)."""
+    global _triton_hash
+    if _triton_hash is None:
+        try:
+            from triton.runtime.cache import triton_key
+        except ImportError:  # another Triton: it hashes when it first needs the key, as before
+            return
+        import threading
+
+        _triton_hash = threading.Thread(target=triton_key, name="patternc-triton-key", daemon=True)
+        _triton_hash.start()
+
+
+def _hashed_triton():
+    if _triton_hash is not None:
+        _triton_hash.join()
 
 
 def _outside_graph_pools(device: str, build, *args):
@@ -419,19 +441,40 @@ def _autotunes(interpret: bool) -> bool:
     return not interpret and os.environ.get("PATTERNC_AUTOTUNE", "1") != "0"
 
 
-def _tuned_config(q, k, v, pattern, scale, device_tag, documents=None) -> dict:
-    """The autotuned forward config for this problem (searched once per device, then cached on disk)."""
+def _tuned_config(q, k, v, pattern, scale, device_tag, documents=None, return_lse=False) -> dict:
+    """The autotuned forward config for this problem (searched once per device, then cached on
+    disk). The candidates run as the call will, writing the LSE where it does (training's
+    forward): a kernel that writes it is another specialisation, and the chosen one would
+    otherwise be compiled once more after the search."""
     from . import autotune
 
     B, H, M, D = q.shape
 
-    def run(cfg):
+    def prepare(cfg, warm=False):
         module, layout = _prepare(pattern, B, H, M, k.shape[2], D, dict(cfg), str(q.device), device_tag,
                                   documents=documents is not None)
-        _run(module, layout, q, k, v, scale, False, False, documents)
+        module = autotune.warming(module) if warm else module
+        return lambda: _run(module, layout, q, k, v, scale, return_lse, False, documents)
 
-    return _tuned(_problem(q, k, pattern, device_tag, documents), run,
+    return _tuned(_problem(q, k, pattern, device_tag, documents), prepare,
                   autotune.candidates(D, q.dtype, _capability(q.device)))
+
+
+def _tuned_backward_config(do, q, k, v, out, lse, dlse, pattern, scale, device_tag, documents=None) -> dict:
+    """The autotuned backward config for this problem, as `_tuned_config` (the backward kernels
+    are tuned apart from the forward's)."""
+    from . import autotune
+
+    B, H, M, D = q.shape
+
+    def prepare(cfg, warm=False):
+        module, layout = _prepare(pattern, B, H, M, k.shape[2], D, dict(cfg), str(q.device), device_tag,
+                                  backward=True, documents=documents is not None)
+        module = autotune.warming(module) if warm else module
+        return lambda: _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale, documents)
+
+    return _tuned(_problem(q, k, pattern, device_tag, documents, "backward|"), prepare,
+                  autotune.backward_candidates(D, q.dtype, _capability(q.device)), kernels=3)
 
 
 def _problem(q, k, pattern, device_tag, documents, kind: str = "") -> str:
@@ -441,13 +484,15 @@ def _problem(q, k, pattern, device_tag, documents, kind: str = "") -> str:
             + ("|documents" if documents is not None else ""))
 
 
-def _tuned(key: str, run, candidates: list[dict]) -> dict:
-    """The config remembered for `key`, or the fastest candidate under `run(config)`, remembered."""
+def _tuned(key: str, prepare, candidates: list[dict], kernels: int = 1) -> dict:
+    """The config remembered for `key`, or the fastest candidate, remembered (`autotune.tune`:
+    `prepare(config)` gives the launch it times, once the layout and module are ready, so that
+    building or looking them up is not timed with it)."""
     from . import autotune
 
     found = autotune.lookup(key)
     if found is None:
-        found = autotune.tune(run, candidates)
+        found = autotune.tune(prepare, candidates, kernels)
         autotune.remember(key, found)
     return found
 
