@@ -84,7 +84,7 @@ class Pointers:
 
     def bases(self, tensors: list[Tensor], tile: Tile, order) -> list[str]:
         return [line for t in tensors
-                for line in self._address(t, f"{t.short}_base", tile.offsets, order.row_stride(t.row_stride))]
+                for line in self._address(t, f"{t.short}_base", order.rows(tile), order.row_stride(t.row_stride))]
 
     def rows(self, tensors: list[Tensor]) -> list[str]:
         return []

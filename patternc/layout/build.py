@@ -22,10 +22,12 @@ import numpy as np
 
 from ..errors import PatternError
 from ..ir.expr import Interval, Truth
+from ..ir.intervals import Box
 from ..ir.nodes import Difference, Intersect, Node, Union
 from ..ir.pattern import Pattern, under_causal
 from ..primitives import Context, Primitive
 from .layout import FULL, PARTIAL, Layout, expand
+from .box import box_order
 from .residue import residue_order
 
 def candidate_tiles(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, order=None):
@@ -106,10 +108,13 @@ def classify(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: in
         t = Truth.of(node.visible(ctx, q, k))
         shape = np.broadcast(q.lo, k.lo).shape
         t = Truth(np.broadcast_to(t.can_true, shape), np.broadcast_to(t.can_false, shape))
+        if isinstance(q, Box):  # box order: exact on whole boxes, for rules that classify boxes
+            exact = q.exact & k.exact if node.box_groups(ctx.grid) is not None else False
+            return t, t.can_true & t.can_false & ~exact
         strided = np.any(q.step > 1) or np.any(k.step > 1)  # residue order
         loose = strided and not node.exact_on_strided() or not node.exact_tiles(ctx, bm, bn)
         return t, (t.can_true & t.can_false) if loose else np.zeros(shape, bool)
-    if all(leaf.distance_only() for leaf in node.walk() if isinstance(leaf, Primitive)):
+    if not isinstance(q, Box) and all(leaf.distance_only() for leaf in node.walk() if isinstance(leaf, Primitive)):
         t = _distance_truth(node, ctx, q, k)
         if t is not None:
             return t, np.zeros(t.can_true.shape, bool)
@@ -253,8 +258,8 @@ def heads_tiles(node: Node, heads, M: int, N: int, bm: int, bn: int, grid, data,
 
     runs = [candidate_runs(node, dataclasses.replace(one, h=int(h)), M, N, bm, bn, order) for h in heads]
     row, lo, hi = (np.concatenate(x) for x in zip(*((r + i * n_qt, a, b) for i, (r, a, b) in enumerate(runs))))
-    if order is not None:  # a run of layout positions must stay inside one residue class
-        row, lo, hi = _split(row, lo, hi, order.class_len // bn)
+    if order is not None:  # a run of layout positions must stay inside one residue class, or one box
+        row, lo, hi = _split(row, lo, hi, order.run_tiles(bn))
     decided, short = [], []  # runs decided whole: (row, lo, hi, kind: one or per run); runs to classify tile by tile
     diagonals = _diagonals(node, one, M, N, bm, bn, row % n_qt * bm - (hi - 1) * bn, row % n_qt * bm - lo * bn) \
         if order is None and len(row) else None
@@ -467,9 +472,10 @@ def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: i
         data = {"q": _heads_first(q, "q"), "k": _heads_first(k, "k")}
     if order not in ("auto", "natural"):
         raise PatternError(f"order must be 'auto' or 'natural', got {order!r}")
-    residue = None
+    permutation = None
     if order == "auto" and len(sections) == 1 and not pattern.is_routed:
-        residue = residue_order(sections[0].expr, M, N, block_m, block_n, grid)
+        expr = sections[0].expr
+        permutation = residue_order(expr, M, N, block_m, block_n, grid) or box_order(expr, M, N, block_m, block_n, grid)
     per_head = [None] * H
     refined = 0
     for s in sections:
@@ -477,19 +483,19 @@ def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: i
         sdata = dict(data, causal=under_causal(node))
         heads = list(range(s.lo, s.hi + 1))
         if not depends_on_head(node):  # one tiling for all heads
-            tiles, r = heads_tiles(node, heads[:1], M, N, block_m, block_n, grid, sdata, residue)
+            tiles, r = heads_tiles(node, heads[:1], M, N, block_m, block_n, grid, sdata, permutation)
             tiles *= len(heads)
         elif any(n.per_head_tables for n in node.walk() if isinstance(n, Primitive)):  # a head at a time
             tiles, r = [], 0
             for h in heads:
-                (t,), rh = heads_tiles(node, [h], M, N, block_m, block_n, grid, sdata, residue)
+                (t,), rh = heads_tiles(node, [h], M, N, block_m, block_n, grid, sdata, permutation)
                 tiles, r = tiles + [t], r + rh
         else:  # the rule reads h in its arithmetic: all heads in one batch
-            tiles, r = heads_tiles(node, heads, M, N, block_m, block_n, grid, sdata, residue)
+            tiles, r = heads_tiles(node, heads, M, N, block_m, block_n, grid, sdata, permutation)
         per_head[s.lo: s.hi + 1] = tiles
         refined += r
     return Layout.from_runs(per_head, M, N, block_m, block_n, pattern=pattern, refined_tiles=refined,
-                             device=device, permutation=residue, data=data)
+                             device=device, permutation=permutation, data=data)
 
 
 def depends_on_head(node: Node) -> bool:
