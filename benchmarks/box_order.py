@@ -39,9 +39,18 @@ def measure(name: str, block_m: int, block_n: int, order: str) -> dict:
     c, s = layout.counts, layout.summary()
     perm = layout.permutation
     return {"pattern": name, "S": S, "tiles": f"{block_m}x{block_n}", "order": order,
-            "token_order": "natural" if perm is None else perm.describe(), "full": c["full"], "partial": c["partial"],
+            "token_order": "natural" if perm is None else perm.describe(), "boxes": _boxes(perm),
+            "full": c["full"], "partial": c["partial"],
             "visited": c["full"] + c["partial"], "density": layout.density, "partial_share": s["partial_share"],
             "build_ms": 1e3 * sorted(times)[1]}
+
+
+def _boxes(perm) -> str:
+    """Box order's tile shapes (and dilation groups), briefly; "" in natural order."""
+    if perm is None:
+        return ""
+    groups = "" if set(perm.dilation) == {1} else f", groups {'x'.join(map(str, perm.dilation))}"
+    return " in ".join("x".join(map(str, b)) for b in perm.boxes) + groups
 
 
 def markdown(rows: list[dict]) -> str:
@@ -53,9 +62,9 @@ def markdown(rows: list[dict]) -> str:
                       f"{before['partial']} / {after['partial']}", f"{before['visited']} / {after['visited']}",
                       f"{before['density']:.4f} / {after['density']:.4f}", f"{before['visited'] / after['visited']:.2f}x",
                       f"{before['partial_share']:.2f} / {after['partial_share']:.2f}",
-                      f"{before['build_ms']:.0f} / {after['build_ms']:.0f}", after["token_order"]])
+                      f"{before['build_ms']:.0f} / {after['build_ms']:.0f}", after["boxes"]])
     headers = ["pattern (16k)", "tiles", "full", "partial", "visited", "density", "fewer visited",
-               "partial share", "build ms", "box order"]
+               "partial share", "build ms", "boxes"]
     return ("Natural order / box order (`order='natural'` / `order='auto'`), one head.\n\n"
             + tabulate(table, headers=headers, tablefmt="github") + "\n")
 

@@ -185,3 +185,29 @@ def test_natural_order_and_flex_export():
         pattern.layout(256, block_m=16, block_n=16).to_flex_block_mask()
     # a box must be a power of two that divides the grid: 12 x 12 has no box of 32 tokens
     assert patternc.compile("grid(12, 12)\nneighborhood((5, 5))").layout(144, block_m=32, block_n=32).permutation is None
+
+
+# ---------------------------------------------------------------------------------------- GPU
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+GPU_CASES = [  # the suite's patterns on smaller grids, and a causal video with dilation
+    ("grid(64, 64)\nneighborhood((13, 13))", 4096),
+    ("grid(64, 64)\nneighborhood((7, 7), dilation=(2, 2))", 4096),
+    ("grid(8, 16, 16)\nneighborhood((4, 8, 8), stride=(2, 4, 4))", 2048),
+    ("grid(8, 16, 32)\nneighborhood((3, 7, 7), dilation=(1, 2, 2), causal=(true, false, false))", 4096),
+]
+GPU_CONFIGS = [  # "tma" reads pointers in box order
+    {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 3},
+    {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3, "memory": "tma"},
+]
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("text,N", GPU_CASES, ids=[c[0].replace("\n", " ") for c in GPU_CASES])
+@pytest.mark.parametrize("config", GPU_CONFIGS, ids=["128x64", "64x64-tma"])
+def test_gpu_box_order(text, N, config):
+    layout = patternc.compile(text).layout(N, block_m=config["block_m"], block_n=config["block_n"])
+    assert layout.permutation is not None and layout.permutation.name == "box order"
+    check_forward(text, N, N, 4, 2, 128, torch.bfloat16, config, device="cuda")
+    check_gradients(text, N, N, 4, 2, 128, torch.bfloat16, config, device="cuda")

@@ -175,10 +175,12 @@ def build_module(pattern: Pattern, seq_len: int, kv_len: int | None = None, head
     layout = pattern.layout(M, N, heads=heads, block_m=cfg["block_m"], block_n=cfg["block_n"],
                             order=cfg.get("order", "auto"))
     runs = layout.runs() if cfg.get("iteration", "auto") != "table" else None
+    if not getattr(layout.permutation, "tma", True):  # box order: tiles through pointers
+        cfg = dict(cfg, memory="pointers")
     spec = make_spec(pattern, heads=layout.heads, M=M, N=N, head_dim=head_dim, block_m=cfg["block_m"],
                      block_n=cfg["block_n"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
                      runs=None if runs is None else (runs[0].shape[2], runs[1].shape[2]),
-                     tma=cfg.get("memory", "pointers") == "tma" and getattr(layout.permutation, "tma", True),
+                     tma=cfg.get("memory", "pointers") == "tma",
                      **(layout.permutation.kernel_order if layout.permutation is not None else {}))
     kernel = module_source(spec, summary=summary_text(layout), backward=True)
     source = kernel + tail_source(name, M, N, layout.heads, dtype, layout_data(layout, layout_reads(kernel)))
@@ -198,7 +200,7 @@ def compile_module(pattern: Pattern, seq_len: int, kv_len: int | None = None, he
     `config`: a dict or "128x64/w8/s3" text over the GPU default for the head_dim and dtype;
     dict keys also `memory` ("pointers" or "tma"), `iteration` ("auto": runs of key tiles where
     every row has few, "table": index tables) and `order` ("auto": residue order for dilated or
-    strided patterns, "natural"). Files are written atomically, and a file that patternc didn't
+    strided patterns, box order for neighborhoods on a 2-D/3-D grid, "natural"). Files are written atomically, and a file that patternc didn't
     write is never overwritten. A routed pattern's (topk) module chooses its key blocks from q and
     k on every call, with patternc's routing kernels written into it; its tiles are halved where
     they don't divide the routing block.
