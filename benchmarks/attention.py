@@ -53,6 +53,9 @@ def time_configs(name, S, q, k, v, pattern, ref, args, order="auto"):
     configs = [dict(c, iteration=it, order=order) for c in candidates(D, dtype, torch.cuda.get_device_capability())
                for it in args.iterations]
     for cfg in configs:
+        layout = cached_layout(pattern, S, S, args.heads, cfg["block_m"], cfg["block_n"], order, "cuda:0")
+        if cfg["memory"] == "tma" and not getattr(layout.permutation, "tma", True):
+            continue  # box order reads tiles through pointers: the pointers candidate times the same kernel
         try:
             t0 = time.perf_counter()
             out = patternc.attention(q, k, v, pattern, config=cfg)

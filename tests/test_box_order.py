@@ -2,8 +2,11 @@
 
 - the permutation against one written here with numpy reshapes (groups, then boxes, then cells);
 - every tile's class against a brute-force mask (NATTEN's rule restated in numpy,
-  `neighborhood_reference`) permuted by it, on fixed cases and a hypothesis property;
-- at the suite's sizes, box order visits fewer tiles, fewer of them partial (layouts only);
+  `neighborhood_reference`) permuted by it, on fixed cases and a hypothesis property
+  (`order="box"`: box order even where `auto` keeps natural order);
+- `order="auto"`: box order where it reaches fewer tiles, natural order where rows of the grid
+  suit the windows better; at the suite's sizes, box order visits fewer tiles, fewer of them
+  partial (layouts only);
 - the generated kernels (forward, and dQ/dK/dV) against the fp64 dense reference, in the
   interpreter, with q, k, v and the outputs in the caller's token order;
 - what box order refuses: TMA (the runtime reads such tiles through pointers), documents.
@@ -63,7 +66,7 @@ def box_permutation(grid, dilation, boxes) -> np.ndarray:
 def check_classes(text, grid, size, stride, dilation, causal, bm, bn, heads=1):
     pattern = patternc.compile(text)
     N = math.prod(grid)
-    layout = pattern.layout(N, heads=heads, block_m=bm, block_n=bn)
+    layout = pattern.layout(N, heads=heads, block_m=bm, block_n=bn, order="box")
     order = layout.permutation
     assert order is not None and order.name == "box order", f"{text!r} at {bm}x{bn}: {order}"
     want_order = box_permutation(grid, order.dilation, order.boxes)
@@ -140,23 +143,21 @@ KERNEL_CASES = [  # (text, length, H, Hkv, config)
     ("grid(8, 16)\nneighborhood((4, 5), stride=(2, 3), dilation=(1, 2))", 128, 1, 1, {"block_n": 32}),
     ("grid(4, 8, 8)\nneighborhood((2, 3, 3), stride=(1, 2, 2), causal=(true, false, false))", 256, 2, 1, {}),
 ]
-CONFIG = {"block_m": 16, "block_n": 16, "num_warps": 4, "num_stages": 1}
+CONFIG = {"block_m": 16, "block_n": 16, "num_warps": 4, "num_stages": 1, "order": "box"}
 
 
 @pytest.mark.parametrize("text,N,H,Hkv,changes", KERNEL_CASES, ids=[c[0].replace("\n", " ") for c in KERNEL_CASES])
 def test_kernels_in_box_order(interpret, text, N, H, Hkv, changes):
     config = dict(CONFIG, **changes)
-    layout = patternc.compile(text).layout(N, heads=H, block_m=config["block_m"], block_n=config["block_n"])
-    assert layout.permutation is not None and layout.permutation.name == "box order"
     check_forward(text, N, N, H, Hkv, 16, torch.float32, config)
-    check_gradients(text, N, N, H, Hkv, 16, torch.float32, dict(SMALL, **changes))
+    check_gradients(text, N, N, H, Hkv, 16, torch.float32, dict(SMALL, order="box", **changes))
 
 
 def test_training_through_the_public_api(interpret):
     text = "grid(4, 8, 8)\nneighborhood((3, 4, 4), dilation=(1, 2, 2), causal=(true, false, false))"
     g = torch.Generator().manual_seed(3)
     q, k, v = (torch.randn(1, h, 256, 16, generator=g, dtype=torch.float64).float().requires_grad_() for h in (4, 2, 2))
-    out = patternc.attention(q, k, v, text)
+    out = patternc.attention(q, k, v, text, config={"order": "box"})
     out.backward(torch.ones_like(out))
     ref_q, ref_k, ref_v = (x.detach().double().requires_grad_() for x in (q, k, v))
     ref = patternc.reference_attention(ref_q, ref_k, ref_v, text)
@@ -169,7 +170,7 @@ def test_training_through_the_public_api(interpret):
 def test_tma_is_refused_and_the_runtime_reads_pointers(interpret):
     text = "grid(8, 16)\nneighborhood((3, 5))"
     pattern = patternc.compile(text)
-    layout = pattern.layout(128, block_m=16, block_n=16)
+    layout = pattern.layout(128, block_m=16, block_n=16, order="box")
     with pytest.raises(ValueError, match="box order reads tiles through pointers"):
         make_spec(pattern, heads=1, M=128, N=128, head_dim=16, block_m=16, block_n=16, num_warps=4, num_stages=1,
                   tma=True, **layout.permutation.kernel_order)
@@ -178,13 +179,30 @@ def test_tma_is_refused_and_the_runtime_reads_pointers(interpret):
     assert "TensorDescriptor" not in open(module.__file__).read()
 
 
-def test_natural_order_and_flex_export():
+@pytest.mark.parametrize("text,N,tiles,boxed", [
+    ("grid(128, 128)\nneighborhood((13, 13))", 16384, (64, 64), True),
+    ("grid(16, 48, 48)\nneighborhood((3, 11, 11), dilation=(1, 2, 2))", 36864, (128, 64), True),
+    # a window of 1 frame: boxes across frames hold pairs that never see each other, rows don't
+    ("grid(16, 32, 32)\nneighborhood((1, 7, 7))", 16384, (64, 64), False),
+    ("grid(2, 4096)\nneighborhood((1, 33))", 8192, (64, 64), False),
+    ("grid(12, 12)\nneighborhood((5, 5))", 144, (32, 32), False),  # no box of 32 tokens divides 12 x 12
+])
+def test_auto_picks_box_order_where_it_visits_fewer_tiles(text, N, tiles, boxed):
+    pattern = patternc.compile(text)
+    auto, natural = (pattern.layout(N, block_m=tiles[0], block_n=tiles[1], order=o) for o in ("auto", "natural"))
+    assert (auto.permutation is not None) == boxed, f"{text!r}: {auto.permutation}"
+    visited = [x.counts["full"] + x.counts["partial"] for x in (auto, natural)]
+    assert visited[0] < visited[1] if boxed else visited[0] == visited[1], f"{text!r}: auto, natural visit {visited}"
+
+
+def test_natural_order_box_order_and_flex_export():
     pattern = patternc.compile("grid(16, 16)\nneighborhood((5, 5))")
     assert pattern.layout(256, block_m=16, block_n=16, order="natural").permutation is None
     with pytest.raises(patternc.PatternError, match="box order"):
-        pattern.layout(256, block_m=16, block_n=16).to_flex_block_mask()
-    # a box must be a power of two that divides the grid: 12 x 12 has no box of 32 tokens
-    assert patternc.compile("grid(12, 12)\nneighborhood((5, 5))").layout(144, block_m=32, block_n=32).permutation is None
+        pattern.layout(256, block_m=16, block_n=16, order="box").to_flex_block_mask()
+    for text, N in (("grid(12, 12)\nneighborhood((5, 5))", 144), ("causal & window(5, dilation=2)", 128)):
+        with pytest.raises(patternc.PatternError, match="box order needs"):
+            patternc.compile(text).layout(N, block_m=32, block_n=32, order="box")
 
 
 # ---------------------------------------------------------------------------------------- GPU
@@ -197,8 +215,8 @@ GPU_CASES = [  # the suite's patterns on smaller grids, and a causal video with 
     ("grid(8, 16, 32)\nneighborhood((3, 7, 7), dilation=(1, 2, 2), causal=(true, false, false))", 4096),
 ]
 GPU_CONFIGS = [  # "tma" reads pointers in box order
-    {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 3},
-    {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3, "memory": "tma"},
+    {"block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 3, "order": "box"},
+    {"block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 3, "memory": "tma", "order": "box"},
 ]
 
 
@@ -207,7 +225,5 @@ GPU_CONFIGS = [  # "tma" reads pointers in box order
 @pytest.mark.parametrize("text,N", GPU_CASES, ids=[c[0].replace("\n", " ") for c in GPU_CASES])
 @pytest.mark.parametrize("config", GPU_CONFIGS, ids=["128x64", "64x64-tma"])
 def test_gpu_box_order(text, N, config):
-    layout = patternc.compile(text).layout(N, block_m=config["block_m"], block_n=config["block_n"])
-    assert layout.permutation is not None and layout.permutation.name == "box order"
     check_forward(text, N, N, 4, 2, 128, torch.bfloat16, config, device="cuda")
     check_gradients(text, N, N, 4, 2, 128, torch.bfloat16, config, device="cuda")

@@ -34,9 +34,9 @@ MIXED = """pattern mixed:
 
 
 def box_of(text: str, tiles: dict):
-    """The box order `order="auto"` lays a grid pattern out in, at these tiles."""
+    """The box order a grid pattern is laid out in at these tiles (`order="box"`)."""
     pattern = patternc.compile(text)
-    layout = pattern.layout(pattern.fixed_length, block_m=tiles["block_m"], block_n=tiles["block_n"])
+    layout = pattern.layout(pattern.fixed_length, block_m=tiles["block_m"], block_n=tiles["block_n"], order="box")
     return layout.permutation
 
 

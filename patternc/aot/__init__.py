@@ -93,7 +93,7 @@ def resolve_config(head_dim: int, dtype: str, config) -> dict:
     if cfg["num_stages"] < 1:
         raise PatternError(f"num_stages must be at least 1, got {cfg['num_stages']}")
     for key, allowed in (("memory", ("pointers", "tma")), ("iteration", ("auto", "table")),
-                         ("order", ("auto", "natural"))):
+                         ("order", ("auto", "natural", "box"))):
         if cfg.get(key, allowed[0]) not in allowed:
             raise PatternError(f"{key} must be one of {', '.join(allowed)}, got {cfg[key]!r}")
     return cfg
@@ -200,8 +200,9 @@ def compile_module(pattern: Pattern, seq_len: int, kv_len: int | None = None, he
     `config`: a dict or "128x64/w8/s3" text over the GPU default for the head_dim and dtype;
     dict keys also `memory` ("pointers" or "tma"), `iteration` ("auto": runs of key tiles where
     every row has few, "table": index tables) and `order` ("auto": residue order for dilated or
-    strided patterns, box order for neighborhoods on a 2-D/3-D grid, "natural"). Files are written atomically, and a file that patternc didn't
-    write is never overwritten. A routed pattern's (topk) module chooses its key blocks from q and
+    strided patterns, box order for neighborhoods on a 2-D/3-D grid where it visits fewer tiles;
+    "natural"; "box"). Files are written atomically, and a file that patternc didn't write is
+    never overwritten. A routed pattern's (topk) module chooses its key blocks from q and
     k on every call, with patternc's routing kernels written into it; its tiles are halved where
     they don't divide the routing block.
     """

@@ -265,7 +265,8 @@ class Pattern:
 
         `order="auto"` lays residue-closed patterns (dilated windows, strided) out class by
         class, and neighborhoods on a 2-D/3-D grid box by box (`Layout.permutation`), so tiles
-        hold only tokens that can see each other, or boxes of the grid;
+        hold only tokens that can see each other, or boxes of the grid (where that visits fewer
+        tiles; `order="box"`: box order wherever it applies, an error elsewhere);
         `order="natural"` keeps token order (as FlexAttention needs). `documents`: packed
         documents (see `mask`), laid out in absolute tiles, token order natural."""
         N = M if N is None else N

@@ -11,10 +11,15 @@ differ (128 x 64), the larger tile is a box of whole smaller boxes (8 x 16 of tw
 both sides' tiles are boxes. Every level is a digit of the position, and a digit moves the
 token by a fixed amount: the token of a position is the sum of its digits' moves, so the token
 of `first + i` (first a tile's first position, i < BLOCK) is `token(first) + token(i)`, which
-the kernel uses (`codegen.order.Boxes`).
+the kernel uses (`codegen.order.Boxes`). Which box shapes: `layout.build.token_order` ranks
+those that divide the grid by the key tiles their query tiles reach (8 x 8 for a 13 x 13 window,
+a row of 64 of each dilation group for a dilated 7 x 7 one), and keeps natural order where
+that reaches fewer.
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -34,20 +39,16 @@ def box_groups(node: Node, grid) -> tuple[int, ...] | None:
     return tuple(r[0] if len(set(r)) == 1 else 1 for r in zip(*groups))
 
 
-def box_shape(sub: tuple[int, ...], tokens: int, start: tuple[int, ...] | None = None) -> tuple[int, ...] | None:
-    """A box of `tokens` tokens (a power of two) dividing the sub-grid `sub`, grown from `start`
-    (or 1 x ... x 1) by doubling its smallest side that still divides (the innermost first on
-    ties): as close to a cube as the grid allows. None when the grid doesn't divide into such boxes."""
-    shape = list(start or (1,) * len(sub))
-    if tokens & (tokens - 1) or tokens % math.prod(shape):
-        return None
-    while math.prod(shape) < tokens:
-        fits = [d for d in range(len(sub)) if sub[d] % (2 * shape[d]) == 0]
-        if not fits:
-            return None
-        d = min(reversed(fits), key=lambda d: shape[d])
-        shape[d] *= 2
-    return tuple(shape)
+def box_shapes(sub: tuple[int, ...], tokens: int, start: tuple[int, ...] | None = None) -> list[tuple[int, ...]]:
+    """Every box of `tokens` tokens whose sides are powers of two dividing the sub-grid `sub` and
+    multiples of `start`'s (1 x ... x 1 by default), the closest to a cube first (then the one
+    longest in the innermost dimensions)."""
+    start = start or (1,) * len(sub)
+    if tokens & (tokens - 1) or tokens % math.prod(start):
+        return []
+    sides = [[s << e for e in range(max(L // s, 1).bit_length()) if L % (s << e) == 0] for L, s in zip(sub, start)]
+    shapes = [shape for shape in itertools.product(*sides) if math.prod(shape) == tokens]
+    return sorted(shapes, key=lambda b: (max(b) // min(b), tuple(-x for x in reversed(b))))
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,12 @@ class BoxOrder:
         """`codegen.make_spec`'s token-order argument."""
         return {"box": self}
 
+    @functools.cache  # per order: orders are few, and their layouts keep them anyway
     def units(self) -> list[tuple[int, ...]]:
         """Per digit level below the groups, the sub-grid coordinates one unit of it moves."""
         return [(1,) * len(self.grid), *self.boxes]
 
+    @functools.cache  # per order: orders are few, and their layouts keep them anyway
     def digits(self) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         """The position's digits, least significant first: per level (a box's cells, the boxes of
         the larger box, the group's boxes, the groups), (count per dimension, token move per unit)."""
@@ -160,17 +163,8 @@ class BoxOrder:
         the smaller tile shape inside the key coordinates the rule's `box_band` gives, a range
         each (empty ranges where a query tile has fewer; boxes of a larger key tile merge)."""
         shape, block = self.boxes[0], math.prod(self.boxes[0])
-        (groups, lo), (_, hi) = self.coordinates(p0), self.coordinates(p1 - 1)
-        keys = node.box_band(ctx, *([g + r * s for g, r, s in zip(groups, self.dilation, c)] for c in (lo, hi)))
-        first, count = [], []
-        for d, r in enumerate(self.dilation):
-            if keys is None:
-                a, b = np.zeros_like(p0), np.full_like(p0, self.sub[d] - 1)
-            else:  # the group's coordinates s with g + r*s in [lo, hi)
-                a = np.maximum(-(-(keys[d][0] - groups[d]) // r), 0)
-                b = np.minimum((keys[d][1] - 1 - groups[d]) // r, self.sub[d] - 1)
-            first.append(a // shape[d])
-            count.append(np.where(b >= a, b // shape[d] - a // shape[d] + 1, 0))
+        groups, lo, hi = self.query_boxes(p0, p1)
+        first, count = self.key_boxes(groups, node.box_band(ctx, lo, hi), shape)
         out = []
         for offsets in np.ndindex(*(int(c.max(initial=0)) for c in count)):
             inside = np.all([o < c for o, c in zip(offsets, count)], axis=0)
@@ -178,19 +172,49 @@ class BoxOrder:
             out.append((np.where(inside, start, 0), np.where(inside, start + block, 0)))
         return out
 
+    def query_boxes(self, p0, p1):
+        """(group, first coordinate, last coordinate) per dimension of the tiles [p0, p1)."""
+        (groups, lo), (_, hi) = self.coordinates(p0), self.coordinates(p1 - 1)
+        return groups, *([g + r * s for g, r, s in zip(groups, self.dilation, c)] for c in (lo, hi))
 
-def box_order(node: Node, M: int, N: int, block_m: int, block_n: int, grid) -> BoxOrder | None:
-    """The box order to lay `node` out in, when it applies: a grid of 2 or more dimensions, rules
-    that classify its boxes exactly, M == N, tiles of powers of two and a grid whose dilation
-    groups divide into boxes of both tile sizes."""
+    def key_boxes(self, groups, keys, shape):
+        """(first key box, how many) per dimension, in boxes of `shape` along it, inside the key
+        coordinates `keys` ([lo, hi) per dimension; None: any) of query tiles of `groups`."""
+        first, count = [], []
+        for d, r in enumerate(self.dilation):
+            if keys is None:
+                a, b = np.zeros_like(groups[d]), np.full_like(groups[d], self.sub[d] - 1)
+            else:  # the group's coordinates s with g + r*s in [lo, hi)
+                a = np.maximum(-(-(keys[d][0] - groups[d]) // r), 0)
+                b = np.minimum((keys[d][1] - 1 - groups[d]) // r, self.sub[d] - 1)
+            first.append(a // shape[d])
+            count.append(np.where(b >= a, b // shape[d] - a // shape[d] + 1, 0))
+        return first, count
+
+
+def key_tiles(orders: list[BoxOrder], leaf: Primitive, ctx, p0, p1, block: int) -> list[int]:
+    """Per order, how many key tiles of `block` tokens `leaf`'s band reaches from the query tiles
+    [p0, p1) (summed over them), with one `box_band` call for every order."""
+    queries = [order.query_boxes(p0, p1) for order in orders]
+    keys = leaf.box_band(ctx, *([np.concatenate(x) for x in zip(*(q[i] for q in queries))] for i in (1, 2)))
+    n, out = len(p0), []
+    for j, (order, (groups, _, _)) in enumerate(zip(orders, queries)):
+        mine = None if keys is None else [(lo[j * n:(j + 1) * n], hi[j * n:(j + 1) * n]) for lo, hi in keys]
+        shape = next(b for b in order.boxes if math.prod(b) == block)
+        out.append(int(np.prod(order.key_boxes(groups, mine, shape)[1], axis=0).sum()))
+    return out
+
+
+def box_orders(node: Node, M: int, N: int, block_m: int, block_n: int, grid) -> list[BoxOrder]:
+    """The box orders `node` may be laid out in, the closest to cubes first: a grid of 2 or more
+    dimensions, rules that classify its boxes exactly, M == N, tiles of powers of two and
+    dilation groups that divide into boxes of both tile sizes (none otherwise)."""
     if grid is None or len(grid) < 2 or M != N or N != math.prod(grid):
-        return None
+        return []
     dilation = box_groups(node, grid)
     if dilation is None or any(L % r for L, r in zip(grid, dilation)):
-        return None
+        return []
     sub = tuple(L // r for L, r in zip(grid, dilation))
-    small = box_shape(sub, min(block_m, block_n))
-    large = small and box_shape(sub, max(block_m, block_n), small)
-    if large is None:
-        return None
-    return BoxOrder(tuple(grid), dilation, (small,) if large == small else (small, large))
+    small, large = sorted((block_m, block_n))
+    return [BoxOrder(tuple(grid), dilation, (s,) if small == large else (s, b))
+            for s in box_shapes(sub, small) for b in box_shapes(sub, large, s)]

@@ -27,7 +27,7 @@ from ..ir.nodes import Difference, Intersect, Node, Union
 from ..ir.pattern import Pattern, under_causal
 from ..primitives import Context, Primitive
 from .layout import FULL, PARTIAL, Layout, expand
-from .box import box_order
+from .box import box_orders, key_tiles
 from .residue import residue_order
 
 def candidate_tiles(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, order=None):
@@ -36,10 +36,11 @@ def candidate_tiles(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, 
     return expand(*candidate_runs(node, ctx, M, N, bm, bn, order))
 
 
-def candidate_runs(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, order=None):
-    """The candidate tiles as runs: (query tile, first key tile, end key tile), sorted, merged."""
+def candidate_runs(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, order=None, tiles=None):
+    """The candidate tiles as runs: (query tile, first key tile, end key tile), sorted, merged;
+    of the query tiles `tiles` only where given (then numbered as their entries)."""
     n_qt, n_kt = -(-M // bm), -(-N // bn)
-    q0 = np.arange(n_qt, dtype=np.int64) * bm
+    q0 = (np.arange(n_qt, dtype=np.int64) if tiles is None else tiles) * bm
     q1 = np.minimum(q0 + bm, M)
     x, y = _band_set(node, ctx, q0, q1, N, order)
     # key ranges -> key tile ranges, merged again (neighbouring ranges may share a tile)
@@ -470,12 +471,16 @@ def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: i
         from ..ir.pattern import _heads_first
 
         data = {"q": _heads_first(q, "q"), "k": _heads_first(k, "k")}
-    if order not in ("auto", "natural"):
-        raise PatternError(f"order must be 'auto' or 'natural', got {order!r}")
+    if order not in ("auto", "natural", "box"):
+        raise PatternError(f"order must be 'auto', 'natural' or 'box', got {order!r}")
     permutation = None
-    if order == "auto" and len(sections) == 1 and not pattern.is_routed:
-        expr = sections[0].expr
-        permutation = residue_order(expr, M, N, block_m, block_n, grid) or box_order(expr, M, N, block_m, block_n, grid)
+    if order != "natural" and len(sections) == 1 and not pattern.is_routed:
+        permutation = token_order(sections[0].expr, M, N, block_m, block_n, grid, order == "box")
+    if order == "box" and permutation is None:
+        raise PatternError(
+            f"box order needs one section of rules that classify boxes of a 2-D or 3-D grid (neighborhoods), "
+            f"M == N == the grid's size and dilation groups that divide into boxes of {block_m} and {block_n} "
+            f"tokens (grid {grid}, M = {M}, N = {N})", pattern.span, "use order='auto' or 'natural'")
     per_head = [None] * H
     refined = 0
     for s in sections:
@@ -496,6 +501,33 @@ def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: i
         refined += r
     return Layout.from_runs(per_head, M, N, block_m, block_n, pattern=pattern, refined_tiles=refined,
                              device=device, permutation=permutation, data=data)
+
+
+# query tiles whose candidate key tiles rank the token orders of a pattern (evenly spread)
+SAMPLE = 64
+
+
+def token_order(node: Node, M: int, N: int, bm: int, bn: int, grid, box: bool = False):
+    """The permutation `order="auto"` lays `node` out in: residue order where it applies; else,
+    of the box orders that apply, the one whose query tiles reach the fewest key tiles (the
+    closest to cubes among equals), when they reach fewer than in natural order (a window of 1
+    along a dimension, say, cuts boxes that cross it: rows of the grid suit it better); else
+    None, natural order. Counted on a sample of query tiles: box orders by their rules' key
+    boxes (`box.key_tiles`, summed over the primitives), natural order by its candidates.
+    `box` (`order="box"`): that box order whatever natural order would reach (None: none applies)."""
+    residue = None if box else residue_order(node, M, N, bm, bn, grid)
+    boxes = box_orders(node, M, N, bm, bn, grid) if residue is None else []
+    if not boxes:
+        return residue
+    ctx = Context(M, N, 0, grid, {"causal": under_causal(node)})
+    n_qt = -(-M // bm)
+    tiles = np.unique(np.linspace(0, n_qt - 1, min(n_qt, SAMPLE)).astype(np.int64))
+    p0, p1 = tiles * bm, np.minimum(tiles * bm + bm, M)
+    leaves = [leaf for leaf in node.walk() if isinstance(leaf, Primitive)]
+    reached = np.sum([key_tiles(boxes, leaf, ctx, p0, p1, bn) for leaf in leaves], axis=0)
+    _, lo, hi = candidate_runs(node, ctx, M, N, bm, bn, None, tiles)
+    best = int(np.argmin(reached))
+    return boxes[best] if box or reached[best] < int((hi - lo).sum()) else None
 
 
 def depends_on_head(node: Node) -> bool:

@@ -28,8 +28,8 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
     ranges of key tiles where every row has few runs (the default, "auto"), "table" always reads
     index tables; `"memory"`: "pointers" (default) or
     "tma" (Hopper tensor descriptors; box order reads pointers whatever it says); `"order"`: "auto"
-    (residue order for dilated/strided patterns, box order for neighborhoods on a 2-D/3-D grid) or
-    "natural".
+    (residue order for dilated/strided patterns, box order for neighborhoods on a 2-D/3-D grid
+    where it visits fewer tiles), "natural" or "box".
 
     Packed documents (variable-length batches): `documents` holds int32 cumulative boundaries
     `[docs + 1]` on q's device (FlashAttention's `cu_seqlens`: 0, then each document's end, the
