@@ -53,8 +53,9 @@ def time_configs(name, S, q, k, v, pattern, ref, args, order="auto"):
     configs = [dict(c, iteration=it, order=order) for c in candidates(D, dtype, torch.cuda.get_device_capability())
                for it in args.iterations]
     for cfg in configs:
-        layout = cached_layout(pattern, S, S, args.heads, cfg["block_m"], cfg["block_n"], order, "cuda:0")
-        if cfg["memory"] == "tma" and not getattr(layout.permutation, "tma", True):
+        if cfg["memory"] == "tma" and not pattern.is_routed and not getattr(
+                cached_layout(pattern, S, S, args.heads, cfg["block_m"], cfg["block_n"], order, "cuda:0").permutation,
+                "tma", True):
             continue  # box order reads tiles through pointers: the pointers candidate times the same kernel
         try:
             t0 = time.perf_counter()
@@ -229,8 +230,9 @@ def markdown(env, rows, overhead) -> str:
             "BlockMask at 128x128 tiles; cuDNN/flash = dense SDPA in the same process. "
             "realized = cuDNN time x density / time.\n\n")
     cols = ["pattern", "S", "density", "config", "token_order", "patternc_ms", "flex_ms", "cudnn_ms", "flash_ms",
-            "speedup_vs_flex", "patternc_natural_ms", "speedup_vs_flex_natural", "speedup_vs_cudnn", "realized", "realized_flex", "tflops_visited", "rel_err_vs_flex", "layout_ms",
-            "selection_ms", "selection_gpu_ms", "selection_gpu_share", "create_block_mask_ms"]
+            "speedup_vs_flex", "patternc_natural_ms", "speedup_vs_flex_natural", "speedup_vs_cudnn", "realized",
+            "realized_flex", "tflops_visited", "rel_err_vs_flex", "layout_ms", "selection_ms", "selection_gpu_ms",
+            "selection_gpu_share", "create_block_mask_ms"]
     table = [[r.get(c) for c in cols] for r in rows]
     text = head + tabulate(table, headers=cols, tablefmt="github", floatfmt=".4g")
     text += "\n\nCached call overhead (tiny problem, host time per call): " + json.dumps(

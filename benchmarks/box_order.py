@@ -60,7 +60,8 @@ def markdown(rows: list[dict]) -> str:
     for before, after in zip(rows[::2], rows[1::2]):
         table.append([before["pattern"], before["tiles"], f"{before['full']} / {after['full']}",
                       f"{before['partial']} / {after['partial']}", f"{before['visited']} / {after['visited']}",
-                      f"{before['density']:.4f} / {after['density']:.4f}", f"{before['visited'] / after['visited']:.2f}x",
+                      f"{before['density']:.4f} / {after['density']:.4f}",
+                      f"{before['visited'] / after['visited']:.2f}x",
                       f"{before['partial_share']:.2f} / {after['partial_share']:.2f}",
                       f"{before['build_ms']:.0f} / {after['build_ms']:.0f}", after["boxes"]])
     headers = ["pattern (16k)", "tiles", "full", "partial", "visited", "density", "fewer visited",

@@ -9,7 +9,8 @@
   partial (layouts only);
 - the generated kernels (forward, and dQ/dK/dV) against the fp64 dense reference, in the
   interpreter, with q, k, v and the outputs in the caller's token order;
-- what box order refuses: TMA (the runtime reads such tiles through pointers), documents.
+- what box order refuses: TMA (the runtime reads such tiles through pointers), and what grids
+  refuse anyway: packed documents, M != N.
 """
 from __future__ import annotations
 
@@ -73,8 +74,9 @@ def check_classes(text, grid, size, stride, dilation, causal, bm, bn, heads=1):
     assert np.array_equal(order.order().numpy(), want_order), f"{text!r}: the permutation differs"
     for b in (bm, bn):  # every tile is a box of one dilation group: its tokens span as many cells
         tiles = np.stack(np.unravel_index(want_order.reshape(-1, b), grid), -1)  # [tiles, b, dims]
+        groups = tiles % np.array(order.dilation)
         span = (tiles.max(1) - tiles.min(1)) // np.array(order.dilation) + 1
-        assert (span.prod(-1) == b).all(), f"{text!r}: a tile of {b} tokens is no box"
+        assert (groups == groups[:, :1]).all() and (span.prod(-1) == b).all(), f"{text!r}: a tile of {b} is no box"
     mask = neighborhood_reference(grid, size, stride, dilation, causal)
     permuted = mask[want_order][:, want_order][None]
     anyv, allv = tile_truth(permuted, bm, bn)
@@ -174,7 +176,8 @@ def test_tma_is_refused_and_the_runtime_reads_pointers(interpret):
     with pytest.raises(ValueError, match="box order reads tiles through pointers"):
         make_spec(pattern, heads=1, M=128, N=128, head_dim=16, block_m=16, block_n=16, num_warps=4, num_stages=1,
                   tma=True, **layout.permutation.kernel_order)
-    module, _ = _prepare(pattern, 1, 1, 128, 128, 16, dict(CONFIG, memory="tma"), "cpu", _device_tag(torch.device("cpu")))
+    module, _ = _prepare(pattern, 1, 1, 128, 128, 16, dict(CONFIG, memory="tma"), "cpu",
+                         _device_tag(torch.device("cpu")))
     assert "box_token" in module.__doc__ + open(module.__file__).read()
     assert "TensorDescriptor" not in open(module.__file__).read()
 
@@ -193,6 +196,19 @@ def test_auto_picks_box_order_where_it_visits_fewer_tiles(text, N, tiles, boxed)
     assert (auto.permutation is not None) == boxed, f"{text!r}: {auto.permutation}"
     visited = [x.counts["full"] + x.counts["partial"] for x in (auto, natural)]
     assert visited[0] < visited[1] if boxed else visited[0] == visited[1], f"{text!r}: auto, natural visit {visited}"
+
+
+def test_documents_and_other_lengths_are_refused(interpret):
+    text = "grid(8, 16)\nneighborhood((3, 5))"
+    q = torch.randn(1, 1, 128, 16)
+    with pytest.raises(patternc.PatternError, match="grid"):
+        patternc.attention(q, q, q, text, documents=torch.tensor([0, 64, 128], dtype=torch.int32))
+    with pytest.raises(patternc.PatternError, match="needs M == N"):
+        patternc.attention(q[:, :, :64], q, q, text)
+    layout = patternc.compile(text).layout(128, block_m=16, block_n=16, order="box")
+    with pytest.raises(ValueError, match="packed documents need pointers and natural token order"):
+        make_spec(patternc.compile(text), heads=1, M=128, N=128, head_dim=16, block_m=16, block_n=16, num_warps=4,
+                  num_stages=1, documents=True, **layout.permutation.kernel_order)
 
 
 def test_natural_order_box_order_and_flex_export():

@@ -243,7 +243,8 @@ def launch(q, k, v, layout, scale=None, out=None, lse=None, positions=None{docum
 def emitters(spec: KernelSpec) -> tuple:
     """(memory, iteration, order, routing, tables, programs): the emitter of each axis for this spec."""
     return (Tma() if spec.tma else Pointers(), Table() if spec.runs is None else Runs(*spec.runs),
-            Order(spec.residue) if spec.box is None else Boxes(spec.box), MODES[spec.routed], Tables(spec.predicate.tables),
+            Order(spec.residue) if spec.box is None else Boxes(spec.box), MODES[spec.routed],
+            Tables(spec.predicate.tables),
             programs(spec.documents, MODES[spec.routed]))
 
 

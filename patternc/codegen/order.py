@@ -149,8 +149,9 @@ class Boxes:
         per dimension it moves along: `(p // below % count) * move`."""
         order = self.order
         names = [" x ".join(map(str, b)) for b in order.boxes]
+        grouped = set(order.dilation) != {1}
         notes = ([f"a token of its {names[0]} box"] + [f"the {a} box in its {b} box" for a, b in zip(names, names[1:])]
-                 + [f"the {names[-1]} box in the grid" + (" (of its dilation group)" if set(order.dilation) != {1} else ""),
+                 + [f"the {names[-1]} box in the grid" + (" (of its dilation group)" if grouped else ""),
                     "the dilation group"])
         lines, below, N = [], 1, math.prod(order.grid)
         for (counts, moves), note in zip(order.digits(), notes):
@@ -166,13 +167,13 @@ class Boxes:
             if terms:
                 lines.append(f"token {'+= ' if lines else '= '}{' + '.join(terms)}  # {note}")
         groups = ("dilation group by dilation group (" + " x ".join(map(str, order.dilation)) + "), then "
-                  if set(order.dilation) != {1} else "")
+                  if grouped else "")
         inner = (f", each {math.prod(order.boxes[1]) // math.prod(order.boxes[0])} boxes of {names[0]}"
                  if len(names) > 1 else "")
         doc = (f'"""The token at layout position p. Positions go {groups}box by box over the grid '
-               f"{' x '.join(map(str, order.grid))} (boxes of {names[-1]}{inner}), row-major at every level. Each digit "
-               'of p moves the token by a fixed amount, so inside a tile box_token(first + i) = box_token(first) + '
-               'box_token(i)."""')
+               f"{' x '.join(map(str, order.grid))} (boxes of {names[-1]}{inner}), row-major at every level. "
+               "Each digit of p moves the token by a fixed amount, so inside a tile "
+               'box_token(first + i) = box_token(first) + box_token(i)."""')
         return fill("BOX_TOKEN", BOX_TOKEN, doc=textwrap.wrap(doc, 92), lines=lines)
 
     def tokens(self, tile: Tile) -> list[str]:

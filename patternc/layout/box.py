@@ -88,7 +88,8 @@ class BoxOrder:
         """The position's digits, least significant first: per level (a box's cells, the boxes of
         the larger box, the group's boxes, the groups), (count per dimension, token move per unit)."""
         inner = [math.prod(self.grid[d + 1:]) for d in range(len(self.grid))]
-        levels = [(tuple(s // u for s, u in zip(shape, unit)), tuple(u * r * i for u, r, i in zip(unit, self.dilation, inner)))
+        levels = [(tuple(s // u for s, u in zip(shape, unit)),
+                   tuple(u * r * i for u, r, i in zip(unit, self.dilation, inner)))
                   for unit, shape in zip(self.units(), (*self.boxes, self.sub))]
         levels.append((self.dilation, tuple(inner)))
         return levels

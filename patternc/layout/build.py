@@ -26,8 +26,8 @@ from ..ir.intervals import Box
 from ..ir.nodes import Difference, Intersect, Node, Union
 from ..ir.pattern import Pattern, under_causal
 from ..primitives import Context, Primitive
-from .layout import FULL, PARTIAL, Layout, expand
 from .box import box_orders, key_tiles
+from .layout import FULL, PARTIAL, Layout, expand
 from .residue import residue_order
 
 def candidate_tiles(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, order=None):

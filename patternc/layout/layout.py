@@ -336,7 +336,8 @@ class Layout:
         if self.permutation is not None:
             from ..errors import PatternError
 
-            raise PatternError(f"this layout orders tokens in {self.permutation.name}, which FlexAttention can't follow",
+            raise PatternError(f"this layout orders tokens in {self.permutation.name}, which FlexAttention can't "
+                               "follow",
                                None, "build it with pattern.layout(..., order='natural')")
         mask_mod = (self.pattern.mask_mod(self.M, self.N, self.heads, q=self.data.get("q"), k=self.data.get("k"),
                                           documents=self.data.get("documents"))

@@ -70,7 +70,8 @@ class ResidueOrder:
 
     def describe(self) -> str:
         """The order in words, for module headers and reports."""
-        return f"residue order: {self.modulus} classes of {self.class_len} tokens (a tile reads rows {self.modulus} apart)"
+        r = self.modulus
+        return f"residue order: {r} classes of {self.class_len} tokens (a tile reads rows {r} apart)"
 
     def run_tiles(self, block: int) -> int:
         """The most key tiles of a run classified whole: a class's (runs stay inside one)."""

@@ -256,7 +256,8 @@ class Neighborhood(Primitive):
         innermost first; None: 1): in every dimension."""
         grid = self.grid(ctx)
         some, every = True, True
-        for d, qa, qb, ka, kb, step in zip(reversed(range(len(grid))), q_lo, q_hi, k_lo, k_hi, steps or (1,) * len(grid)):
+        steps = steps or (1,) * len(grid)
+        for d, qa, qb, ka, kb, step in zip(reversed(range(len(grid))), q_lo, q_hi, k_lo, k_hi, steps):
             s, e = self._dimension_truth(p, ctx, d, grid[d], qa, qb, ka, kb, step)
             some, every = some & s, every & e
         return np.broadcast_to(some, q_lo[0].shape), np.broadcast_to(every, q_lo[0].shape)
