@@ -9,8 +9,8 @@
   partial (layouts only);
 - the generated kernels (forward, and dQ/dK/dV) against the fp64 dense reference, in the
   interpreter, with q, k, v and the outputs in the caller's token order;
-- what box order refuses: TMA (the runtime reads such tiles through pointers), and what grids
-  refuse anyway: packed documents, M != N.
+- TMA descriptors where a tile is one box of an undilated grid, refused elsewhere (the runtime
+  reads such tiles through pointers); what grids refuse anyway: packed documents, M != N.
 """
 from __future__ import annotations
 
@@ -144,6 +144,8 @@ KERNEL_CASES = [  # (text, length, H, Hkv, config)
     ("grid(8, 16)\nneighborhood((3, 3), dilation=(2, 2))", 128, 2, 1, {}),
     ("grid(8, 16)\nneighborhood((4, 5), stride=(2, 3), dilation=(1, 2))", 128, 1, 1, {"block_n": 32}),
     ("grid(4, 8, 8)\nneighborhood((2, 3, 3), stride=(1, 2, 2), causal=(true, false, false))", 256, 2, 1, {}),
+    ("grid(8, 16)\nneighborhood((3, 5))", 128, 2, 1, {"memory": "tma"}),  # 4-D descriptors
+    ("grid(4, 8, 8)\nneighborhood((3, 3, 5), causal=(true, false, false))", 256, 2, 2, {"memory": "tma"}),  # 5-D
 ]
 CONFIG = {"block_m": 16, "block_n": 16, "num_warps": 4, "num_stages": 1, "order": "box"}
 
@@ -169,17 +171,24 @@ def test_training_through_the_public_api(interpret):
         assert (x.grad.double() - r.grad).abs().max() < 1e-4
 
 
-def test_tma_is_refused_and_the_runtime_reads_pointers(interpret):
-    text = "grid(8, 16)\nneighborhood((3, 5))"
+@pytest.mark.parametrize("text,tiles,tma", [
+    ("grid(8, 16)\nneighborhood((3, 5))", (16, 16), True),
+    ("grid(8, 16)\nneighborhood((3, 3), dilation=(2, 2))", (16, 16), False),  # a box of a dilation group
+    ("grid(8, 16)\nneighborhood((3, 5))", (32, 16), False),  # a 32-token tile is two boxes of 16
+])
+def test_tma_where_a_tile_is_a_box_of_the_grid(interpret, text, tiles, tma):
     pattern = patternc.compile(text)
-    layout = pattern.layout(128, block_m=16, block_n=16, order="box")
-    with pytest.raises(ValueError, match="box order reads tiles through pointers"):
-        make_spec(pattern, heads=1, M=128, N=128, head_dim=16, block_m=16, block_n=16, num_warps=4, num_stages=1,
-                  tma=True, **layout.permutation.kernel_order)
-    module, _ = _prepare(pattern, 1, 1, 128, 128, 16, dict(CONFIG, memory="tma"), "cpu",
-                         _device_tag(torch.device("cpu")))
-    assert "box_token" in module.__doc__ + open(module.__file__).read()
-    assert "TensorDescriptor" not in open(module.__file__).read()
+    layout = pattern.layout(128, block_m=tiles[0], block_n=tiles[1], order="box")
+    assert layout.permutation.tma == tma
+    spec = {"heads": 1, "M": 128, "N": 128, "head_dim": 16, "block_m": tiles[0], "block_n": tiles[1], "num_warps": 4,
+            "num_stages": 1, "tma": True, **layout.permutation.kernel_order}
+    if not tma:
+        with pytest.raises(ValueError, match="this box order reads tiles through pointers"):
+            make_spec(pattern, **spec)
+    config = dict(CONFIG, block_m=tiles[0], block_n=tiles[1], memory="tma")
+    module, _ = _prepare(pattern, 1, 1, 128, 128, 16, config, "cpu", _device_tag(torch.device("cpu")))
+    source = open(module.__file__).read()
+    assert "box_token" in source and ("TensorDescriptor" in source) == tma
 
 
 @pytest.mark.parametrize("text,N,tiles,boxed", [

@@ -26,6 +26,8 @@ from patternc.codegen.template import TemplateError, fill
 GOLDEN = Path(__file__).resolve().parent / "golden"
 TILES = {"head_dim": 128, "block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 3}
 SMALL_TILES = {"head_dim": 64, "block_m": 64, "block_n": 32, "num_warps": 4, "num_stages": 2}
+SQUARE_TILES = {"head_dim": 64, "block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2}
+NATTEN2D = "grid(64, 64)\nneighborhood((13, 13))"
 GNA3D = "grid(8, 16, 16)\nneighborhood((4, 8, 8), stride=(2, 4, 4), causal=(true, false, false))"
 MIXED = """pattern mixed:
     heads 0..7: causal & window(512)
@@ -70,6 +72,8 @@ VARIANTS = {
     "mixed_sections_table_backward": (MIXED, 16, 8192, 8192, SMALL_TILES, {}, ""),
     "topk_block_table_backward": ("causal & topk(4, block=128)", 4, 2048, 2048, TILES, {"routed": "block"}, ""),
     "gna3d_box_table_backward": (GNA3D, 2, 2048, 2048, SMALL_TILES, {"box": box_of(GNA3D, SMALL_TILES)}, ""),
+    "natten2d_box_tma_backward": (NATTEN2D, 2, 4096, 4096, SQUARE_TILES,
+                                  {"tma": True, "box": box_of(NATTEN2D, SQUARE_TILES)}, ""),
     "documents_runs": ("causal & (window(1024) | sink(4))", 4, 8192, 8192, TILES, {"runs": (1, 2), "documents": True},
                        ""),
     "documents_table_backward": ("window(512) | blocked(256)", 4, 8192, 8192, SMALL_TILES, {"documents": True}, ""),

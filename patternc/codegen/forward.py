@@ -62,9 +62,9 @@ class KernelSpec:
         if self.documents and (self.tma or self.residue is not None or self.box is not None):
             raise ValueError("packed documents need pointers and natural token order (a document starts anywhere: "
                              "no TMA box, residue class or box of a grid lines up with it)")
-        if self.box is not None and (self.tma or self.residue is not None):
-            raise ValueError("box order reads tiles through pointers, in no residue order: a box of a grid's dilation "
-                             "group is no TMA box")
+        if self.box is not None and (self.tma and not self.box.tma or self.residue is not None):
+            raise ValueError("this box order reads tiles through pointers (a box of a dilation group, or two boxes "
+                             "side by side, is no TMA box), and is no residue order")
 
 
 def make_spec(pattern, *, heads: int, M: int, N: int, head_dim: int, block_m: int, block_n: int,

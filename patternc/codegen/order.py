@@ -5,8 +5,9 @@ Natural order (`Order()`): a tile is BLOCK consecutive tokens. Residue order
 tile holds BLOCK tokens of one class, R apart, which the kernel reads with a row stride of R
 (no copy is made). Box order (`Boxes`, a `layout.box.BoxOrder`): a tile is a box of the
 pattern's grid, whose tokens `box_token()` computes from layout positions with integer division
-and modulo by constants (memory through pointers only). Every method works on a `Tile` of either
-side of the score matrix, so forward and backward kernels share them.
+and modulo by constants (through pointers, or TMA where a tile is one box of an undilated grid).
+Every method works on a `Tile` of either side of the score matrix, so forward and backward
+kernels share them.
 """
 from __future__ import annotations
 
@@ -127,9 +128,10 @@ def box_token(p):
 
 @dataclass(frozen=True)
 class Boxes:
-    """Box order: a tile of BLOCK tokens is a box of the grid (`layout.box.BoxOrder`), read
-    through pointers: its first token `box_token(first)` plus the tile-independent offsets
-    `box_token(i)`, computed from layout positions by division and modulo by constants."""
+    """Box order: a tile of BLOCK tokens is a box of the grid (`layout.box.BoxOrder`): its first
+    token `box_token(first)` plus the tile-independent offsets `box_token(i)`, computed from
+    layout positions by division and modulo by constants. Through pointers, or TMA descriptors
+    over views [batch x heads, *grid, D] where the order allows (`BoxOrder.tma`)."""
 
     order: object  # the layout's BoxOrder
 
@@ -193,9 +195,27 @@ class Boxes:
         return f"box_token({tile.offsets})"
 
     def coords(self, tile: Tile) -> str:
-        raise ValueError("box order reads tiles through pointers: a box of a dilation group is no TMA box")
+        """The tile's first token's grid coordinates, a descriptor's coordinates after its row."""
+        self._check_tma()
+        grid, row0 = self.order.grid, self.row0(tile)
+        inner = [math.prod(grid[d + 1:]) for d in range(len(grid))]
+        coords = [f"{row0} // {inner[0]}"] + [(f"{row0} // {i} % {L}" if i > 1 else f"{row0} % {L}")
+                                              for i, L in zip(inner[1:], grid[1:])]
+        return ", ".join(coords) + ", 0"
 
-    view = box = coords
+    def view(self, rows: str, length: str) -> str:
+        self._check_tma()
+        return f"{rows}, {', '.join(map(str, self.order.grid))}, D"
+
+    def box(self, block: str, dim: str) -> str:
+        self._check_tma()
+        return f"1, {', '.join(map(str, self.order.boxes[0]))}, {dim}"
 
     def view_note(self) -> list[str]:
-        return []
+        grid, box = (" x ".join(map(str, x)) for x in (self.order.grid, self.order.boxes[0]))
+        return [f"# {len(self.order.grid) + 2}-D views [batch x heads, {grid}, D]: a tile is a {box} box of the grid"]
+
+    def _check_tma(self):
+        if not self.order.tma:
+            raise ValueError("this box order reads tiles through pointers: a box of a dilation group, or two boxes "
+                             "side by side, is no TMA box")

@@ -59,7 +59,6 @@ class BoxOrder:
     grid: tuple[int, ...]
     dilation: tuple[int, ...]
     boxes: tuple[tuple[int, ...], ...]
-    tma = False  # kernels read box order through pointers (a box of a dilation group is no TMA box)
     name = "box order"
 
     @property
@@ -77,6 +76,13 @@ class BoxOrder:
     def kernel_order(self) -> dict:
         """`codegen.make_spec`'s token-order argument."""
         return {"box": self}
+
+    @property
+    def tma(self) -> bool:
+        """Can TMA descriptors copy its tiles? Where both tile sides are one box shape and there
+        are no dilation groups: a tile is then a box of a view [batch x heads, *grid, D] (at most
+        5 dimensions). A box of a dilation group, or two boxes side by side, is no TMA box."""
+        return len(self.boxes) == 1 and set(self.dilation) == {1} and len(self.grid) <= 3
 
     @functools.cache  # per order: orders are few, and their layouts keep them anyway
     def units(self) -> list[tuple[int, ...]]:
