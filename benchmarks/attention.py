@@ -38,18 +38,25 @@ def dense_times(q, k, v) -> dict:
 
 
 def config_name(cfg) -> str:
-    return f"{cfg['block_m']}x{cfg['block_n']}/w{cfg['num_warps']}/s{cfg['num_stages']}/{cfg['iteration']}/{cfg['memory']}"
+    order = "" if cfg.get("order", "auto") == "auto" else f"/{cfg['order']}"
+    return (f"{cfg['block_m']}x{cfg['block_n']}/w{cfg['num_warps']}/s{cfg['num_stages']}/{cfg['iteration']}/"
+            f"{cfg['memory']}{order}")
 
 
-def time_configs(name, S, q, k, v, pattern, ref, args):
-    """(ms, config, rel err vs ref, first-call ms) of the fastest candidate config, or None."""
+def time_configs(name, S, q, k, v, pattern, ref, args, order="auto"):
+    """(ms, config, rel err vs ref, first-call ms) of the fastest candidate config in token order
+    `order`, or None."""
     from patternc.runtime.autotune import candidates
 
     D, dtype = q.shape[-1], q.dtype
     best = None
-    configs = [dict(c, iteration=it) for c in candidates(D, dtype, torch.cuda.get_device_capability())
+    configs = [dict(c, iteration=it, order=order) for c in candidates(D, dtype, torch.cuda.get_device_capability())
                for it in args.iterations]
     for cfg in configs:
+        if cfg["memory"] == "tma" and not pattern.is_routed and not getattr(
+                cached_layout(pattern, S, S, args.heads, cfg["block_m"], cfg["block_n"], order, "cuda:0").permutation,
+                "tma", True):
+            continue  # box order reads tiles through pointers: the pointers candidate times the same kernel
         try:
             t0 = time.perf_counter()
             out = patternc.attention(q, k, v, pattern, config=cfg)
@@ -100,11 +107,17 @@ def run_pattern(name, text, S, args, flex, dense):
     ref = flex(q, k, v, block_mask=block_mask)
     row["flex_ms"] = bench(lambda: flex(q, k, v, block_mask=block_mask))
 
-    best = time_configs(name, S, q, k, v, pattern, ref, args)
+    for order in args.orders[1:]:  # the other token orders, for comparison (natural: tiles of consecutive tokens)
+        other = time_configs(name, S, q, k, v, pattern, ref, args, order)
+        if other is not None:
+            row[f"patternc_{order}_ms"], row[f"config_{order}"] = other[0], config_name(other[1])
+            row[f"speedup_vs_flex_{order}"] = row["flex_ms"] / other[0]
+    best = time_configs(name, S, q, k, v, pattern, ref, args, args.orders[0])
     if best is None:
         return row
     ms, cfg, err, first = best
-    layout = cached_layout(pattern, S, S, H, cfg["block_m"], cfg["block_n"], "auto", "cuda:0")
+    layout = cached_layout(pattern, S, S, H, cfg["block_m"], cfg["block_n"], cfg["order"], "cuda:0")
+    row["token_order"] = "natural" if layout.permutation is None else layout.permutation.name
     row.update(patternc_ms=ms, config=config_name(cfg),
                rel_err_vs_flex=err, first_call_ms=first, patternc_density=layout.density,
                speedup_vs_flex=row["flex_ms"] / ms)
@@ -216,9 +229,10 @@ def markdown(env, rows, overhead) -> str:
             "bf16, B=1, H=16, D=128, forward. Flex = FlexAttention (torch.compile) fed patternc's layout as a "
             "BlockMask at 128x128 tiles; cuDNN/flash = dense SDPA in the same process. "
             "realized = cuDNN time x density / time.\n\n")
-    cols = ["pattern", "S", "density", "config", "patternc_ms", "flex_ms", "cudnn_ms", "flash_ms", "speedup_vs_flex",
-            "speedup_vs_cudnn", "realized", "realized_flex", "tflops_visited", "rel_err_vs_flex", "layout_ms",
-            "selection_ms", "selection_gpu_ms", "selection_gpu_share", "create_block_mask_ms"]
+    cols = ["pattern", "S", "density", "config", "token_order", "patternc_ms", "flex_ms", "cudnn_ms", "flash_ms",
+            "speedup_vs_flex", "patternc_natural_ms", "speedup_vs_flex_natural", "speedup_vs_cudnn", "realized",
+            "realized_flex", "tflops_visited", "rel_err_vs_flex", "layout_ms", "selection_ms", "selection_gpu_ms",
+            "selection_gpu_share", "create_block_mask_ms"]
     table = [[r.get(c) for c in cols] for r in rows]
     text = head + tabulate(table, headers=cols, tablefmt="github", floatfmt=".4g")
     text += "\n\nCached call overhead (tiny problem, host time per call): " + json.dumps(
@@ -236,6 +250,9 @@ def main(argv=None):
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--create-block-mask", action="store_true", help="also time FlexAttention's create_block_mask")
     ap.add_argument("--iterations", nargs="*", default=list(ITERATIONS), help="kernel loop forms to try")
+    ap.add_argument("--orders", nargs="*", default=["auto"],
+                    help="token orders to time, the first reported as patternc's (auto natural: box or residue order "
+                         "against tiles of consecutive tokens)")
     args = ap.parse_args(argv)
     from torch.nn.attention.flex_attention import flex_attention
 

@@ -5,7 +5,7 @@ layout at 128x128 tiles, 16 heads, self-attention, both ways, and reports times,
 peak memory and whether the two block maps agree (full and partial tiles alike):
 
 - patternc: `Pattern.layout(S, heads=16, order="natural")` (the tiles FlexAttention makes), and
-  the default `order="auto"` where it differs (residue order for dilated windows). Routed moba
+  the default `order="auto"` where it differs (residue order for dilated windows, box order for grids). Routed moba
   includes the block selection from random q, k (bf16, head_dim 128). The median of --repeats.
 - FlexAttention: `create_block_mask(pattern.mask_mod(S), B=None, H, S, S)` with H=None (one
   mask for all heads) unless the pattern varies by head (s2); on a GPU compiled (`_compile=True`)
@@ -151,7 +151,7 @@ def child_patternc(name: str, S: int, heads: int, block: int, repeats: int, devi
             layout, seconds = build(order)
             times.append(seconds)
         out[order] = {"ms": 1e3 * float(np.median(times)), "times_ms": [1e3 * t for t in times],
-                      "residue": None if layout.permutation is None else layout.permutation.modulus,
+                      "order": None if layout.permutation is None else layout.permutation.name,
                       "density": layout.density, "counts": layout.counts, "refined_tiles": layout.refined_tiles}
         if order == "natural":
             kinds = layout.block_map().numpy()
@@ -394,7 +394,7 @@ def markdown(env, args, rows) -> str:
         p, f = r["patternc"], r["flex"]
         ok = p["status"] == "ok"
         auto = p.get("auto", {}) if ok else {}
-        residue = f"{fmt_ms(auto['ms'])} (r={auto['residue']}, {auto['density']:.4f})" if auto.get("residue") else ""
+        permuted = f"{fmt_ms(auto['ms'])} ({auto['order']}, {auto['density']:.4f})" if auto.get("order") else ""
         grid = re.match(r"grid\(([^)]*)\)", r["text"])
         if f["status"] == "ok":
             flex = fmt_ms(f["ms"])
@@ -404,11 +404,11 @@ def markdown(env, args, rows) -> str:
                 notes.setdefault(f["status"], []).append(f"{r['pattern']} at {r['S']}: {f['detail']}")
         table.append([
             r["pattern"] + (f" ({grid.group(1).replace(', ', 'x')})" if grid else ""), r["S"],
-            f"{p['natural']['density']:.4f}" if ok else "", fmt_ms(p["natural"]["ms"]) if ok else p["status"], residue,
+            f"{p['natural']['density']:.4f}" if ok else "", fmt_ms(p["natural"]["ms"]) if ok else p["status"], permuted,
             f"{p['peak_rss_mib']:.0f} / {p['tracemalloc_peak_mib']:.1f}" if ok else "", flex,
             f"{f['peak_rss_mib']:.0f}" if f["status"] == "ok" else "",
             f"{r['speedup']:.0f}x" if "speedup" in r else "", {True: "yes", False: "NO"}.get(r.get("same_blocks"), "")])
-    headers = ["pattern", "S", "density", "patternc", "patternc, residue order (density)",
+    headers = ["pattern", "S", "density", "patternc", "patternc, auto's order (density)",
                "patternc peak MiB: process / build", "create_block_mask", "its peak MiB", "speedup", "same blocks"]
     envs = ", ".join(f"{k} {v}" for k, v in env.items() if k not in ("command",))
     flex_how = "compiled, after a compiling call at the same length" if env["device"] != "cpu" else "eager, after a warm-up"
@@ -418,7 +418,7 @@ def markdown(env, args, rows) -> str:
         f"{args.heads} heads, {args.block}x{args.block} tiles, self-attention (M = N = S). **patternc**: median of "
         f"{args.repeats} builds of `Pattern.layout(S, heads={args.heads}, order='natural')`, the same tiles as "
         "FlexAttention's, each from a freshly parsed pattern; the next column is the default `order='auto'` where "
-        "it differs (residue order, fewer tiles). moba includes its block selection from random q, k. "
+        "it differs (residue or box order, fewer tiles). moba includes its block selection from random q, k. "
         f"**create_block_mask**: one call, {flex_how}; `H=None` unless the mask varies by head (s2). "
         "**same blocks**: the two block maps, full and partial tiles, are identical. **speedup**: create_block_mask "
         "time / patternc time (natural order). **Memory**: the whole-life peak resident set of the child process "

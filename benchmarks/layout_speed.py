@@ -4,7 +4,7 @@ The target (issue 13, item 5): every layout builds in <= 100 ms at 32k tokens an
 tokens, never N^2 memory. For every pattern of examples/*.pat and benchmarks/suite.py, plus the
 issue's slow cases, at 32k and 1M tokens and at 64x64, 128x64 and 128x128 tiles, this builds
 `Pattern.layout(S, block_m, block_n)` (the pattern's default heads, `order="auto"`; also
-`order="natural"` where auto picks a residue order) and reports:
+`order="natural"` where auto picks a residue or box order) and reports:
 
 - the build time: the median of --repeats builds from freshly parsed patterns (one build when
   the first takes over a second), in a child process that first built another layout;
@@ -149,9 +149,9 @@ def child(text: str, S: int, bm: int, bn: int, repeats: int, profile: bool) -> d
         times = [first] + [build(order)[1] for _ in range(repeats - 1 if first < 1 else 0)]
         out[order] = {"ms": 1e3 * float(np.median(times)), "heads": layout.heads, "counts": layout.counts,
                       "refined": layout.refined_tiles, "digest": _digest(layout),
-                      "residue": None if layout.permutation is None else layout.permutation.modulus}
+                      "order": None if layout.permutation is None else layout.permutation.name}
         del layout
-        if order == "auto" and out["auto"]["residue"] is None:
+        if order == "auto" and out["auto"]["order"] is None:
             break
     tracemalloc.start()
     build("auto")
@@ -268,7 +268,7 @@ def summary(row) -> str:
     over = " OVER" if a["ms"] > target_ms(row["S"]) else ""
     tiles = a["counts"]["full"] + a["counts"]["partial"]
     return (f"{fmt_ms(a['ms']):>9}{over}  peak {row['peak_mib']:8.1f} MiB  tiles {tiles:>10}  "
-            f"refined {a['refined']:>7}" + (f"  residue {a['residue']}" if a["residue"] else ""))
+            f"refined {a['refined']:>7}" + (f"  {a['order']}" if a["order"] else ""))
 
 
 def markdown(env, rows) -> str:
@@ -283,11 +283,11 @@ def markdown(env, rows) -> str:
         table.append([r["pattern"] + grid, r["S"], r["tiles"], a.get("heads", ""),
                       fmt_ms(a["ms"]) if ok else r["status"],
                       ("yes" if a["ms"] <= target_ms(r["S"]) else "**no**") if ok else "**no**",
-                      f"{fmt_ms(n['ms'])} (r={a['residue']})" if n else "",
+                      f"{fmt_ms(n['ms'])} (auto: {a['order']})" if n else "",
                       f"{r['peak_mib']:.1f}" if ok else "",
                       f"{a['counts']['full']} / {a['counts']['partial']}" if ok else "",
                       a.get("refined", ""), a.get("digest", "")])
-    headers = ["pattern", "S", "tiles", "heads", "build", "within target", "natural order (residue r)",
+    headers = ["pattern", "S", "tiles", "heads", "build", "within target", "natural order (where auto permutes)",
                "tracemalloc peak MiB", "full / partial tiles", "refined", "digest"]
     envs = ", ".join(f"{k} {v}" for k, v in env.items() if k != "command")
     return "\n".join([

@@ -43,9 +43,10 @@ def build(pattern, H, M, N, D, config, device="cpu"):
     layout = pattern.layout(M, N, heads=H, block_m=config["block_m"], block_n=config["block_n"], device=device,
                             order=config.pop("order", "auto"))
     runs = layout.runs() if config.pop("iteration", "runs") == "runs" else None
+    tma = config.pop("memory", "pointers") == "tma" and getattr(layout.permutation, "tma", True)
+    order = {} if layout.permutation is None else layout.permutation.kernel_order
     spec = make_spec(pattern, heads=H, M=M, N=N, head_dim=D, runs=None if runs is None else
-                     (runs[0].shape[2], runs[1].shape[2]), tma=config.pop("memory", "pointers") == "tma",
-                     residue=None if layout.permutation is None else layout.permutation.modulus, **config)
+                     (runs[0].shape[2], runs[1].shape[2]), tma=tma, **order, **config)
     return load_module(module_source(spec, backward=True), _device_tag(torch.device(device))), layout
 
 

@@ -1,7 +1,7 @@
 """Generated kernel modules, compared byte for byte with the files in tests/golden/.
 
 Every axis of the code generator (iteration runs | table, memory pointers | tma, token order
-natural | residue, routing none | block | token, tables of bits none | some) takes each of its
+natural | residue | box, routing none | block | token, tables of bits none | some) takes each of its
 values in at least one variant below, beside per-head sections, a 2-D grid, floor helpers and a
 constant predicate.
 The variants in BACKWARD also hold the backward family (`module_source(..., backward=True)`).
@@ -26,9 +26,21 @@ from patternc.codegen.template import TemplateError, fill
 GOLDEN = Path(__file__).resolve().parent / "golden"
 TILES = {"head_dim": 128, "block_m": 128, "block_n": 64, "num_warps": 8, "num_stages": 3}
 SMALL_TILES = {"head_dim": 64, "block_m": 64, "block_n": 32, "num_warps": 4, "num_stages": 2}
+SQUARE_TILES = {"head_dim": 64, "block_m": 64, "block_n": 64, "num_warps": 4, "num_stages": 2}
+NATTEN2D = "grid(64, 64)\nneighborhood((13, 13))"
+GNA3D = "grid(8, 16, 16)\nneighborhood((4, 8, 8), stride=(2, 4, 4), causal=(true, false, false))"
 MIXED = """pattern mixed:
     heads 0..7: causal & window(512)
     heads 8..15: causal & (window(256) | pow2(block = 128) | sink(128))"""
+
+
+
+def box_of(text: str, tiles: dict):
+    """The box order a grid pattern is laid out in at these tiles (`order="box"`)."""
+    pattern = patternc.compile(text)
+    layout = pattern.layout(pattern.fixed_length, block_m=tiles["block_m"], block_n=tiles["block_n"], order="box")
+    return layout.permutation
+
 
 # name: (pattern text, heads, M, N, tiles, options of make_spec, layout summary for the header)
 VARIANTS = {
@@ -45,6 +57,9 @@ VARIANTS = {
     "topk_alone_block": ("topk(2, block=64)", 2, 512, 512, SMALL_TILES, {"routed": "block"}, ""),
     "mixed_sections_runs": (MIXED, 16, 8192, 8192, TILES, {"runs": (2, 3)}, ""),
     "grid_neighborhood_runs": ("grid(16, 16)\nneighborhood((3, 5))", 1, 256, 256, SMALL_TILES, {"runs": (1, 2)}, ""),
+    "natten2d_dilated_box_runs": ("grid(32, 32)\nneighborhood((5, 5), dilation=(2, 2))", 1, 1024, 1024, SMALL_TILES,
+                                  {"runs": (1, 2), "box": box_of("grid(32, 32)\nneighborhood((5, 5), dilation=(2, 2))",
+                                                                 SMALL_TILES)}, ""),
     "neighborhood_1d_table": ("neighborhood(7, dilation=2)", 1, 512, 512, SMALL_TILES, {}, ""),
     "columns_per_head_tma_runs": ("causal & (window(512) | columns(16, phase=h % 16, block=64))", 16, 4096, 4096,
                                   TILES, {"runs": (1, 2), "tma": True}, ""),
@@ -56,6 +71,9 @@ VARIANTS = {
                                            {"tma": True, "residue": 8}, ""),
     "mixed_sections_table_backward": (MIXED, 16, 8192, 8192, SMALL_TILES, {}, ""),
     "topk_block_table_backward": ("causal & topk(4, block=128)", 4, 2048, 2048, TILES, {"routed": "block"}, ""),
+    "gna3d_box_table_backward": (GNA3D, 2, 2048, 2048, SMALL_TILES, {"box": box_of(GNA3D, SMALL_TILES)}, ""),
+    "natten2d_box_tma_backward": (NATTEN2D, 2, 4096, 4096, SQUARE_TILES,
+                                  {"tma": True, "box": box_of(NATTEN2D, SQUARE_TILES)}, ""),
     "documents_runs": ("causal & (window(1024) | sink(4))", 4, 8192, 8192, TILES, {"runs": (1, 2), "documents": True},
                        ""),
     "documents_table_backward": ("window(512) | blocked(256)", 4, 8192, 8192, SMALL_TILES, {"documents": True}, ""),
@@ -125,6 +143,7 @@ def test_variants_cover_every_axis_value():
     assert {o.get("runs") is not None for o in options} == {True, False}
     assert {o.get("tma", False) for o in options} == {True, False}
     assert {o.get("residue") is not None for o in options} == {True, False}
+    assert {o.get("box") is not None for o in options} == {True, False}
     assert {o.get("routed", "") for o in options} == {"", "block", "token"}
     assert {spec_of(name).predicate.tables > 0 for name in VARIANTS} == {True, False}
 

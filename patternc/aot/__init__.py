@@ -93,7 +93,7 @@ def resolve_config(head_dim: int, dtype: str, config) -> dict:
     if cfg["num_stages"] < 1:
         raise PatternError(f"num_stages must be at least 1, got {cfg['num_stages']}")
     for key, allowed in (("memory", ("pointers", "tma")), ("iteration", ("auto", "table")),
-                         ("order", ("auto", "natural"))):
+                         ("order", ("auto", "natural", "box"))):
         if cfg.get(key, allowed[0]) not in allowed:
             raise PatternError(f"{key} must be one of {', '.join(allowed)}, got {cfg[key]!r}")
     return cfg
@@ -112,8 +112,7 @@ def check_compilable(pattern: Pattern) -> None:
 def summary_text(layout) -> str:
     """Layout.summary() as the lines of the generated module's header."""
     s = layout.summary()
-    order = ("natural token order" if layout.permutation is None else
-             f"residue order: {layout.permutation.modulus} classes of {layout.permutation.class_len} tokens")
+    order = "natural token order" if layout.permutation is None else layout.permutation.describe()
     lengths = f"M = N = {s['M']}" if s["M"] == s["N"] else f"M = {s['M']}, N = {s['N']}"
     speedup = "inf" if s["ideal_speedup"] == float("inf") else f"{s['ideal_speedup']:.2f}x"
     return (f"layout: {lengths}, {_heads(s['heads'])}, {s['block']} tiles, {order};\n"
@@ -176,11 +175,13 @@ def build_module(pattern: Pattern, seq_len: int, kv_len: int | None = None, head
     layout = pattern.layout(M, N, heads=heads, block_m=cfg["block_m"], block_n=cfg["block_n"],
                             order=cfg.get("order", "auto"))
     runs = layout.runs() if cfg.get("iteration", "auto") != "table" else None
-    residue = layout.permutation.modulus if layout.permutation is not None else None
+    if not getattr(layout.permutation, "tma", True):  # box order: tiles through pointers
+        cfg = dict(cfg, memory="pointers")
     spec = make_spec(pattern, heads=layout.heads, M=M, N=N, head_dim=head_dim, block_m=cfg["block_m"],
                      block_n=cfg["block_n"], num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
                      runs=None if runs is None else (runs[0].shape[2], runs[1].shape[2]),
-                     tma=cfg.get("memory", "pointers") == "tma", residue=residue)
+                     tma=cfg.get("memory", "pointers") == "tma",
+                     **(layout.permutation.kernel_order if layout.permutation is not None else {}))
     kernel = module_source(spec, summary=summary_text(layout), backward=True)
     source = kernel + tail_source(name, M, N, layout.heads, dtype, layout_data(layout, layout_reads(kernel)))
     report = report_text(pattern, name, layout, head_dim, dtype, cfg, runs)
@@ -199,8 +200,9 @@ def compile_module(pattern: Pattern, seq_len: int, kv_len: int | None = None, he
     `config`: a dict or "128x64/w8/s3" text over the GPU default for the head_dim and dtype;
     dict keys also `memory` ("pointers" or "tma"), `iteration` ("auto": runs of key tiles where
     every row has few, "table": index tables) and `order` ("auto": residue order for dilated or
-    strided patterns, "natural"). Files are written atomically, and a file that patternc didn't
-    write is never overwritten. A routed pattern's (topk) module chooses its key blocks from q and
+    strided patterns, box order for neighborhoods on a 2-D/3-D grid where it visits fewer tiles;
+    "natural"; "box"). Files are written atomically, and a file that patternc didn't write is
+    never overwritten. A routed pattern's (topk) module chooses its key blocks from q and
     k on every call, with patternc's routing kernels written into it; its tiles are halved where
     they don't divide the routing block.
     """
@@ -222,8 +224,7 @@ def report_text(pattern: Pattern, name: str, layout, head_dim: int, dtype: str, 
     iteration = ("index tables" + (", written per call by the routing kernels" if routed else "") if runs is None
                  else f"runs of key tiles ({runs[0].shape[2]} full, {runs[1].shape[2]} partial per row)")
     most = " at most (every key block chosen)" if routed else ""
-    order = ("natural" if layout.permutation is None else
-             f"residue classes mod {layout.permutation.modulus} (tiles read rows {layout.permutation.modulus} apart)")
+    order = "natural" if layout.permutation is None else layout.permutation.describe()
     n_empty = 0 if routed else sum(len(e) for e in layout.empty_rows)
     where = f" ({pattern.span})" if pattern.span is not None else ""
     rows = [

@@ -248,7 +248,7 @@ def visited(layout) -> tuple[float | None, str | None, str]:
     if layout is None:
         return None, None, ""
     if hasattr(layout, "density"):  # a static Layout
-        order = "" if layout.permutation is None else f", residue order mod {layout.permutation.modulus}"
+        order = "" if layout.permutation is None else f", {layout.permutation.name}"
         return layout.density, f"{layout.block_m}x{layout.block_n}", order
     rows = layout.kv_num_blocks.numel()  # a routed layout's tables: [B*H, Mt]
     tiles = int(layout.kv_num_blocks.sum() + layout.full_kv_num_blocks.sum())

@@ -283,8 +283,9 @@ def block_argument(p):
 
 
 def order_argument(p):
-    p.add_argument("--order", choices=("auto", "natural"), default="auto",
-                   help="auto: residue order for dilated/strided patterns; natural: tokens in their own order")
+    p.add_argument("--order", choices=("auto", "natural", "box"), default="auto",
+                   help="auto: residue order for dilated/strided patterns, box order for neighborhoods on 2-D/3-D "
+                        "grids where it visits fewer tiles; natural: tokens in their own order; box: box order")
 
 
 def device_argument(p, default="h100", help="device profile: a shipped name (h100, h200), one `patternc calibrate` "

@@ -38,7 +38,8 @@ def cmd_layout(args) -> int:
     if args.json:
         out = {"file": args.file, "pattern": name, "text": str(pattern), "M": M, "N": N, "heads": H,
                "block": [bm, bn], "tiles_per_head": [Mt, Nt], "routed": pattern.is_routed,
-               "residue": None if perm is None else {"modulus": perm.modulus, "class_len": perm.class_len},
+               "residue": {"modulus": perm.modulus, "class_len": perm.class_len} if hasattr(perm, "modulus") else None,
+               "order": "natural" if perm is None else perm.describe(),
                "natural_order_reason": _natural_reason(pattern, layout),
                "counts": layout.counts, "density": layout.density,
                "ideal_speedup": None if layout.density == 0 else layout.ideal_speedup,
@@ -103,7 +104,7 @@ def _print_layout(name, pattern, layout, empty, blocks, head):
         table = [[heads, len(rows), _first(rows)] for heads, rows in groups if rows]
         print(tabulate(table, headers=["heads", "empty rows", "first rows (tokens)"]))
     cell = map_cell(max(Mt, Nt))
-    order = "" if perm is None else ", tiles in residue order"
+    order = "" if perm is None else f", tiles in {perm.name}"
     scale = "" if cell == 1 else f"; downsampled: each character is the max of {cell}x{cell} tiles"
     print(f"\nblock map, head {head} ('#' full, '+' partial, '.' empty; rows: query tiles, columns: key tiles"
           f"{order}{scale}):")
@@ -121,6 +122,8 @@ def _natural_reason(pattern, layout) -> str | None:
 
 def _order_text(pattern, layout) -> str:
     perm = layout.permutation
+    if perm is not None and not hasattr(perm, "modulus"):
+        return perm.describe()
     if perm is not None:
         return (f"residue classes mod {perm.modulus} ({perm.modulus} classes of {perm.class_len} tokens; "
                 f"a tile reads rows {perm.modulus} apart)")

@@ -8,7 +8,7 @@ triton, so `patternc compile` writes it out as it is.
 
 The module is composed from one emitter per axis, and only the branch taken is emitted:
 iteration (`Runs` | `Table`, over the `ROWS` sweep), memory (`Pointers` | `Tma`), token order
-(`Order`: natural | residue) and routing (`Static` | `ByBlock` | `ByToken`). The templates below are
+(`Order`: natural | residue, or `Boxes`) and routing (`Static` | `ByBlock` | `ByToken`). The templates below are
 the forward family's own text; the kernel's parameters and the launch's keyword arguments come
 from the same `Arg` lists, so the two can't disagree.
 """
@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from ..version import __version__
 from .iteration import ROWS, Runs, Table
 from .memory import OUT, K, Pointers, Q, Tma, V
-from .order import KEYS, QUERIES, Order, Tile
+from .order import KEYS, QUERIES, Boxes, Order, Tile
 from .predicate import FLOOR_HELPERS, Predicate, predicate_lines, trace
 from .programs import programs, shifts
 from .routed import MODES
 from .tables import Tables
 from .template import Arg, fill, keywords, signature
 
-GENERATOR_VERSION = 13  # bump when the generated code changes: it is part of every cache key
+GENERATOR_VERSION = 14  # bump when the generated code changes: it is part of every cache key
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,7 @@ class KernelSpec:
     runs: tuple[int, int] | None = None  # (full, partial) runs per row; None: index tables
     tma: bool = False
     residue: int | None = None  # tokens ordered by residue class modulo this (Layout.permutation)
+    box: object = None  # or box by box over the grid: the layout's `layout.box.BoxOrder`
     # topk at run time: per (batch, head) tables; "block": partial entries carry the choice of
     # their key block, "token": every query row reads its own choice (a bit per key block)
     routed: str = ""
@@ -58,19 +59,22 @@ class KernelSpec:
         if self.routed and self.runs is not None:
             raise ValueError(f"routed kernels read their choices from index tables: runs must be None, "
                              f"got {self.runs}")
-        if self.documents and (self.tma or self.residue is not None):
+        if self.documents and (self.tma or self.residue is not None or self.box is not None):
             raise ValueError("packed documents need pointers and natural token order (a document starts anywhere: "
-                             "no TMA box or residue class lines up with it)")
+                             "no TMA box, residue class or box of a grid lines up with it)")
+        if self.box is not None and (self.tma and not self.box.tma or self.residue is not None):
+            raise ValueError("this box order reads tiles through pointers (a box of a dilation group, or two boxes "
+                             "side by side, is no TMA box), and is no residue order")
 
 
 def make_spec(pattern, *, heads: int, M: int, N: int, head_dim: int, block_m: int, block_n: int,
               num_warps: int, num_stages: int, runs: tuple[int, int] | None = None, tma: bool = False,
-              residue: int | None = None, routed: str = "", documents: bool = False) -> KernelSpec:
+              residue: int | None = None, box=None, routed: str = "", documents: bool = False) -> KernelSpec:
     """The kernel for `pattern` with `heads` query heads. Lengths matter only to patterns on a
     token grid (their index arithmetic uses the grid's shape); other kernels serve every length."""
     predicate = trace(pattern.sections(heads), pattern.rule_grid(M, N))
     return KernelSpec(str(pattern), predicate, head_dim, block_m, block_n, num_warps, num_stages, runs, tma,
-                      residue, routed, documents)
+                      residue, box, routed, documents)
 
 
 QUERY_TILE = Tile(QUERIES, "start_m * BLOCK_M", "offs_m", "tl.arange(0, BLOCK_M)", own=True)
@@ -239,7 +243,8 @@ def launch(q, k, v, layout, scale=None, out=None, lse=None, positions=None{docum
 def emitters(spec: KernelSpec) -> tuple:
     """(memory, iteration, order, routing, tables, programs): the emitter of each axis for this spec."""
     return (Tma() if spec.tma else Pointers(), Table() if spec.runs is None else Runs(*spec.runs),
-            Order(spec.residue), MODES[spec.routed], Tables(spec.predicate.tables),
+            Order(spec.residue) if spec.box is None else Boxes(spec.box), MODES[spec.routed],
+            Tables(spec.predicate.tables),
             programs(spec.documents, MODES[spec.routed]))
 
 
@@ -290,5 +295,6 @@ def forward_source(spec: KernelSpec, summary: str = "", backward_doc: str = "") 
                   descriptors=memory.descriptors([Q, K, V, OUT], order), layout_tables=iteration.prepare(ROWS),
                   predicate_tables=tables.prepare(), programs=program.prepare("m"), row_programs=program.programs("m"),
                   args=keywords(params, 8))
-    helpers = (FLOOR_HELPERS if spec.predicate.uses_floor else "") + memory.helper + tables.helper + program.helper
+    helpers = ((FLOOR_HELPERS if spec.predicate.uses_floor else "") + memory.helper + order.helper + tables.helper
+               + program.helper)
     return header + helpers + predicate + step_fn + kernel + launch

@@ -85,7 +85,7 @@ class Pointers:
 
     def bases(self, tensors: list[Tensor], tile: Tile, order) -> list[str]:
         return [line for t in tensors
-                for line in self._address(t, f"{t.short}_base", tile.offsets, order.row_stride(t.row_stride))]
+                for line in self._address(t, f"{t.short}_base", order.rows(tile), order.row_stride(t.row_stride))]
 
     def shift(self, tensors: list[Tensor], tile: Tile, order) -> list[str]:
         """Pointers to the tile a loop is at, from the bases."""

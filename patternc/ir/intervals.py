@@ -184,6 +184,29 @@ class Interval:
         return f"Interval({self.lo}, {self.hi})"
 
 
+class Box(Interval):
+    """Token sets that are boxes of a row-major grid (box order, `layout/box.py`): as an
+    `Interval`, each set's bounding range [its first token, its last]; rules that don't read the
+    grid see that superset, so their truth over-approximates. Where `exact`, the set is the box
+    itself: per grid dimension, innermost first (as `neighborhood`'s digits), the coordinates
+    `lo_digits[i], lo_digits[i] + steps[i], ..., hi_digits[i]`; elsewhere it is only known to lie
+    in the range."""
+
+    __slots__ = ("lo_digits", "hi_digits", "steps", "exact")
+
+    def __init__(self, lo, hi, lo_digits, hi_digits, steps, exact):
+        super().__init__(lo, hi)
+        self.lo_digits, self.hi_digits, self.steps = lo_digits, hi_digits, steps
+        self.exact = np.asarray(exact, bool)
+
+    def __add__(self, o):
+        if isinstance(o, (int, np.integer)) and o == 0:  # a self-attention position: the box itself
+            return self
+        return Interval.__add__(self, o)
+
+    __radd__ = __add__
+
+
 class Truth:
     """Tri-state booleans over a tile: `can_true` (some element is true), `can_false`."""
 

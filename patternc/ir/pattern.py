@@ -264,7 +264,9 @@ class Pattern:
         """The block-sparse `Layout` of this pattern for the given lengths and tile shape.
 
         `order="auto"` lays residue-closed patterns (dilated windows, strided) out class by
-        class (`Layout.permutation`), so tiles hold only tokens that can see each other;
+        class, and neighborhoods on a 2-D/3-D grid box by box (`Layout.permutation`), so tiles
+        hold only tokens that can see each other, or boxes of the grid (where that visits fewer
+        tiles; `order="box"`: box order wherever it applies, an error elsewhere);
         `order="natural"` keeps token order (as FlexAttention needs). `documents`: packed
         documents (see `mask`), laid out in absolute tiles, token order natural."""
         N = M if N is None else N

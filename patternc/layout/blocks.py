@@ -55,7 +55,7 @@ def _residue_block(pattern, length, heads, bm, bn, start, M, device) -> Layout |
     when the whole isn't in one or the block's classes don't split into whole tiles."""
     whole = cached_layout(pattern, length, length, heads, bm, bn, "auto", "cpu")
     order = whole.permutation
-    if order is None or whole.block_tables():
+    if not isinstance(order, ResidueOrder) or whole.block_tables():
         return None
     r, L = order.modulus, order.class_len
     if start % (r * bm) or start % (r * bn) or M % (r * bm) or M % (r * bn):

@@ -22,9 +22,11 @@ import numpy as np
 
 from ..errors import PatternError
 from ..ir.expr import Interval, Truth
+from ..ir.intervals import Box
 from ..ir.nodes import Difference, Intersect, Node, Union
 from ..ir.pattern import Pattern, under_causal
 from ..primitives import Context, Primitive
+from .box import box_orders, key_tiles
 from .layout import FULL, PARTIAL, Layout, expand
 from .residue import residue_order
 
@@ -34,10 +36,11 @@ def candidate_tiles(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, 
     return expand(*candidate_runs(node, ctx, M, N, bm, bn, order))
 
 
-def candidate_runs(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, order=None):
-    """The candidate tiles as runs: (query tile, first key tile, end key tile), sorted, merged."""
+def candidate_runs(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, order=None, tiles=None):
+    """The candidate tiles as runs: (query tile, first key tile, end key tile), sorted, merged;
+    of the query tiles `tiles` only where given (then numbered as their entries)."""
     n_qt, n_kt = -(-M // bm), -(-N // bn)
-    q0 = np.arange(n_qt, dtype=np.int64) * bm
+    q0 = (np.arange(n_qt, dtype=np.int64) if tiles is None else tiles) * bm
     q1 = np.minimum(q0 + bm, M)
     x, y = _band_set(node, ctx, q0, q1, N, order)
     # key ranges -> key tile ranges, merged again (neighbouring ranges may share a tile)
@@ -106,10 +109,13 @@ def classify(node: Node, ctx: Context, q: Interval, k: Interval, bm: int, bn: in
         t = Truth.of(node.visible(ctx, q, k))
         shape = np.broadcast(q.lo, k.lo).shape
         t = Truth(np.broadcast_to(t.can_true, shape), np.broadcast_to(t.can_false, shape))
+        if isinstance(q, Box):  # box order: exact on whole boxes, for rules that classify boxes
+            exact = q.exact & k.exact if node.box_groups(ctx.grid) is not None else False
+            return t, t.can_true & t.can_false & ~exact
         strided = np.any(q.step > 1) or np.any(k.step > 1)  # residue order
         loose = strided and not node.exact_on_strided() or not node.exact_tiles(ctx, bm, bn)
         return t, (t.can_true & t.can_false) if loose else np.zeros(shape, bool)
-    if all(leaf.distance_only() for leaf in node.walk() if isinstance(leaf, Primitive)):
+    if not isinstance(q, Box) and all(leaf.distance_only() for leaf in node.walk() if isinstance(leaf, Primitive)):
         t = _distance_truth(node, ctx, q, k)
         if t is not None:
             return t, np.zeros(t.can_true.shape, bool)
@@ -253,8 +259,8 @@ def heads_tiles(node: Node, heads, M: int, N: int, bm: int, bn: int, grid, data,
 
     runs = [candidate_runs(node, dataclasses.replace(one, h=int(h)), M, N, bm, bn, order) for h in heads]
     row, lo, hi = (np.concatenate(x) for x in zip(*((r + i * n_qt, a, b) for i, (r, a, b) in enumerate(runs))))
-    if order is not None:  # a run of layout positions must stay inside one residue class
-        row, lo, hi = _split(row, lo, hi, order.class_len // bn)
+    if order is not None:  # a run of layout positions must stay inside one residue class, or one box
+        row, lo, hi = _split(row, lo, hi, order.run_tiles(bn))
     decided, short = [], []  # runs decided whole: (row, lo, hi, kind: one or per run); runs to classify tile by tile
     diagonals = _diagonals(node, one, M, N, bm, bn, row % n_qt * bm - (hi - 1) * bn, row % n_qt * bm - lo * bn) \
         if order is None and len(row) else None
@@ -465,11 +471,16 @@ def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: i
         from ..ir.pattern import _heads_first
 
         data = {"q": _heads_first(q, "q"), "k": _heads_first(k, "k")}
-    if order not in ("auto", "natural"):
-        raise PatternError(f"order must be 'auto' or 'natural', got {order!r}")
-    residue = None
-    if order == "auto" and len(sections) == 1 and not pattern.is_routed:
-        residue = residue_order(sections[0].expr, M, N, block_m, block_n, grid)
+    if order not in ("auto", "natural", "box"):
+        raise PatternError(f"order must be 'auto', 'natural' or 'box', got {order!r}")
+    permutation = None
+    if order != "natural" and len(sections) == 1 and not pattern.is_routed:
+        permutation = token_order(sections[0].expr, M, N, block_m, block_n, grid, order == "box")
+    if order == "box" and permutation is None:
+        raise PatternError(
+            f"box order needs one section of rules that classify boxes of a 2-D or 3-D grid (neighborhoods), "
+            f"M == N == the grid's size and dilation groups that divide into boxes of {block_m} and {block_n} "
+            f"tokens (grid {grid}, M = {M}, N = {N})", pattern.span, "use order='auto' or 'natural'")
     per_head = [None] * H
     refined = 0
     for s in sections:
@@ -477,19 +488,46 @@ def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: i
         sdata = dict(data, causal=under_causal(node))
         heads = list(range(s.lo, s.hi + 1))
         if not depends_on_head(node):  # one tiling for all heads
-            tiles, r = heads_tiles(node, heads[:1], M, N, block_m, block_n, grid, sdata, residue)
+            tiles, r = heads_tiles(node, heads[:1], M, N, block_m, block_n, grid, sdata, permutation)
             tiles *= len(heads)
         elif any(n.per_head_tables for n in node.walk() if isinstance(n, Primitive)):  # a head at a time
             tiles, r = [], 0
             for h in heads:
-                (t,), rh = heads_tiles(node, [h], M, N, block_m, block_n, grid, sdata, residue)
+                (t,), rh = heads_tiles(node, [h], M, N, block_m, block_n, grid, sdata, permutation)
                 tiles, r = tiles + [t], r + rh
         else:  # the rule reads h in its arithmetic: all heads in one batch
-            tiles, r = heads_tiles(node, heads, M, N, block_m, block_n, grid, sdata, residue)
+            tiles, r = heads_tiles(node, heads, M, N, block_m, block_n, grid, sdata, permutation)
         per_head[s.lo: s.hi + 1] = tiles
         refined += r
     return Layout.from_runs(per_head, M, N, block_m, block_n, pattern=pattern, refined_tiles=refined,
-                             device=device, permutation=residue, data=data)
+                             device=device, permutation=permutation, data=data)
+
+
+# query tiles whose candidate key tiles rank the token orders of a pattern (evenly spread)
+SAMPLE = 64
+
+
+def token_order(node: Node, M: int, N: int, bm: int, bn: int, grid, box: bool = False):
+    """The permutation `order="auto"` lays `node` out in: residue order where it applies; else,
+    of the box orders that apply, the one whose query tiles reach the fewest key tiles (the
+    closest to cubes among equals), when they reach fewer than in natural order (a window of 1
+    along a dimension, say, cuts boxes that cross it: rows of the grid suit it better); else
+    None, natural order. Counted on a sample of query tiles: box orders by their rules' key
+    boxes (`box.key_tiles`, summed over the primitives), natural order by its candidates.
+    `box` (`order="box"`): that box order whatever natural order would reach (None: none applies)."""
+    residue = None if box else residue_order(node, M, N, bm, bn, grid)
+    boxes = box_orders(node, M, N, bm, bn, grid) if residue is None else []
+    if not boxes:
+        return residue
+    ctx = Context(M, N, 0, grid, {"causal": under_causal(node)})
+    n_qt = -(-M // bm)
+    tiles = np.unique(np.linspace(0, n_qt - 1, min(n_qt, SAMPLE)).astype(np.int64))
+    p0, p1 = tiles * bm, np.minimum(tiles * bm + bm, M)
+    leaves = [leaf for leaf in node.walk() if isinstance(leaf, Primitive)]
+    reached = np.sum([key_tiles(boxes, leaf, ctx, p0, p1, bn) for leaf in leaves], axis=0)
+    _, lo, hi = candidate_runs(node, ctx, M, N, bm, bn, None, tiles)
+    best = int(np.argmin(reached))
+    return boxes[best] if box or reached[best] < int((hi - lo).sum()) else None
 
 
 def depends_on_head(node: Node) -> bool:

@@ -98,8 +98,8 @@ class Layout:
 
     Row r of `*_indices` holds `*_num_blocks[h, r]` valid entries, ascending; the rest is 0.
     `Mt = ceil(M / block_m)`, `Nt = ceil(N / block_n)`. `permutation` is None (tokens in their
-    own order) or a `ResidueOrder` (tiles count layout positions; `permutation.order()` gives
-    the token at each position).
+    own order), a `ResidueOrder` or a `BoxOrder` (tiles count layout positions;
+    `permutation.order()` gives the token at each position).
     """
 
     M: int
@@ -336,7 +336,8 @@ class Layout:
         if self.permutation is not None:
             from ..errors import PatternError
 
-            raise PatternError("this layout orders tokens by residue class, which FlexAttention can't follow",
+            raise PatternError(f"this layout orders tokens in {self.permutation.name}, which FlexAttention can't "
+                               "follow",
                                None, "build it with pattern.layout(..., order='natural')")
         mask_mod = (self.pattern.mask_mod(self.M, self.N, self.heads, q=self.data.get("q"), k=self.data.get("k"),
                                           documents=self.data.get("documents"))

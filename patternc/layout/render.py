@@ -104,7 +104,7 @@ def mask_png(path: str, counts, areas, cell: int, M: int, N: int, title: str) ->
 
 def block_png(path: str, blocks, layout, title: str) -> None:
     """A layout's block map: full tiles (no mask), partial tiles (masked), skipped; axes in tokens."""
-    order = "" if layout.permutation is None else ", residue order"
+    order = "" if layout.permutation is None else f", {layout.permutation.name}"
     _save(path, blocks.numpy(), (layout.block_m, layout.block_n), (layout.M, layout.N), title,
           ("skipped tile", "partial tile (masked)", "full tile (no mask)"), order)
 

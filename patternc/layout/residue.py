@@ -40,6 +40,7 @@ class ResidueOrder:
 
     modulus: int
     class_len: int
+    tma = True  # a class is a column of R-strided rows: TMA descriptors copy its tiles
 
     def tokens(self, p):
         """Token index of layout position(s) p (ints, numpy or torch)."""
@@ -57,6 +58,24 @@ class ResidueOrder:
         first = p.lo - cls * self.class_len
         last = p.hi - cls * self.class_len
         return Interval(cls + self.modulus * first, cls + self.modulus * last, step=self.modulus)
+
+    @property
+    def kernel_order(self) -> dict:
+        """`codegen.make_spec`'s token-order argument."""
+        return {"residue": self.modulus}
+
+    @property
+    def name(self) -> str:
+        return f"residue order mod {self.modulus}"
+
+    def describe(self) -> str:
+        """The order in words, for module headers and reports."""
+        r = self.modulus
+        return f"residue order: {r} classes of {self.class_len} tokens (a tile reads rows {r} apart)"
+
+    def run_tiles(self, block: int) -> int:
+        """The most key tiles of a run classified whole: a class's (runs stay inside one)."""
+        return self.class_len // block
 
     def band(self, node: Node, ctx, p0, p1):
         """Candidate key ranges (layout positions) for query tiles [p0, p1) of one class each."""

@@ -246,6 +246,18 @@ class Primitive(Node):
         class by class, see layout/residue.py); 1 when there is none."""
         return 1
 
+    def box_groups(self, grid) -> tuple[int, ...] | None:
+        """Per dimension of a grid of 2 or more, the dilation r such that visible pairs share their
+        coordinate modulo r (1: none), when the interval rule classifies boxes of the grid exactly
+        (`ir.intervals.Box`, one dilation group per box): the pattern can then be laid out box by
+        box (layout/box.py). None (the default): it can't."""
+        return None
+
+    def box_band(self, ctx: Context, lo: list, hi: list) -> list | None:
+        """For box order: per grid dimension, outermost first, the key coordinates [lo, hi) that
+        queries with coordinates lo[d]..hi[d] (arrays, one box each) may see; None: any key."""
+        return None
+
     def standalone_error(self) -> str | None:
         """Why this primitive's kernel can't be written out as a standalone module (None: it can)."""
         return None

@@ -31,7 +31,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..ir.context import Context
 from ..ir.expr import Interval, Term, Truth, clamp, maximum, minimum
+from ..ir.intervals import Box
 from .base import BOOLS, INTS, MAX_INTERVALS, Primitive, format_value, param
 
 PER_DIM = ("size", "stride", "dilation", "causal")
@@ -111,6 +113,16 @@ class Neighborhood(Primitive):
             return 1  # dilation groups of a multi-dimensional grid are not token residues
         return self.constant_step("dilation")
 
+    def box_groups(self, grid):
+        if grid is None or len(grid) < 2:
+            return None  # a 1-D window cuts ranges, not boxes (residue order takes its dilation)
+        N = math.prod(grid)
+        return tuple(int(r) for r in _per_dim(self.params(Context(N, N, 0, grid)).dilation, len(grid)))
+
+    def box_band(self, ctx, lo, hi):
+        p, grid = self.params(ctx), self.grid(ctx)
+        return [self._key_range(p, ctx, d, L, lo[d], hi[d]) for d, L in enumerate(grid)]
+
     def _dims(self, p):
         """(size, stride, dilation, causal) per dimension, from the parameters alone."""
         ndim = max((len(getattr(p, n)) for n in PER_DIM if isinstance(getattr(p, n), tuple)), default=1)
@@ -164,17 +176,26 @@ class Neighborhood(Primitive):
             cache[key] = (r, start, stop, offsets, shift, last_of, first_of)
         return cache[key]
 
-    def _dimension_truth(self, p, ctx, i, L, qa, qb, ka, kb):
+    def _dimension_truth(self, p, ctx, i, L, qa, qb, ka, kb, step=1):
         """(some, every): is some / every (query, key) coordinate pair of [qa, qb] x [ka, kb]
-        (non-empty, inside 0..L-1) inside dimension i's window? Some pair is, iff for a dilation
-        group held by both ranges some query position has a window reaching the group's key
-        positions: by monotonicity those queries are a range, looked up."""
+        (non-empty, inside 0..L-1; `step` apart: 1, or the dilation r, one group's coordinates
+        in box order) inside dimension i's window? Some pair is, iff for a dilation group held by
+        both ranges some query position has a window reaching the group's key positions: by
+        monotonicity those queries are a range, looked up."""
         r, start, stop, offsets, shift, last_of, first_of = self._dimension_windows(p, ctx, i, L)
         if r == 1:
             last, first = last_of[kb + 1], first_of[ka + 1]
             some = np.maximum(qa, first) <= np.minimum(qb, last)
             # every window holds every key: the last query's window starts, the first's ends
             return some, (start[qb] <= ka) & (stop[qa] > kb)
+        if step == r:  # the query positions qa // r .. qb // r of group qa % r, as above in that group
+            g = qa % r
+            at, moved = offsets[g], shift[g]
+            last, first = last_of[kb // r + moved + 1] - at, first_of[ka // r + moved + 1] - at
+            some = (ka % r == g) & (np.maximum(qa // r, first) <= np.minimum(qb // r, last))
+            return some, some & (start[at + qb // r] - moved <= ka // r) & (stop[at + qa // r] - moved > kb // r)
+        if step != 1:
+            raise ValueError(f"coordinates {step} apart on a window of dilation {r}: box order groups by the rule's")
         # the query groups g = (qa + t) % r each range pair holds, t <= qb - qa, t < r: a pass per t
         some, extent = np.zeros(len(qa), bool), qb - qa
         for t in range(min(r, int(extent.max(initial=0)) + 1)):
@@ -193,6 +214,8 @@ class Neighborhood(Primitive):
         over dimensions, holds somewhere (everywhere) iff it does in every dimension
         (`_box_truth`). Tokens outside the grid see nothing; strided ranges (residue order) get
         their bounding range."""
+        if isinstance(q, Box) and isinstance(k, Box):
+            return self._boxes_truth(p, ctx, q, k)
         grid = self.grid(ctx)
         N = math.prod(grid)
         shape = np.broadcast(q.lo, k.lo).shape
@@ -216,13 +239,26 @@ class Neighborhood(Primitive):
             every[rest] = np.bincount(pair[~e], minlength=len(rest)) == 0
         return Truth(some.reshape(shape), (nonempty & ~(every & inside)).reshape(shape))
 
-    def _box_truth(self, p, ctx, q_lo, q_hi, k_lo, k_hi):
+    def _boxes_truth(self, p, ctx, q: Box, k: Box) -> Truth:
+        """Tile classification in box order: exact where both token sets are boxes (of one
+        dilation group each where the order groups them), unknown (some visible, some not:
+        the layout settles those) elsewhere."""
+        shape = np.broadcast(q.lo, k.lo).shape
+        q_lo, q_hi, k_lo, k_hi = ([np.broadcast_to(x, shape).ravel() for x in digits]
+                                  for digits in (q.lo_digits, q.hi_digits, k.lo_digits, k.hi_digits))
+        some, every = self._box_truth(p, ctx, q_lo, q_hi, k_lo, k_hi, q.steps)
+        exact = np.broadcast_to(q.exact & k.exact, shape).ravel()
+        return Truth((some | ~exact).reshape(shape), (~every | ~exact).reshape(shape))
+
+    def _box_truth(self, p, ctx, q_lo, q_hi, k_lo, k_hi, steps=None):
         """(some, every) visible over boxes of tokens, given as the `_digits` of their corners
-        [q_lo, q_hi] x [k_lo, k_hi] (a box's coordinate ranges): in every dimension."""
+        [q_lo, q_hi] x [k_lo, k_hi] (a box's coordinate ranges, `steps` apart per dimension,
+        innermost first; None: 1): in every dimension."""
         grid = self.grid(ctx)
         some, every = True, True
-        for d, qa, qb, ka, kb in zip(reversed(range(len(grid))), q_lo, q_hi, k_lo, k_hi):
-            s, e = self._dimension_truth(p, ctx, d, grid[d], qa, qb, ka, kb)
+        steps = steps or (1,) * len(grid)
+        for d, qa, qb, ka, kb, step in zip(reversed(range(len(grid))), q_lo, q_hi, k_lo, k_hi, steps):
+            s, e = self._dimension_truth(p, ctx, d, grid[d], qa, qb, ka, kb, step)
             some, every = some & s, every & e
         return np.broadcast_to(some, q_lo[0].shape), np.broadcast_to(every, q_lo[0].shape)
 

@@ -27,8 +27,9 @@ def attention(q, k, v, pattern, scale: float | None = None, return_lse: bool = F
     `{"block_m", "block_n", "num_warps", "num_stages"}`, and `"iteration"`: "runs" loops over
     ranges of key tiles where every row has few runs (the default, "auto"), "table" always reads
     index tables; `"memory"`: "pointers" (default) or
-    "tma" (Hopper tensor descriptors); `"order"`: "auto" (residue order for dilated/strided
-    patterns) or "natural".
+    "tma" (Hopper tensor descriptors; box order reads pointers whatever it says); `"order"`: "auto"
+    (residue order for dilated/strided patterns, box order for neighborhoods on a 2-D/3-D grid
+    where it visits fewer tiles), "natural" or "box".
 
     Packed documents (variable-length batches): `documents` holds int32 cumulative boundaries
     `[docs + 1]` on q's device (FlashAttention's `cu_seqlens`: 0, then each document's end, the

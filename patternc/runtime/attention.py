@@ -150,14 +150,14 @@ def default_config(head_dim: int, dtype, interpret: bool) -> dict:
 
 @lru_cache(maxsize=256)
 def _kernel(pattern: Pattern, H: int, M: int, N: int, head_dim: int, block_m: int, block_n: int,
-            num_warps: int, num_stages: int, runs, tma: bool, residue, device_tag: str, routed: str = "",
+            num_warps: int, num_stages: int, runs, tma: bool, token_order, device_tag: str, routed: str = "",
             backward: bool = False, documents: bool = False):
     from ..codegen import make_spec, module_source
     from .cache import load_module
 
     spec = make_spec(pattern, heads=H, M=M, N=N, head_dim=head_dim, block_m=block_m, block_n=block_n,
-                     num_warps=num_warps, num_stages=num_stages, runs=runs, tma=tma, residue=residue, routed=routed,
-                     documents=documents)
+                     num_warps=num_warps, num_stages=num_stages, runs=runs, tma=tma, routed=routed,
+                     documents=documents, **(token_order.kernel_order if token_order is not None else {}))
     return load_module(module_source(spec, backward=True) if backward else module_source(spec), device_tag)
 
 
@@ -378,8 +378,7 @@ def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag, backward=False, do
     layout, runs = _outside_graph_pools(device, build)
     runs_shape = None if runs is None else (runs[0].shape[2], runs[1].shape[2])
     module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],
-                     runs_shape, cfg.get("memory", "pointers") == "tma" and not documents,
-                     layout.permutation.modulus if layout.permutation is not None else None, device_tag,
+                     runs_shape, _tma(cfg, layout, documents), layout.permutation, device_tag,
                      backward=backward, documents=documents)
     _hashed_triton()
     return module, layout
@@ -409,6 +408,13 @@ def _hash_triton():
 def _hashed_triton():
     if _triton_hash is not None:
         _triton_hash.join()
+
+
+def _tma(cfg: dict, layout, documents: bool) -> bool:
+    """Whether the kernel copies tiles through TMA descriptors: where the config asks and the tiles
+    are boxes of memory (not a document's, which starts anywhere, nor a box of the grid in box order:
+    its tiles go through pointers whatever the config says, so a TMA candidate times as pointers)."""
+    return cfg.get("memory", "pointers") == "tma" and not documents and getattr(layout.permutation, "tma", True)
 
 
 def _outside_graph_pools(device: str, build, *args):

@@ -41,9 +41,8 @@ def _prepare(pattern, q, k, q_start: int, k_start: int, length: int, order: str 
     layout = block_layout(pattern, length, H, bm, bn, q_start, M, k_start, k.shape[2], str(q.device), order)
     runs = layout.runs()
     runs_shape = None if runs is None else (runs[0].shape[2], runs[1].shape[2])
-    residue = None if layout.permutation is None else layout.permutation.modulus
     module = _kernel(pattern, H, length, length, D, bm, bn, cfg["num_warps"], cfg["num_stages"], runs_shape, False,
-                     residue, _device_tag(q.device), backward=True)
+                     layout.permutation, _device_tag(q.device), backward=True)
     return module, layout, (q_start, k_start, length, length)
 
 

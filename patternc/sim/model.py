@@ -189,9 +189,10 @@ def kernel_workload(layout, config: dict, shape: Shape, ops: float, costs: Confi
     routed = getattr(layout.pattern, "is_routed", False)
     runs = layout.runs() if config.get("iteration", "auto") != "table" and not routed else None
     run_slots = 0 if runs is None else int(runs[0].shape[2] + runs[1].shape[2])
+    tma = config.get("memory", "pointers") == "tma" and getattr(layout.permutation, "tma", True)  # box order: pointers
     return Workload(full, partial, profile.sm_count * costs.ctas_per_sm, runs is None, run_slots,
                     config["block_m"] * config["block_n"] * costs.ctas_per_sm, ops, 1.0, list(costs.notes),
-                    config.get("memory", "pointers"))
+                    "tma" if tma else "pointers")
 
 
 def flex_workload(layout, shape: Shape, ops: float, profile: Profile) -> Workload:
