@@ -451,6 +451,15 @@ def _split(row, lo, hi, period):
 
 def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: int, block_n: int,
                  q=None, k=None, device="cpu", order: str = "auto") -> Layout:
+    per_head, refined, residue, data = build_runs(pattern, M, N, heads, block_m, block_n, q, k, order)
+    return Layout.from_runs(per_head, M, N, block_m, block_n, pattern=pattern, refined_tiles=refined,
+                            device=device, permutation=residue, data=data)
+
+
+def build_runs(pattern: Pattern, M: int, N: int, heads: int | None, block_m: int, block_n: int,
+               q=None, k=None, order: str = "auto"):
+    """What `build_layout` lays out, before its tables: (per head `(partial, full)` runs as
+    `Layout.from_runs` takes them, refined tiles, the residue order or None, run-time data)."""
     for name, v in (("block_m", block_m), ("block_n", block_n)):
         if not isinstance(v, int) or v < 1:
             raise PatternError(f"{name} must be a positive integer, got {v!r}")
@@ -488,8 +497,7 @@ def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: i
             tiles, r = heads_tiles(node, heads, M, N, block_m, block_n, grid, sdata, residue)
         per_head[s.lo: s.hi + 1] = tiles
         refined += r
-    return Layout.from_runs(per_head, M, N, block_m, block_n, pattern=pattern, refined_tiles=refined,
-                             device=device, permutation=residue, data=data)
+    return per_head, refined, residue, data
 
 
 def depends_on_head(node: Node) -> bool:
