@@ -1,6 +1,8 @@
-"""The routed plan (`runtime.routed.routed_plan`), built from runs of key tiles, against a plain
-restatement: every tile classified from the brute-force masks of the two static variants (the
-routed block chosen / not chosen), and the plan's tables read off those classes row by row."""
+"""Routed patterns laid out from runs of key tiles, against plain restatements from brute-force
+masks: the routed plan (`runtime.routed.routed_plan`) against every tile classified in the two
+static variants (the routed block chosen / not chosen) and its tables read off those classes row
+by row; a routed layout on q and k (`layout.build.routed_runs`: the variants' runs cut by the
+choice's) against the tiles of the routed mask."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import patternc
+from patternc.layout.build import routed_runs
 from patternc.layout.routed import routed_node, static_variants
 from patternc.runtime.routed import routed_plan
 
@@ -27,9 +30,9 @@ TEXTS = (
 )
 
 
-def tile_classes(pattern, M, N, heads, bm, bn):
+def tile_classes(pattern, M, N, heads, bm, bn, **data):
     """int8 [H, Mt, Nt]: 0 no visible pair, 2 all visible, 1 some (from `Pattern.mask`)."""
-    mask = pattern.mask(M, N, heads=heads).numpy()
+    mask = pattern.mask(M, N, heads=heads, **data).numpy()
     Mt, Nt = -(-M // bm), -(-N // bn)
     padded = np.zeros((heads, Mt * bm, Nt * bn), np.int64)
     padded[:, :M, :N] = mask
@@ -92,3 +95,21 @@ def check_plan(text, M, N, heads, bm, bn):
     work = torch.as_tensor(full).float() + 1.25 * torch.as_tensor(part).float()
     assert torch.equal(plan.row_order, torch.argsort(work, dim=1, descending=True, stable=True).to(torch.int32))
     assert torch.equal(plan.every.full_kv_num_blocks, torch.as_tensor(full, dtype=torch.int32))
+
+
+@settings(max_examples=examples(10), deadline=None)
+@given(b=st.sampled_from([16, 32, 64]), M=st.integers(1, 200), extra=st.integers(0, 90),
+       group=st.sampled_from([(1, 1), (2, 1), (3, 3), (4, 2)]), tiles=st.sampled_from([(16, 16), (16, 32), (32, 16)]),
+       seed=st.integers(0, 2**16))
+def test_routed_layout_matches_the_routed_mask(b, M, extra, group, tiles, seed):
+    (heads, kv_heads), N = group, M + extra
+    bm, bn = min(tiles[0], b), min(tiles[1], b)
+    g = torch.Generator().manual_seed(seed)
+    q, k = torch.randn(heads, M, 8, generator=g), torch.randn(kv_heads, N, 8, generator=g)
+    for text in TEXTS:
+        pattern = patternc.compile(text.format(b=b))
+        if "query=token" not in text:  # the fast path, not the table lookup
+            assert routed_runs(pattern, M, N, heads, bm, bn, {"q": q, "k": k}) is not None
+        layout = pattern.layout(M, N, heads=heads, block_m=bm, block_n=bn, q=q, k=k)
+        want = tile_classes(pattern, M, N, heads, bm, bn, q=q, k=k)
+        assert np.array_equal(layout.block_map().numpy(), want), text

@@ -31,7 +31,7 @@ from ..layout import FULL, PARTIAL
 from ..layout.build import build_runs
 from ..layout.cache import cached_layout
 from ..layout.layout import columns, row_order
-from ..layout.routed import routed_node, static_variants
+from ..layout.routed import pieces, routed_node, static_variants
 from ..primitives import Primitive
 from ..primitives.tables import kernel_tables
 
@@ -149,16 +149,8 @@ def _candidates(a, b, Mt: int, Nt: int, n_k: int, tpb: int):
     static_cls, block_ptr, cand_kt, cand_cls, widest row). Made from runs of candidate tiles of
     one class (the elementary pieces between the runs' ends), never tile by tile: tables of
     columns are the runs expanded, `block_ptr` the runs' ends summed twice along each row."""
-    stride = Nt + 1  # (row, column) -> one sorted key; a run's end (column Nt at most) stays in its row
-    ka, ea, ca = _classed(a, stride)
-    kb, eb, cb = _classed(b, stride)
-    points = np.concatenate([ka, ea, kb, eb])
-    points.sort()
-    points = points[np.append(True, points[1:] != points[:-1])]
-    start, end = points[:-1], points[1:]
-    cls = _class_at(ka, ea, ca, start) | (_class_at(kb, eb, cb, start) << 2)
-    keep = cls != 0  # a piece in some run stays in that run's row (no run boundary inside it)
-    start, end, cls = start[keep], end[keep], cls[keep]
+    stride = Nt + 1
+    start, end, cls = pieces(a, b, stride)
     row, lo = np.divmod(start, stride)
     hi = lo + (end - start)
     row_ptr = _row_ptr(row, lo, hi, Mt)
@@ -180,23 +172,6 @@ def _candidates(a, b, Mt: int, Nt: int, n_k: int, tpb: int):
     return (_row_ptr(s_row, s_lo, s_hi, Mt).astype(np.int32), columns(s_lo, s_hi, np.int32),
             np.repeat(cls[static], s_hi - s_lo), block_ptr, columns(lo, hi, np.int32), np.repeat(cls, hi - lo),
             int(np.diff(row_ptr).max(initial=0)))
-
-
-def _classed(runs, stride: int):
-    """A layout's runs `(partial, full)` as sorted keys of their starts and ends and their class."""
-    (pr, pl, ph), (fr, fl, fh) = runs
-    key = np.concatenate([pr * stride + pl, fr * stride + fl])
-    end = np.concatenate([pr * stride + ph, fr * stride + fh])
-    cls = np.repeat(np.array([PARTIAL, FULL], np.int8), [len(pr), len(fr)])
-    order = np.argsort(key, kind="stable")
-    return key[order], end[order], cls[order]
-
-
-def _class_at(keys, ends, cls, at):
-    """The class of the run holding each key of `at` (0 where none does)."""
-    i = np.maximum(np.searchsorted(keys, at, side="right") - 1, 0)
-    inside = (at >= keys[i]) & (at < ends[i]) if len(keys) else np.zeros(len(at), bool)
-    return np.where(inside, cls[i] if len(keys) else 0, 0).astype(np.int8)
 
 
 def _row_ptr(row, lo, hi, Mt: int):
