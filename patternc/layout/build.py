@@ -526,14 +526,16 @@ def routed_runs(pattern: Pattern, M: int, N: int, H: int, bm: int, bn: int, data
     per_head = []
     for h in range(H):
         start, end, cls = pieces(a[h], b[h], stride)
-        yes, no = (_block_runs(choice, block // bm, block // bn, n_qt, n_kt) for choice in (selection[h], ~selection[h]))
+        yes, no = (_block_runs(choice, block // bm, block // bn, n_qt, n_kt)
+                   for choice in (selection[h], ~selection[h]))
         ca, cb = cls & 3, cls >> 2
         kinds = []
         for kind in (PARTIAL, FULL):
             same = (ca == kind) & (cb == kind)
             cut_a, cut_b = (ca == kind) & ~same, (cb == kind) & ~same
-            x, y = (np.concatenate(z) for z in zip((start[same], end[same]), _intersect((start[cut_a], end[cut_a]), yes),
-                                                   _intersect((start[cut_b], end[cut_b]), no)))
+            parts = ((start[same], end[same]), _intersect((start[cut_a], end[cut_a]), yes),
+                     _intersect((start[cut_b], end[cut_b]), no))
+            x, y = (np.concatenate(z) for z in zip(*parts))
             order = np.argsort(x, kind="stable")
             row, lo = np.divmod(x[order], stride)
             kinds.append((row, lo, lo + (y[order] - x[order])))
