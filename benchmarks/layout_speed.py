@@ -14,14 +14,17 @@ issue's slow cases, at 32k and 1M tokens and at 64x64, 128x64 and 128x128 tiles,
   so two runs (before / after a change) can be checked for identical layouts.
 
 Grid patterns run on their own grid and on grids of S tokens of their dimensionality (listed). Routed patterns are built with random q, k (their selection
-included). Each case runs in a child process with a wall-clock budget (--budget) and an
+included). `--plans` measures instead, for the routed patterns, the per-shape plan the runtime
+builds (`runtime.routed.routed_plan`: candidate tiles, their classes, the static part; no q, k)
+with a digest of all its tables (tiles that don't divide the routing block are reported as refused). Each case runs in a child process with a wall-clock budget (--budget) and an
 address-space cap (--mem-gib), so a slow or huge case is reported, not waited for.
 
     python benchmarks/layout_speed.py                                 # everything (~minutes)
     python benchmarks/layout_speed.py --sizes 32768 --tiles 64x64      # a slice
     python benchmarks/layout_speed.py --patterns video nbhd1d_1025 --profile   # cProfile one case
+    python benchmarks/layout_speed.py --plans --patterns moba vmoba           # routed plans
 
-Writes layout_speed.md and layout_speed.json into --out
+Writes layout_speed.md and layout_speed.json (with --plans: plan_speed.*) into --out
 (default benchmarks/results/<date>-layout-cpu).
 """
 from __future__ import annotations
@@ -112,13 +115,65 @@ def _digest(layout) -> str:
     return h.hexdigest()[:16]
 
 
-def child(text: str, S: int, bm: int, bn: int, repeats: int, profile: bool) -> dict:
+def _plan_digest(plan) -> str:
+    """sha1 of every table of a routed plan (and its width)."""
+    h = hashlib.sha1(str(plan.width).encode())
+    for name in ("static_ptr", "static_kt", "static_cls", "block_ptr", "cand_kt", "cand_cls", "row_order"):
+        h.update(getattr(plan, name).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def plan_child(text: str, S: int, bm: int, bn: int, repeats: int, profile: bool) -> dict:
+    """The routed plan of `text` at S tokens: build times (each from a freshly parsed pattern and
+    empty caches), peak and digest."""
+    import tracemalloc
+
+    import numpy as np
+
+    import patternc
+    from patternc.layout.cache import cached_layout
+    from patternc.runtime.routed import routed_plan
+
+    patternc.compile("causal & window(64) | sink(4)").layout(4096, block_m=bm, block_n=bn)  # imports, first use
+
+    def build():
+        fresh = patternc.compile(text)
+        routed_plan.cache_clear()
+        cached_layout.cache_clear()
+        t0 = time.perf_counter()
+        plan = routed_plan(fresh, S, S, fresh.default_heads, bm, bn, "cpu")
+        return plan, time.perf_counter() - t0
+
+    if profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        build()
+        prof.disable()
+        pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(40)
+    plan, first = build()
+    times = [first] + [build()[1] for _ in range(repeats - 1 if first < 1 else 0)]
+    out = {"ms": 1e3 * float(np.median(times)), "candidates": int(plan.cand_kt.shape[-1]),
+           "static": int(plan.static_kt.shape[-1]), "width": plan.width, "digest": _plan_digest(plan)}
+    del plan
+    tracemalloc.start()
+    build()
+    out["peak_mib"] = tracemalloc.get_traced_memory()[1] / 2**20
+    tracemalloc.stop()
+    return out
+
+
+def child(text: str, S: int, bm: int, bn: int, repeats: int, profile: bool, plans: bool = False) -> dict:
     import tracemalloc
 
     import numpy as np
 
     import patternc
 
+    if plans:
+        return plan_child(text, S, bm, bn, repeats, profile)
     kw = {}
     if patternc.compile(text).is_routed:
         import torch
@@ -161,7 +216,7 @@ def child(text: str, S: int, bm: int, bn: int, repeats: int, profile: bool) -> d
 
 
 def in_child(text, S, bm, bn, args) -> dict:
-    cmd = [sys.executable, __file__, "--_child", json.dumps([text, S, bm, bn, args.repeats, args.profile])]
+    cmd = [sys.executable, __file__, "--_child", json.dumps([text, S, bm, bn, args.repeats, args.profile, args.plans])]
     env = dict(os.environ, PATTERNC_LAYOUT_SPEED_MEM=str(args.mem_gib))
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.budget, env=env)
@@ -216,6 +271,7 @@ def main(argv=None) -> int:
     parser.add_argument("--budget", type=float, default=120, help="seconds per case")
     parser.add_argument("--mem-gib", type=float, default=12, help="address-space cap per case")
     parser.add_argument("--profile", action="store_true", help="print a cProfile of each case's first build")
+    parser.add_argument("--plans", action="store_true", help="routed patterns only: time their per-shape plans")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--_child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -234,7 +290,8 @@ def main(argv=None) -> int:
     out_dir = args.out or HERE / "results" / f"{env['date'][:10]}-layout-cpu"
     tiles = [tuple(int(x) for x in t.split("x")) for t in args.tiles]
     chosen = {n: t for n, t in cases().items()
-              if not args.patterns or any(n == p or n.endswith(":" + p) for p in args.patterns)}
+              if (not args.patterns or any(n == p or n.endswith(":" + p) for p in args.patterns))
+              and (not args.plans or patternc.compile(t).is_routed)}
     print(f"layout build speed on {env['cpu']} ({env['cores']} cores), python {env['python']}, "
           f"numpy {env['numpy']}", flush=True)
     rows = []
@@ -250,9 +307,10 @@ def main(argv=None) -> int:
                 rows.append({"pattern": name, "S": S, "grid": grid, "tiles": f"{bm}x{bn}", "text": body, **res})
                 print(f"{name:>22} {S:>8} {bm:>3}x{bn:<3} " + summary(rows[-1]), flush=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "layout_speed.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
-    (out_dir / "layout_speed.md").write_text(markdown(env, rows))
-    print(f"wrote {out_dir / 'layout_speed.md'} and layout_speed.json")
+    name = "plan_speed" if args.plans else "layout_speed"
+    (out_dir / f"{name}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+    (out_dir / f"{name}.md").write_text((plan_markdown if args.plans else markdown)(env, rows))
+    print(f"wrote {out_dir / name}.md and {name}.json")
     return 0
 
 
@@ -264,6 +322,10 @@ def target_ms(S: int) -> float:
 def summary(row) -> str:
     if row["status"] != "ok":
         return row["status"]
+    if "auto" not in row:  # a routed plan
+        over = " OVER" if row["ms"] > target_ms(row["S"]) else ""
+        return (f"{fmt_ms(row['ms']):>9}{over}  peak {row['peak_mib']:8.1f} MiB  candidates {row['candidates']:>10}  "
+                f"static {row['static']:>8}  width {row['width']}")
     a = row["auto"]
     over = " OVER" if a["ms"] > target_ms(row["S"]) else ""
     tiles = a["counts"]["full"] + a["counts"]["partial"]
@@ -271,9 +333,30 @@ def summary(row) -> str:
             f"refined {a['refined']:>7}" + (f"  {a['order']}" if a["order"] else ""))
 
 
-def markdown(env, rows) -> str:
+def plan_markdown(env, rows) -> str:
+    table = [[r["pattern"], r["S"], r["tiles"], fmt_ms(r["ms"]) if r["status"] == "ok" else r["status"],
+              ("yes" if r["ms"] <= target_ms(r["S"]) else "**no**") if r["status"] == "ok" else "**no**",
+              f"{r['peak_mib']:.1f}" if r["status"] == "ok" else "", r.get("candidates", ""), r.get("static", ""),
+              r.get("width", ""), r.get("digest", "")] for r in rows]
+    headers = ["pattern", "S", "tiles", "plan build", "within target", "tracemalloc peak MiB", "candidate tiles",
+               "static tiles", "width", "digest"]
+    return page("Routed plan build speed (CPU)", env, table, headers,
+                "`runtime.routed.routed_plan(pattern, S, S, heads, block_m, block_n, 'cpu')` with the pattern's "
+                "default heads, from a freshly parsed pattern with the plan and layout caches emptied: the median of "
+                "builds (one when it takes over a second). **candidate tiles**: per head, the tiles of either static "
+                "variant; **digest**: sha1 of every table of the plan (equal digests: identical plans).")
+
+
+def page(title: str, env, table, headers, intro: str) -> str:
+    """A results page: title, environment, command, what was measured, the table."""
     from tabulate import tabulate
 
+    envs = ", ".join(f"{k} {v}" for k, v in env.items() if k != "command")
+    return "\n".join([f"# {title}", "", f"{envs}.", "", f"`{env['command']}`", "", intro, "",
+                      tabulate(table, headers=headers, tablefmt="github"), ""])
+
+
+def markdown(env, rows) -> str:
     table = []
     for r in rows:
         ok = r["status"] == "ok"
@@ -289,16 +372,13 @@ def markdown(env, rows) -> str:
                       a.get("refined", ""), a.get("digest", "")])
     headers = ["pattern", "S", "tiles", "heads", "build", "within target", "natural order (where auto permutes)",
                "tracemalloc peak MiB", "full / partial tiles", "refined", "digest"]
-    envs = ", ".join(f"{k} {v}" for k, v in env.items() if k != "command")
-    return "\n".join([
-        "# Layout build speed (CPU)", "", f"{envs}.", "", f"`{env['command']}`", "",
-        "`Pattern.layout(S, block_m, block_n)` with the pattern's default heads and `order='auto'`: the median of "
-        "builds from freshly parsed patterns (one build when it takes over a second). Target: <= 100 ms at 32k "
-        "tokens, <= 2 s at 1M. **natural order**: the same with `order='natural'` where auto lays tokens out by "
-        "residue class. **tracemalloc peak**: one build's numpy and Python allocations (an S x S bool mask "
-        "would be 1 GiB at 32k, 1 TiB at 1M). **refined**: tiles the interval rules left undecided, settled "
-        "by splitting. **digest**: sha1 of the forward CSR tables (equal digests: identical layouts).", "",
-        tabulate(table, headers=headers, tablefmt="github"), ""])
+    return page("Layout build speed (CPU)", env, table, headers,
+                "`Pattern.layout(S, block_m, block_n)` with the pattern's default heads and `order='auto'`: the median "
+                "of builds from freshly parsed patterns (one build when it takes over a second). Target: <= 100 ms at "
+                "32k tokens, <= 2 s at 1M. **natural order**: the same with `order='natural'` where auto lays tokens "
+                "out by residue class. **tracemalloc peak**: one build's numpy and Python allocations (an S x S bool "
+                "mask would be 1 GiB at 32k, 1 TiB at 1M). **refined**: tiles the interval rules left undecided, "
+                "settled by splitting. **digest**: sha1 of the forward CSR tables (equal digests: identical layouts).")
 
 
 if __name__ == "__main__":

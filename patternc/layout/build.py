@@ -29,6 +29,7 @@ from ..primitives import Context, Primitive
 from .box import box_orders, key_tiles
 from .layout import FULL, PARTIAL, Layout, expand
 from .residue import residue_order
+from .routed import pieces, routed_node, static_variants
 
 def candidate_tiles(node: Node, ctx: Context, M: int, N: int, bm: int, bn: int, order=None):
     """(query tile, key tile) pairs that may hold a visible element, as two sorted int64 arrays
@@ -92,11 +93,10 @@ def _merge(x, y):
 def _intersect(a, b):
     """The intersection of two merged sets: where both cover, counting range ends before range
     starts at the same point (ranges that only touch don't intersect)."""
-    pos = np.concatenate([a[0], a[1], b[0], b[1]])
-    delta = np.concatenate([np.ones(len(a[0]), np.int8), -np.ones(len(a[1]), np.int8),
-                            np.ones(len(b[0]), np.int8), -np.ones(len(b[1]), np.int8)])
-    order = np.lexsort((delta, pos))
-    pos, cover = pos[order], np.cumsum(delta[order])
+    # one sort of 2 * point + (1 for a start): ends before starts at the same point
+    events = np.concatenate([a[0] * 2 + 1, a[1] * 2, b[0] * 2 + 1, b[1] * 2])
+    events.sort(kind="stable")  # timsort: merges the sets, sorted or in a few sorted pieces
+    pos, cover = events >> 1, np.cumsum((events & 1) * 2 - 1)
     both = np.flatnonzero(cover == 2)  # each set is disjoint: 2 means both, until the next point
     x, y = pos[both], pos[both + 1]
     return x[y > x], y[y > x]
@@ -457,6 +457,16 @@ def _split(row, lo, hi, period):
 
 def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: int, block_n: int,
                  q=None, k=None, device="cpu", order: str = "auto") -> Layout:
+    per_head, refined, permutation, data = build_runs(pattern, M, N, heads, block_m, block_n, q, k, order)
+    return Layout.from_runs(per_head, M, N, block_m, block_n, pattern=pattern, refined_tiles=refined,
+                            device=device, permutation=permutation, data=data)
+
+
+def build_runs(pattern: Pattern, M: int, N: int, heads: int | None, block_m: int, block_n: int,
+               q=None, k=None, order: str = "auto"):
+    """What `build_layout` lays out, before its tables: (per head `(partial, full)` runs as
+    `Layout.from_runs` takes them, refined tiles, the token order (residue, box) or None, run-time
+    data)."""
     for name, v in (("block_m", block_m), ("block_n", block_n)):
         if not isinstance(v, int) or v < 1:
             raise PatternError(f"{name} must be a positive integer, got {v!r}")
@@ -473,6 +483,10 @@ def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: i
         data = {"q": _heads_first(q, "q"), "k": _heads_first(k, "k")}
     if order not in ("auto", "natural", "box"):
         raise PatternError(f"order must be 'auto', 'natural' or 'box', got {order!r}")
+    if data and pattern.is_routed:
+        routed = routed_runs(pattern, M, N, H, block_m, block_n, data)
+        if routed is not None:
+            return (*routed, None, data)
     permutation = None
     if order != "natural" and len(sections) == 1 and not pattern.is_routed:
         permutation = token_order(sections[0].expr, M, N, block_m, block_n, grid, order == "box")
@@ -499,8 +513,64 @@ def build_layout(pattern: Pattern, M: int, N: int, heads: int | None, block_m: i
             tiles, r = heads_tiles(node, heads, M, N, block_m, block_n, grid, sdata, permutation)
         per_head[s.lo: s.hi + 1] = tiles
         refined += r
-    return Layout.from_runs(per_head, M, N, block_m, block_n, pattern=pattern, refined_tiles=refined,
-                             device=device, permutation=permutation, data=data)
+    return per_head, refined, permutation, data
+
+
+def routed_runs(pattern: Pattern, M: int, N: int, H: int, bm: int, bn: int, data):
+    """(per head runs, refined) of a routed pattern choosing per query block in blocks the tiles
+    divide, else None. Its rule reads the choice only as one bit per (query block, key block), so
+    each tile is what it is in one of the two static variants (`routed.static_variants`): in the
+    pattern with every key chosen where its block was chosen, else in the one with none. Both are
+    laid out as runs, and their runs are cut by the runs of chosen (not chosen) key blocks of each
+    row, not classified tile by tile through the choice's table."""
+    try:
+        node = routed_node(pattern)
+        chosen, nothing, _, block = static_variants(pattern)
+    except PatternError:
+        return None
+    if node.query != "block" or block % bm or block % bn or data["q"].shape[0] != H:
+        return None
+    a, refined_a, _, _ = build_runs(chosen, M, N, H, bm, bn, order="natural")
+    b, refined_b, _, _ = build_runs(nothing, M, N, H, bm, bn, order="natural")
+    selection = node.select(data["q"], data["k"], under_causal(pattern.expr)).cpu().numpy()
+    n_qt, n_kt = -(-M // bm), -(-N // bn)
+    stride = n_kt + 1
+    per_head = []
+    for h in range(H):
+        start, end, cls = pieces(a[h], b[h], stride)
+        yes, no = (_block_runs(choice, block // bm, block // bn, n_qt, n_kt)
+                   for choice in (selection[h], ~selection[h]))
+        ca, cb = cls & 3, cls >> 2
+        kinds = []
+        for kind in (PARTIAL, FULL):
+            same = (ca == kind) & (cb == kind)
+            cut_a, cut_b = (ca == kind) & ~same, (cb == kind) & ~same
+            parts = ((start[same], end[same]), _intersect((start[cut_a], end[cut_a]), yes),
+                     _intersect((start[cut_b], end[cut_b]), no))
+            x, y = (np.concatenate(z) for z in zip(*parts))
+            order = np.argsort(x, kind="stable")
+            row, lo = np.divmod(x[order], stride)
+            kinds.append((row, lo, lo + (y[order] - x[order])))
+        per_head.append(tuple(kinds))
+    return per_head, refined_a + refined_b
+
+
+def _block_runs(choice, rows_per_block: int, tiles_per_block: int, n_qt: int, n_kt: int):
+    """The key tiles of the true runs of a bool `[query blocks, key blocks]` table, in every tile
+    row of their query block, as a set of keys `row * (n_kt + 1) + tile` (disjoint, in no
+    particular order: `_intersect` sorts)."""
+    step = np.diff(choice.astype(np.int8), axis=1, prepend=np.int8(0), append=np.int8(0))
+    block, first = np.nonzero(step == 1)
+    last = np.nonzero(step == -1)[1]  # the same runs' ends, in the same order
+    first, last = first * tiles_per_block, np.minimum(last * tiles_per_block, n_kt)
+    x, y = [], []
+    for i in range(rows_per_block):
+        row = block * rows_per_block + i
+        keep = row < n_qt
+        key = row[keep] * (n_kt + 1)
+        x.append(key + first[keep])
+        y.append(key + last[keep])
+    return np.concatenate(x), np.concatenate(y)
 
 
 # query tiles whose candidate key tiles rank the token orders of a pattern (evenly spread)

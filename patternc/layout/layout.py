@@ -11,13 +11,27 @@ EMPTY, PARTIAL, FULL = 0, 1, 2
 
 def expand(row, lo, hi):
     """Runs [lo, hi) of columns per row -> (row, column) per entry, in order."""
+    return np.repeat(row, hi - lo), columns(lo, hi)
+
+
+def columns(lo, hi, dtype=np.int64):
+    """The columns of runs [lo, hi), run after run, as one array of `dtype`."""
     counts = hi - lo
     ends = np.cumsum(counts)
-    col = np.ones(int(ends[-1]) if len(ends) else 0, np.int64)  # +1 per entry, a jump at each run's start
+    col = np.ones(int(ends[-1]) if len(ends) else 0, dtype)  # +1 per entry, a jump at each run's start
     nonempty = counts > 0
     lo, hi, starts = lo[nonempty], hi[nonempty], (ends - counts)[nonempty]
     col[starts] = lo - np.append(0, hi[:-1] - 1)
-    return np.repeat(row, counts), np.cumsum(col, out=col)
+    return np.cumsum(col, out=col)
+
+
+def row_order(full_counts, partial_counts):
+    """int32 `[H, Mt]` from tile counts `[H, Mt]` (torch): query tiles by decreasing number of
+    visited key tiles (partial tiles weigh a little more), the longest programs first."""
+    import torch
+
+    work = full_counts.float() + 1.25 * partial_counts.float()
+    return torch.argsort(work, dim=1, descending=True, stable=True).to(torch.int32)
 
 
 # tables are filled CHUNK entries at a time (passes over a block that stays in the cache)
@@ -249,10 +263,7 @@ class Layout:
     def row_order(self):
         """int32 `[H, Mt]`: query tiles by decreasing number of visited key tiles (partial tiles
         weigh a little more), so a kernel can start its longest programs first."""
-        import torch
-
-        work = self.full_kv_num_blocks.float() + 1.25 * self.kv_num_blocks.float()
-        return torch.argsort(work, dim=1, descending=True, stable=True).to(torch.int32)
+        return row_order(self.full_kv_num_blocks, self.kv_num_blocks)
 
     def runs(self, max_runs: int = 4):
         """The visited tiles of each row as runs of consecutive key tiles, for kernels that loop

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from ..errors import PatternError
 from ..ir.nodes import Node
 from ..ir.pattern import Pattern
 from ..primitives import Primitive
+from .layout import FULL, PARTIAL
 
 
 def routed_node(pattern: Pattern) -> Primitive:
@@ -45,3 +48,37 @@ def static_variants(pattern: Pattern) -> tuple[Pattern, Pattern, int, int]:
     nothing = Pattern(_replace(expr, target, none), grid=pattern.grid)
     count = None if target.count is None else target.count.value
     return chosen, nothing, count, target.block.value
+
+
+def pieces(a, b, stride: int):
+    """The tiles of one head's two layouts (runs `(partial, full)` each, as `Layout.from_runs`
+    takes them) as pieces of one class pair, cut where any run ends: keys `row * stride + column`
+    (stride > key tiles, so a run's end stays in its row) of each piece's start and end, sorted,
+    and `cls` = class in `a` | class in `b` << 2 (never 0: pieces in neither are left out)."""
+    ka, ea, ca = _classed(a, stride)
+    kb, eb, cb = _classed(b, stride)
+    points = np.concatenate([ka, ea, kb, eb])
+    points.sort()
+    points = points[np.append(True, points[1:] != points[:-1])]
+    start, end = points[:-1], points[1:]
+    cls = _class_at(ka, ea, ca, start) | (_class_at(kb, eb, cb, start) << 2)
+    keep = cls != 0  # a piece in some run stays in that run's row (no run boundary inside it)
+    return start[keep], end[keep], cls[keep]
+
+
+def _classed(runs, stride: int):
+    """A layout's runs `(partial, full)` as sorted keys of their starts and ends, and their class."""
+    (pr, pl, ph), (fr, fl, fh) = runs
+    key = np.concatenate([pr * stride + pl, fr * stride + fl])
+    end = np.concatenate([pr * stride + ph, fr * stride + fh])
+    cls = np.repeat(np.array([PARTIAL, FULL], np.int8), [len(pr), len(fr)])
+    order = np.argsort(key, kind="stable")
+    return key[order], end[order], cls[order]
+
+
+def _class_at(keys, ends, cls, at):
+    """The class of the run holding each key of `at` (0 where none does)."""
+    if not len(keys):
+        return np.zeros(len(at), np.int8)
+    i = np.maximum(np.searchsorted(keys, at, side="right") - 1, 0)
+    return np.where((at >= keys[i]) & (at < ends[i]), cls[i], 0).astype(np.int8)

@@ -55,8 +55,11 @@ def select_blocks(q, k, count: int | None, block: int, causal: bool, threshold: 
     n_k, group = -(-N // block), H // Hkv
 
     def pool(x, n):  # block means in fp32, the last block possibly short
-        padded = torch.zeros(x.shape[0], n * block, x.shape[2], dtype=torch.float32, device=x.device)
-        padded[:, : x.shape[1]] = x.float()
+        if x.shape[1] == n * block:  # whole blocks: the same sums without a zeroed copy
+            padded = x.float().contiguous()
+        else:
+            padded = torch.zeros(x.shape[0], n * block, x.shape[2], dtype=torch.float32, device=x.device)
+            padded[:, : x.shape[1]] = x.float()
         counts = torch.full((n,), float(block), device=x.device)
         counts[-1] = x.shape[1] - (n - 1) * block
         return padded.view(x.shape[0], n, block, -1).sum(2) / counts[None, :, None]

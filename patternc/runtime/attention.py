@@ -360,7 +360,16 @@ def _prepare(pattern, B, H, M, N, D, cfg, device, device_tag, backward=False, do
         from .routed import fit_tiles, routed_plan
 
         cfg = fit_tiles(pattern, cfg)
-        plan = _outside_graph_pools(device, routed_plan, pattern, M, N, H, cfg["block_m"], cfg["block_n"], device)
+
+        def plan_for_call():  # packed documents read the layout with every block chosen: built now too
+            plan = routed_plan(pattern, M, N, H, cfg["block_m"], cfg["block_n"], device)
+            if documents and backward:
+                plan.every.q_num_blocks
+            elif documents:
+                plan.every
+            return plan
+
+        plan = _outside_graph_pools(device, plan_for_call)
         module = _kernel(pattern, H, M, N, D, cfg["block_m"], cfg["block_n"], cfg["num_warps"], cfg["num_stages"],
                          None, cfg.get("memory", "pointers") == "tma" and not documents, None, device_tag,
                          routed=plan.topk.query, backward=backward, documents=documents)

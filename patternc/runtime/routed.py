@@ -21,15 +21,17 @@ q, k and v to its first token.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property, lru_cache
+from functools import cached_property, lru_cache, partial
 
 import numpy as np
 
 from ..errors import PatternError
 from ..ir.pattern import Pattern, under_causal
 from ..layout import FULL, PARTIAL
+from ..layout.build import build_runs
 from ..layout.cache import cached_layout
-from ..layout.routed import routed_node, static_variants
+from ..layout.layout import columns, row_order
+from ..layout.routed import pieces, routed_node, static_variants
 from ..primitives import Primitive
 from ..primitives.tables import kernel_tables
 
@@ -59,7 +61,13 @@ class RoutedPlan:
     cand_kt: object  # [Hp, P]
     cand_cls: object
     tables: tuple = ()  # the predicate's tables of bits (static primitives that look one up: random)
-    every: object = None  # the Layout with every key block chosen: orders packed documents' programs
+    every_layout: object = None  # () -> the Layout with every key block chosen (cached)
+
+    @cached_property
+    def every(self):
+        """The static Layout with every key block chosen: it orders packed documents' programs.
+        Built on first use (its tables are as large as causal's; calls without documents never read it)."""
+        return self.every_layout()
 
     # the topk's options, as the routing kernels take them (`routing.route`)
     block = property(lambda self: int(self.topk.block.value))
@@ -77,7 +85,8 @@ class RoutedPlan:
         if self.query == "token" and n_k > 1024:
             raise PatternError(f"topk(query=token) routes among at most 1024 key blocks, got {n_k}", self.topk.span,
                                "use a larger block= or query=block")
-        return RoutedLayout(**route(self, q, k, documents), tables=self.tables, every=self.every)
+        return RoutedLayout(**route(self, q, k, documents), tables=self.tables,
+                            every=None if documents is None else self.every)
 
 
 def fit_tiles(pattern: Pattern, cfg: dict) -> dict:
@@ -98,41 +107,77 @@ def routed_plan(pattern: Pattern, M: int, N: int, heads: int, block_m: int, bloc
     if block % block_m or block % block_n:
         raise PatternError(f"topk(block={block}) needs tiles that divide it, got {block_m}x{block_n}", pattern.span,
                            "pick block_m and block_n dividing the routing block")
-    a = cached_layout(chosen, M, N, heads, block_m, block_n, "natural", device)
-    b = nothing.layout(M, N, heads=heads, block_m=block_m, block_n=block_n, order="natural")
+    a = build_runs(chosen, M, N, heads, block_m, block_n, order="natural")[0]
+    b = build_runs(nothing, M, N, heads, block_m, block_n, order="natural")[0]
     Mt, Nt, n_k = -(-M // block_m), -(-N // block_n), -(-N // block)
-    rows = np.arange(Mt + 1)
-    # where key block j's tiles start in each row: key tile j * block / block_n (clamped to the row's end)
-    block_starts = np.arange(Mt)[:, None] * Nt + np.minimum(np.arange(n_k + 1) * (block // block_n), Nt)[None, :]
-    per_head, most_other = [], 0
+    built = {}  # heads that share both tilings share their candidates
     for h in range(heads):
-        qa, ka, ca = a._tiles[h]
-        qb, kb, cb = b._tiles[h]
-        keys = np.union1d(qa * Nt + ka, qb * Nt + kb)
-        cls = np.zeros(len(keys), np.int8)
-        cls[np.searchsorted(keys, qa * Nt + ka)] |= ca.astype(np.int8)
-        cls[np.searchsorted(keys, qb * Nt + kb)] |= cb.astype(np.int8) << 2
-        static = (cls >> 2) != 0
-        per_head.append((np.searchsorted(keys[static] // Nt, rows), keys[static] % Nt, cls[static],
-                         np.searchsorted(keys, block_starts), keys % Nt, cls, np.searchsorted(keys // Nt, rows)))
-        most_other = max(most_other, int(np.bincount(qb).max()) if len(qb) else 0)
-    width = max(int(np.diff(t[6]).max()) for t in per_head) if Mt else 0
+        if (id(a[h]), id(b[h])) not in built:
+            built[id(a[h]), id(b[h])] = _candidates(a[h], b[h], Mt, Nt, n_k, block // block_n)
+    per_head = [built[id(a[h]), id(b[h])] for h in range(heads)]
+    width = max(t[-1] for t in per_head) if Mt else 0
+    most_other = max(int((_row_tiles(*t[0], Mt) + _row_tiles(*t[1], Mt)).max(initial=0)) for t in b)
     node = routed_node(pattern)
     if count is not None and node.query == "block":  # at most `count` chosen blocks on top of the static part
         width = min(width, most_other + count * (block // block_n))
-    if all(np.array_equal(per_head[0][i], t[i]) for t in per_head for i in range(6)):
+    if all(t is per_head[0] or all(np.array_equal(x, y) for x, y in zip(per_head[0][:6], t[:6])) for t in per_head):
         per_head = per_head[:1]
 
-    def stack(i, dtype):
+    def stack(i):
         parts = [t[i] for t in per_head]
-        out = np.zeros((len(parts), max(max(p.shape[0] for p in parts), 1)) + parts[0].shape[1:], dtype)
+        if len(parts) == 1 and len(parts[0]):
+            return torch.as_tensor(parts[0][None], device=device)
+        out = np.zeros((len(parts), max(max(p.shape[0] for p in parts), 1)) + parts[0].shape[1:], parts[0].dtype)
         for h, part in enumerate(parts):
             out[h, :len(part)] = part
         return torch.as_tensor(out, device=device)
 
-    return RoutedPlan(node, under_causal(pattern.expr), block_m, block_n, max(width, 1), a.row_order,
-                      stack(0, np.int32), stack(1, np.int32), stack(2, np.int8), stack(3, np.int32),
-                      stack(4, np.int32), stack(5, np.int8), kernel_tables(pattern, M, N, heads, device), a)
+    counts = [torch.as_tensor(np.stack([_row_tiles(*t[kind], Mt) for t in a]), device=device) for kind in (1, 0)]
+    every = partial(cached_layout, chosen, M, N, heads, block_m, block_n, "natural", device)
+    return RoutedPlan(node, under_causal(pattern.expr), block_m, block_n, max(width, 1), row_order(*counts),
+                      *(stack(i) for i in range(6)), kernel_tables(pattern, M, N, heads, device), every)
+
+
+def _row_tiles(row, lo, hi, Mt: int):
+    """int32 `[Mt]`: the tiles of runs (row, lo, hi) in each row."""
+    return np.bincount(row, weights=hi - lo, minlength=Mt).astype(np.int32)
+
+
+def _candidates(a, b, Mt: int, Nt: int, n_k: int, tpb: int):
+    """One head's plan tables from the runs `(partial, full)` of its two static layouts (`a`: the
+    key block chosen, `b`: not), tpb key tiles a routing block: (static_ptr, static_kt,
+    static_cls, block_ptr, cand_kt, cand_cls, widest row). Made from runs of candidate tiles of
+    one class (the elementary pieces between the runs' ends), never tile by tile: tables of
+    columns are the runs expanded, `block_ptr` the runs' ends summed twice along each row."""
+    stride = Nt + 1
+    start, end, cls = pieces(a, b, stride)
+    row, lo = np.divmod(start, stride)
+    hi = lo + (end - start)
+    row_ptr = _row_ptr(row, lo, hi, Mt)
+    static = (cls >> 2) != 0
+    s_row, s_lo, s_hi = row[static], lo[static], hi[static]
+    # block_ptr[r, j]: candidates before row r, plus row r's below key tile min(j * tpb, Nt). Each run
+    # end c adds +-max(0, j * tpb - c) along its row: second differences at j = c // tpb + 1 and + 2
+    block_ptr = np.zeros((Mt, n_k + 1), np.int32)
+    ends = np.concatenate([lo, hi])
+    sign = np.repeat(np.array([1, -1], np.int32), len(lo))
+    j = ends // tpb + 1
+    first = (j * tpb - ends).astype(np.int32) * sign
+    for at, value in ((j, first), (j + 1, tpb * sign - first)):
+        inside = at <= n_k
+        np.add.at(block_ptr, (np.concatenate([row, row])[inside], at[inside]), value[inside])
+    np.cumsum(block_ptr, axis=1, out=block_ptr)
+    block_ptr[:, 0] += row_ptr[:-1].astype(np.int32)
+    np.cumsum(block_ptr, axis=1, out=block_ptr)
+    return (_row_ptr(s_row, s_lo, s_hi, Mt).astype(np.int32), columns(s_lo, s_hi, np.int32),
+            np.repeat(cls[static], s_hi - s_lo), block_ptr, columns(lo, hi, np.int32), np.repeat(cls, hi - lo),
+            int(np.diff(row_ptr).max(initial=0)))
+
+
+def _row_ptr(row, lo, hi, Mt: int):
+    """int64 `[Mt + 1]`: the entries of runs (row, lo, hi), sorted by row, before each row."""
+    before = np.concatenate([[0], np.cumsum(hi - lo)])
+    return before[np.searchsorted(row, np.arange(Mt + 1))]
 
 
 def select(q, k, pattern: Pattern):
