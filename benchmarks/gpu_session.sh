@@ -65,7 +65,7 @@ if [ "${KERNELS:-1}" != 0 ]; then
     grep -A2 "^## " "$out/backward_kernels/backward_kernels.md"
 fi
 if [ "${FIRST:-1}" != 0 ]; then
-    python3 benchmarks/first_call.py --out "$out/first_call" --backward 2>&1 | tail -4
+    python3 benchmarks/first_call.py --out "$out/first_call" --backward --sequential 2>&1 | tail -4
 fi
 if [ "${TRAIN:-1}" != 0 ]; then
     for mode in patternc compiled graphs dense; do
