@@ -170,8 +170,8 @@ def tma_ready(x):
     def step_params(self, tensors: list[Tensor]) -> list[str]:
         """The descriptors, the batch index and, for key/value tensors, their head (every step
         helper takes off_h already)."""
-        return [f"desc_{t.short}" for t in tensors] + ["off_z"] + (["off_kh"] if any(t.head == "off_kh" for t in tensors)
-                                                                     else [])
+        kv_head = ["off_kh"] if any(t.head == "off_kh" for t in tensors) else []
+        return [f"desc_{t.short}" for t in tensors] + ["off_z"] + kv_head
 
     def load(self, tensors: list[Tensor], tile: Tile, order) -> list[str]:
         note = [] if tile.own else [f"# the descriptor zero-fills rows past {tile.side.length}"]

@@ -272,7 +272,8 @@ def backward(do, q, k, v, out, lse, dlse, pattern, scale, config, documents=None
     device_tag = _device_tag(q.device)
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if config is None and _autotunes(interpret):
-        config = _tuned_backward_config(do, q, k, v, out, lse, dlse, pattern, scale, device_tag, documents)
+        config = _tuned_config(q, k, pattern, device_tag, documents, lambda module, layout: _run_backward(
+            module, layout, do, q, k, v, out, lse, dlse, scale, documents), backward=True)
     cfg = dict(default_config(D, q.dtype, interpret), **(config or {}))
     module, layout = _prepare(pattern, B, H, M, N, D, cfg, str(q.device), device_tag, backward=True,
                               documents=documents is not None)
@@ -302,7 +303,8 @@ def _config(q, k, v, pattern, scale, config, device_tag, documents=None, return_
     """The kernel config: defaults, the autotuned choice (GPU) and the caller's overrides."""
     interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if config is None and _autotunes(interpret):
-        config = _tuned_config(q, k, v, pattern, scale, device_tag, documents, return_lse)
+        config = _tuned_config(q, k, pattern, device_tag, documents, lambda module, layout: _run(
+            module, layout, q, k, v, scale, return_lse, False, documents))
     return dict(default_config(q.shape[3], q.dtype, interpret), **(config or {}))
 
 
@@ -456,40 +458,25 @@ def _autotunes(interpret: bool) -> bool:
     return not interpret and os.environ.get("PATTERNC_AUTOTUNE", "1") != "0"
 
 
-def _tuned_config(q, k, v, pattern, scale, device_tag, documents=None, return_lse=False) -> dict:
-    """The autotuned forward config for this problem (searched once per device, then cached on
-    disk). The candidates run as the call will, writing the LSE where it does (training's
-    forward): a kernel that writes it is another specialisation, and the chosen one would
-    otherwise be compiled once more after the search."""
+def _tuned_config(q, k, pattern, device_tag, documents, launch, backward: bool = False) -> dict:
+    """The autotuned config of the forward kernel (`backward`: of the backward kernels, tuned
+    apart from the forward's) for this problem, searched once per device, then cached on disk.
+    `launch(module, layout)` runs a candidate as the call will: a training forward writes the
+    LSE, which is another specialisation, so that the chosen kernel is not compiled once more
+    after the search."""
     from . import autotune
 
     B, H, M, D = q.shape
 
     def prepare(cfg, warm=False):
         module, layout = _prepare(pattern, B, H, M, k.shape[2], D, dict(cfg), str(q.device), device_tag,
-                                  documents=documents is not None)
+                                  backward=backward, documents=documents is not None)
         module = autotune.warming(module) if warm else module
-        return lambda: _run(module, layout, q, k, v, scale, return_lse, False, documents)
+        return lambda: launch(module, layout)
 
-    return _tuned(_problem(q, k, pattern, device_tag, documents), prepare,
-                  autotune.candidates(D, q.dtype, _capability(q.device)))
-
-
-def _tuned_backward_config(do, q, k, v, out, lse, dlse, pattern, scale, device_tag, documents=None) -> dict:
-    """The autotuned backward config for this problem, as `_tuned_config` (the backward kernels
-    are tuned apart from the forward's)."""
-    from . import autotune
-
-    B, H, M, D = q.shape
-
-    def prepare(cfg, warm=False):
-        module, layout = _prepare(pattern, B, H, M, k.shape[2], D, dict(cfg), str(q.device), device_tag,
-                                  backward=True, documents=documents is not None)
-        module = autotune.warming(module) if warm else module
-        return lambda: _run_backward(module, layout, do, q, k, v, out, lse, dlse, scale, documents)
-
-    return _tuned(_problem(q, k, pattern, device_tag, documents, "backward|"), prepare,
-                  autotune.backward_candidates(D, q.dtype, _capability(q.device)), kernels=3)
+    candidates = autotune.backward_candidates if backward else autotune.candidates
+    return _tuned(_problem(q, k, pattern, device_tag, documents, "backward|" if backward else ""), prepare,
+                  candidates(D, q.dtype, _capability(q.device)), kernels=3 if backward else 1)
 
 
 def _problem(q, k, pattern, device_tag, documents, kind: str = "") -> str:
